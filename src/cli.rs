@@ -1,0 +1,108 @@
+//! Command-line types. Flags that are also settings (see `config.rs`) are the
+//! highest layer of the configuration; the rest belong to one subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kbackup",
+    version,
+    about = "PostgreSQL backups an operator can trust at 3 a.m.",
+    long_about = "Hourly pg_dump backups into a tiered local store (hourly/daily/weekly/monthly/named), \
+                  each with a checksum manifest, verified as a complete archive before it is kept.\n\n\
+                  Settings come from flags > environment > .env > TOML (--config) > defaults; \
+                  `kbackup config` shows the effective values and where each came from.",
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad input or setting, 3 store locked by another run, \
+                  130 interrupted (Ctrl-C), 143 terminated."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct GlobalArgs {
+    /// TOML settings file (also KBACKUP_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// .env file to read (default: ./.env when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// Backup store folder (BACKUP_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub backup_dir: Option<String>,
+    /// Database to back up (DB_NAME / POSTGRES_DB).
+    #[arg(long = "db", global = true, value_name = "NAME")]
+    pub database: Option<String>,
+    /// Docker container running PostgreSQL; selects docker mode (CONTAINER_DB).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub container: Option<String>,
+    /// Log format on stderr and in backup.log (BACKUP_LOG_FORMAT).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Verbose logging, including every child command (DEBUG).
+    #[arg(long, global = true)]
+    pub debug: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a backup now, place it in its tiers, then rotate (what cron runs hourly).
+    Backup(BackupArgs),
+    /// List the backups in the store, newest first.
+    List(ListArgs),
+    /// Apply the retention policy on its own.
+    Rotate(RotateArgs),
+    /// Print the effective settings and where each came from (secrets redacted).
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Keep this backup under named/ (never rotated by the hourly/daily/weekly counts).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Record the backup as taken at TIME (RFC 3339, or "YYYY-MM-DD HH:MM:SS" local) for backfills.
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
+    /// Print what would run and what rotation would delete; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this tier.
+    #[arg(long, value_enum)]
+    pub tier: Option<crate::naming::Tier>,
+    /// Machine-readable output: a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Print the keep/delete decisions; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the decisions as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,393 @@
+//! `kbackup backup`: the hourly job.
+//!
+//! Lock the store, check the database and the disk, stream pg_dump through the
+//! archive check and zstd into a temporary file, save the globals, publish with
+//! a manifest, place tier copies, rotate. Any failure before publishing leaves
+//! no file behind and deletes nothing; rotation runs only after a success.
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, Timelike, Utc};
+
+use crate::cli::BackupArgs;
+use crate::clock;
+use crate::commands::{list, rotate};
+use crate::config::Config;
+use crate::dump;
+use crate::error::usage;
+use crate::manifest::{FileInfo, GlobalsInfo, Manifest, SourceInfo, MANIFEST_VERSION};
+use crate::naming::{self, Format, Tier};
+use crate::postgres::{Postgres, ServerInfo};
+use crate::process::{ProcessError, StreamError};
+use crate::retention;
+use crate::store::{human_size, Staged, Store};
+
+/// Where a backup goes: its tier and label (the hourly time, or the --name).
+struct Target {
+    tier: Tier,
+    label: String,
+    /// The time the backup is recorded as taken: --time, or the moment pg_dump starts.
+    taken_at: DateTime<Utc>,
+    backfill: bool,
+}
+
+impl Target {
+    fn new(cfg: &Config, args: &BackupArgs) -> Result<Target> {
+        let (taken_at, backfill) = match &args.time {
+            Some(t) => (clock::parse_time(t, cfg.calendar.zone, "--time")?, true),
+            None => (Utc::now(), false),
+        };
+        let mut t = Target {
+            tier: Tier::Hourly,
+            label: String::new(),
+            taken_at,
+            backfill,
+        };
+        match &args.name {
+            Some(name) => {
+                naming::validate_backup_name(name).map_err(usage)?;
+                t.tier = Tier::Named;
+                t.label = name.clone();
+            }
+            None => t.restamp(cfg, taken_at),
+        }
+        Ok(t)
+    }
+
+    /// Records the backup as taken at `now` (the dump's start), unless backfilling.
+    fn restamp(&mut self, cfg: &Config, now: DateTime<Utc>) {
+        if !self.backfill {
+            self.taken_at = now.with_nanosecond(0).unwrap_or(now);
+        }
+        if self.tier == Tier::Hourly {
+            self.label = cfg.calendar.label(Tier::Hourly, self.taken_at);
+        }
+    }
+}
+
+pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
+    let mut target = Target::new(cfg, args)?;
+    let store = Store::new(cfg.backup_dir.clone());
+    let pg = Postgres::new(cfg.db.clone());
+    if args.dry_run {
+        return dry_run(cfg, &store, &pg, &target);
+    }
+
+    let _lock = store.lock("backup")?;
+    tracing::info!("Starting backup...");
+    for p in store.remove_partials()? {
+        tracing::warn!(
+            "Removed an unfinished file left by an interrupted run: {}",
+            p.display()
+        );
+    }
+    if target.tier == Tier::Named
+        && store.has_stem(Tier::Named, &naming::stem(&cfg.prefix, &target.label, 1))
+    {
+        return Err(usage(format!(
+            "a named backup {:?} already exists in {}; choose another --name (backups are never overwritten)",
+            target.label,
+            store.tier_dir(Tier::Named).display()
+        )));
+    }
+
+    let info = preflight(&pg).await?;
+    check_disk(cfg, &store, &info)?;
+
+    tracing::info!("Creating database dump...");
+    let started = Utc::now();
+    target.restamp(cfg, started);
+    let stem = match target.tier {
+        Tier::Named => naming::stem(&cfg.prefix, &target.label, 1),
+        _ => store.free_stem(target.tier, &cfg.prefix, &target.label),
+    };
+    let tmp = store.temp_file(target.tier)?;
+    let out = tmp.reopen().context("temporary dump file")?;
+    let level = cfg.compression_level;
+    let written = pg
+        .pg_dump()
+        .stream(cfg.timeout, move |stdout| {
+            dump::write_compressed(stdout, out, level)
+        })
+        .await
+        .map_err(|e| dump_error(&pg, e))?;
+    let finished = Utc::now();
+    tracing::debug!(
+        "pg_dump done in {:.1}s: {} archive bytes -> {} stored, {} tables",
+        (finished - started).num_milliseconds() as f64 / 1000.0,
+        written.summary.archive_bytes,
+        written.size,
+        written.summary.tables.len()
+    );
+
+    let (globals, role_passwords) = dump_globals(&pg, cfg).await?;
+    let zone = cfg.calendar.zone;
+    let manifest = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        kbackup_version: env!("CARGO_PKG_VERSION").to_string(),
+        database: cfg.db.name.clone(),
+        prefix: cfg.prefix.clone(),
+        name: (target.tier == Tier::Named).then(|| target.label.clone()),
+        file: FileInfo {
+            format: Format::CustomZstd,
+            sha256: written.sha256.clone(),
+            size_bytes: written.size,
+            compression: format!("zstd level {level}"),
+        },
+        started_at: zone.to_local(target.taken_at),
+        finished_at: zone.to_local(target.taken_at + (finished - started)),
+        source: SourceInfo {
+            mode: if pg.is_docker() { "docker" } else { "direct" }.to_string(),
+            container: cfg.db.container.clone(),
+            host: cfg.db.host.clone(),
+            port: cfg.db.port,
+            user: cfg.db.user.clone(),
+        },
+        server_version: info.version.clone(),
+        pg_dump_version: written.summary.pg_dump_version.clone().unwrap_or_default(),
+        database_size_bytes: info.database_size,
+        archive: written.summary,
+        globals: GlobalsInfo {
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&globals)),
+            size_bytes: globals.len() as u64,
+            role_passwords,
+        },
+    };
+    let path = store.publish(
+        target.tier,
+        &stem,
+        Staged {
+            dump: tmp,
+            format: Format::CustomZstd,
+            manifest,
+            globals,
+        },
+    )?;
+    tracing::info!(
+        "Dump created: {} ({})",
+        path.display(),
+        human_size(written.size)
+    );
+
+    if target.tier == Tier::Hourly {
+        let placements = retention::placement(
+            &cfg.policy,
+            &cfg.calendar,
+            target.taken_at,
+            |tier, label| store.has_stem(tier, &naming::stem(&cfg.prefix, label, 1)),
+        );
+        for (tier, label) in placements {
+            let tier_stem = naming::stem(&cfg.prefix, &label, 1);
+            store.place_copy(&path, &stem, Format::CustomZstd, tier, &tier_stem)?;
+            tracing::info!("{} backup created", tier.title());
+        }
+    }
+
+    tracing::info!("Rotating old backups...");
+    let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
+    let now = Utc::now().max(target.taken_at);
+    let decisions = rotate::plan(cfg, &backups, now);
+    rotate::apply(&store, &decisions)?;
+
+    let after = store.scan(&cfg.calendar, &cfg.prefix)?;
+    tracing::info!(
+        "Backup complete! Local: {}, {}",
+        human_size(store.disk_usage()),
+        list::tier_counts(&after)
+    );
+    Ok(())
+}
+
+/// Checks everything a dump needs before it starts, with the seeds' errors.
+async fn preflight(pg: &Postgres) -> Result<ServerInfo> {
+    pg.check_container().await?;
+    let (dump_major, dump_version) = pg.tool_major("pg_dump").await?;
+    let info = pg.server_info().await?;
+    if dump_major < info.major() {
+        bail!(
+            "pg_dump is older than the server: {dump_version} cannot dump PostgreSQL {}; install the \
+             client tools of version {} or newer (or set POSTGRES_BIN_DIR to them)",
+            info.version,
+            info.major()
+        );
+    }
+    Ok(info)
+}
+
+/// Fails early when the dump cannot fit. The estimate is the last backup's size
+/// scaled by how much the database grew since (with a 25% margin), or, with no
+/// history, the database size itself.
+fn check_disk(cfg: &Config, store: &Store, info: &ServerInfo) -> Result<()> {
+    let available = store.free_space()?;
+    let last = store
+        .scan(&cfg.calendar, &cfg.prefix)?
+        .into_iter()
+        .filter_map(|b| b.manifest)
+        .find(|m| m.database_size_bytes > 0);
+    let required = match last {
+        Some(m) => {
+            let growth = info.database_size as f64 / m.database_size_bytes as f64;
+            (m.file.size_bytes as f64 * growth.max(1.0) * 1.25) as u64
+        }
+        None => info.database_size,
+    };
+    if available < required {
+        bail!(
+            "Insufficient disk space. Available: {}, Required: {} (in {}); free space there or keep fewer backups \
+             (BACKUP_KEEP_HOURLY, BACKUP_RETENTION_DAYS)",
+            human_size(available),
+            human_size(required),
+            store.root.display()
+        );
+    }
+    Ok(())
+}
+
+fn dump_error(pg: &Postgres, e: StreamError) -> anyhow::Error {
+    match e {
+        StreamError::Process(p @ ProcessError::Failed { .. }) => {
+            let stderr = p.stderr().to_string();
+            if stderr.contains("server version mismatch") {
+                anyhow!("pg_dump is older than the server: {stderr}")
+            } else if stderr.contains("connection to server")
+                || stderr.contains("could not connect")
+            {
+                pg.connect_error(p)
+            } else {
+                anyhow!(p).context(format!(
+                    "pg_dump of {} failed; no backup was written",
+                    pg.describe()
+                ))
+            }
+        }
+        StreamError::Process(p) => pg.tool_error("pg_dump", p),
+        StreamError::Consumer(c) => c.context(format!(
+            "the dump of {} is not a complete archive; no backup was written",
+            pg.describe()
+        )),
+    }
+}
+
+/// `pg_dumpall --globals-only`; without superuser rights the password hashes
+/// cannot be read, so it retries without them and says so.
+async fn dump_globals(pg: &Postgres, cfg: &Config) -> Result<(Vec<u8>, bool)> {
+    match pg.pg_dumpall_globals(true).output(cfg.timeout).await {
+        Ok(out) => Ok((out, true)),
+        Err(e) if e.stderr().contains("permission denied") => {
+            let out = pg
+                .pg_dumpall_globals(false)
+                .output(cfg.timeout)
+                .await
+                .map_err(|e| pg.tool_error("pg_dumpall", e))
+                .context("saving the cluster's globals (roles, tablespaces)")?;
+            tracing::warn!(
+                "Globals saved without role passwords: {} may not read them (not a superuser); \
+                 set role passwords again after a restore onto a fresh server",
+                cfg.db.user
+            );
+            Ok((out, false))
+        }
+        Err(e) => Err(pg.tool_error("pg_dumpall", e))
+            .context("saving the cluster's globals (roles, tablespaces)"),
+    }
+}
+
+fn dry_run(cfg: &Config, store: &Store, pg: &Postgres, target: &Target) -> Result<()> {
+    let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
+    let stem = match target.tier {
+        Tier::Named => naming::stem(&cfg.prefix, &target.label, 1),
+        _ => store.free_stem(target.tier, &cfg.prefix, &target.label),
+    };
+    let rel = format!(
+        "{}/{}.{}",
+        target.tier.dir(),
+        stem,
+        Format::CustomZstd.ext()
+    );
+    println!("Dry run: nothing will be changed.");
+    println!(
+        "Database: {} ({} mode)",
+        pg.describe(),
+        if pg.is_docker() { "docker" } else { "direct" }
+    );
+    println!("Would run: {}", pg.pg_dump());
+    println!(
+        "  streamed through the archive check, zstd level {} and SHA-256 into {}",
+        cfg.compression_level,
+        store.root.join(&rel).display()
+    );
+    println!("Would run: {}", pg.pg_dumpall_globals(true));
+    println!(
+        "Would write: {rel} (+ {stem}.{} and {stem}.{})",
+        naming::MANIFEST_EXT,
+        naming::GLOBALS_EXT
+    );
+    if target.tier == Tier::Named && store.has_stem(Tier::Named, &stem) {
+        println!(
+            "Would refuse: named backup {:?} already exists",
+            target.label
+        );
+    }
+    let mut with_new = backups.clone();
+    if target.tier == Tier::Hourly {
+        for (tier, label) in retention::placement(
+            &cfg.policy,
+            &cfg.calendar,
+            target.taken_at,
+            |tier, label| store.has_stem(tier, &naming::stem(&cfg.prefix, label, 1)),
+        ) {
+            println!(
+                "Would place: {}/{}.{} (hard link)",
+                tier.dir(),
+                naming::stem(&cfg.prefix, &label, 1),
+                Format::CustomZstd.ext()
+            );
+            with_new.push(hypothetical(
+                cfg,
+                store,
+                tier,
+                &naming::stem(&cfg.prefix, &label, 1),
+                target,
+            ));
+        }
+    }
+    with_new.push(hypothetical(cfg, store, target.tier, &stem, target));
+    let now = Utc::now().max(target.taken_at);
+    let decisions = rotate::plan(cfg, &with_new, now);
+    let deletions: Vec<_> = decisions.iter().filter(|(d, _)| !d.keep).collect();
+    if deletions.is_empty() {
+        println!("Rotation would delete nothing.");
+    } else {
+        println!("Rotation would delete {}:", deletions.len());
+        for (d, b) in deletions {
+            println!("  {}  ({})", b.rel_path, d.reasons_text());
+        }
+    }
+    Ok(())
+}
+
+/// The backup a dry run would create, for planning rotation around it.
+fn hypothetical(
+    cfg: &Config,
+    store: &Store,
+    tier: Tier,
+    stem: &str,
+    target: &Target,
+) -> crate::store::Backup {
+    let file = format!("{stem}.{}", Format::CustomZstd.ext());
+    crate::store::Backup {
+        tier,
+        path: store.tier_dir(tier).join(&file),
+        rel_path: format!("{}/{file}", tier.dir()),
+        parsed: naming::Parsed {
+            stem: stem.to_string(),
+            prefix: cfg.prefix.clone(),
+            label: target.label.clone(),
+            format: Format::CustomZstd,
+            time: None,
+        },
+        size: 0,
+        time: cfg.calendar.zone.to_local(target.taken_at),
+        manifest: None,
+        manifest_error: None,
+    }
+}

@@ -1,0 +1,98 @@
+//! `kbackup list`: every backup, newest first.
+
+use anyhow::Result;
+use chrono::{DateTime, FixedOffset, Utc};
+use serde_json::json;
+
+use crate::cli::ListArgs;
+use crate::config::Config;
+use crate::naming::Tier;
+use crate::store::{human_size, Backup, Store};
+
+pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
+    let store = Store::new(cfg.backup_dir.clone());
+    let all = store.scan(&cfg.calendar, &cfg.prefix)?;
+    let shown: Vec<&Backup> = all
+        .iter()
+        .filter(|b| args.tier.is_none_or(|t| t == b.tier))
+        .collect();
+    if args.json {
+        let items: Vec<_> = shown
+            .iter()
+            .map(|b| {
+                json!({
+                    "path": b.rel_path,
+                    "tier": b.tier,
+                    "time": b.time.to_rfc3339(),
+                    "size_bytes": b.size,
+                    "sha256": b.manifest.as_ref().map(|m| &m.file.sha256),
+                    "database": b.database(),
+                    "format": b.parsed.format,
+                    "manifest": b.manifest.is_some(),
+                    "name": if b.tier == Tier::Named { Some(&b.parsed.label) } else { None },
+                    "rows": b.manifest.as_ref().and_then(|m| m.total_rows()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    let now = Utc::now();
+    println!("Backups in {}", store.root.display());
+    if shown.is_empty() {
+        println!("  (none)");
+    } else {
+        println!(
+            "{:8} {:25} {:>6} {:>7}  {:8}  FILE",
+            "TIER", "TIME", "AGE", "SIZE", "MANIFEST"
+        );
+        for b in &shown {
+            let manifest = match (&b.manifest, &b.manifest_error) {
+                (Some(_), _) => "yes",
+                (None, Some(_)) => "unreadable",
+                (None, None) => "no",
+            };
+            println!(
+                "{:8} {:25} {:>6} {:>7}  {:8}  {}",
+                b.tier.dir(),
+                b.time.format("%Y-%m-%d %H:%M:%S %:z").to_string(),
+                age(b.time, now),
+                human_size(b.size),
+                manifest,
+                b.rel_path
+            );
+        }
+    }
+    println!("{}", tier_counts(&all));
+    Ok(())
+}
+
+/// The seed's counts: `Hourly: 9, Daily: 5, Weekly: 0` (Monthly and Named when present).
+pub fn tier_counts(all: &[Backup]) -> String {
+    let count = |t: Tier| all.iter().filter(|b| b.tier == t).count();
+    let mut parts: Vec<String> = [Tier::Hourly, Tier::Daily, Tier::Weekly]
+        .iter()
+        .map(|t| format!("{}: {}", t.title(), count(*t)))
+        .collect();
+    for t in [Tier::Monthly, Tier::Named] {
+        if count(t) > 0 {
+            parts.push(format!("{}: {}", t.title(), count(t)));
+        }
+    }
+    parts.join(", ")
+}
+
+/// `45s`, `12m`, `3h`, `2d4h`, `5w`.
+pub fn age(t: DateTime<FixedOffset>, now: DateTime<Utc>) -> String {
+    let secs = (now - t.with_timezone(&Utc)).num_seconds();
+    if secs < 0 {
+        return "future".into();
+    }
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s if s < 14 * 86_400 => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+        s => format!("{}w", s / (7 * 86_400)),
+    }
+}

@@ -1,0 +1,6 @@
+//! One module per subcommand; each is orchestration only.
+
+pub mod backup;
+pub mod config;
+pub mod list;
+pub mod rotate;

@@ -1,0 +1,816 @@
+//! Layered settings: flags > environment > .env > TOML > defaults.
+//!
+//! One registry ([`SETTINGS`]) names every setting once: its TOML key, the
+//! environment names it answers to (the seeds' names first), its default and
+//! whether it is a secret. Resolution keeps where each value came from, so a bad
+//! value is reported with its source and `kbackup config` can show provenance.
+//! Everything is parsed and validated here, before any command runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::Weekday;
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, LogFormat};
+use crate::clock::Zone;
+use crate::error::usage;
+use crate::naming::Calendar;
+use crate::retention::Policy;
+
+/// One setting: its TOML key (`section.name`), environment names, default.
+#[derive(Debug)]
+pub struct Spec {
+    pub key: &'static str,
+    /// Accepted environment / .env names; the first is the canonical one.
+    pub env: &'static [&'static str],
+    pub default: Option<&'static str>,
+    pub secret: bool,
+    pub doc: &'static str,
+}
+
+impl Spec {
+    pub fn env_name(&self) -> &'static str {
+        self.env[0]
+    }
+}
+
+/// Every setting kbackup reads. `.env.example`, `config.example.toml` and the
+/// README document each of them (a test keeps them in step).
+pub const SETTINGS: &[Spec] = &[
+    Spec { key: "database.name", env: &["DB_NAME", "POSTGRES_DB"], default: None, secret: false,
+        doc: "Database to back up (required)." },
+    Spec { key: "database.user", env: &["DB_USER", "POSTGRES_USER"], default: Some("postgres"), secret: false,
+        doc: "Role pg_dump connects as." },
+    Spec { key: "database.password", env: &["POSTGRES_PASSWORD"], default: None, secret: true,
+        doc: "Password; handed to children through the environment (PGPASSWORD), never argv." },
+    Spec { key: "database.password_file", env: &["POSTGRES_PASSWORD_FILE"], default: None, secret: false,
+        doc: "File holding the password (Docker/Kubernetes secrets); used when POSTGRES_PASSWORD is unset." },
+    Spec { key: "database.host", env: &["POSTGRES_HOST"], default: None, secret: false,
+        doc: "Direct mode: server host or unix-socket directory (default: libpq's default socket)." },
+    Spec { key: "database.port", env: &["POSTGRES_PORT"], default: Some("5432"), secret: false,
+        doc: "Direct mode: server port." },
+    Spec { key: "database.container", env: &["CONTAINER_DB"], default: None, secret: false,
+        doc: "Docker container running PostgreSQL; when set, pg_dump runs inside it via docker exec." },
+    Spec { key: "database.bin_dir", env: &["POSTGRES_BIN_DIR"], default: None, secret: false,
+        doc: "Directory holding pg_dump/pg_dumpall/psql (e.g. /usr/lib/postgresql/16/bin); default: PATH." },
+    Spec { key: "backup.dir", env: &["BACKUP_DIR"], default: Some("backups"), secret: false,
+        doc: "Backup store folder (relative paths are taken from the current directory)." },
+    Spec { key: "backup.prefix", env: &["BACKUP_PREFIX"], default: None, secret: false,
+        doc: "File name prefix (default: the database name)." },
+    Spec { key: "backup.keep_hourly", env: &["BACKUP_KEEP_HOURLY"], default: Some("24"), secret: false,
+        doc: "hourly/ keeps its newest N backups." },
+    Spec { key: "backup.keep_daily", env: &["BACKUP_KEEP_DAILY"], default: Some("7"), secret: false,
+        doc: "daily/ keeps its newest N backups (0 turns the tier off)." },
+    Spec { key: "backup.keep_weekly", env: &["BACKUP_KEEP_WEEKLY"], default: Some("4"), secret: false,
+        doc: "weekly/ keeps its newest N backups (0 turns the tier off)." },
+    Spec { key: "backup.keep_monthly", env: &["BACKUP_KEEP_MONTHLY"], default: Some("0"), secret: false,
+        doc: "monthly/ keeps its newest N backups (0, the default, turns the tier off)." },
+    Spec { key: "backup.retention_days", env: &["BACKUP_RETENTION_DAYS"], default: None, secret: false,
+        doc: "Also delete backups older than N days from every tier (unset or 0: off). The newest backup is always kept." },
+    Spec { key: "backup.retention_count", env: &["BACKUP_RETENTION_COUNT"], default: None, secret: false,
+        doc: "named/ keeps its newest N backups (unset: all)." },
+    Spec { key: "backup.week_start", env: &["BACKUP_WEEK_START"], default: Some("sunday"), secret: false,
+        doc: "First day of the week for weekly/ (sunday or monday; the label is the ISO week of that day)." },
+    Spec { key: "backup.timezone", env: &["BACKUP_TIMEZONE"], default: None, secret: false,
+        doc: "IANA time zone for names, days and weeks (default: the host's local zone, TZ)." },
+    Spec { key: "backup.compression_level", env: &["BACKUP_COMPRESSION_LEVEL"], default: Some("3"), secret: false,
+        doc: "zstd level for the dump (1-19)." },
+    Spec { key: "backup.timeout", env: &["BACKUP_TIMEOUT"], default: None, secret: false,
+        doc: "Give up on a pg_dump that runs longer than this (e.g. 2h, 90m; unset: no limit)." },
+    Spec { key: "log.debug", env: &["DEBUG"], default: Some("false"), secret: false,
+        doc: "Verbose logs, including every child command line (true/false)." },
+    Spec { key: "log.format", env: &["BACKUP_LOG_FORMAT"], default: Some("text"), secret: false,
+        doc: "Log format: text (the seed's `[YYYY-MM-DD HH:MM:SS] message`) or json." },
+];
+
+/// Where a value came from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "layer", rename_all = "snake_case")]
+pub enum Source {
+    Flag { flag: String },
+    Env { var: String },
+    DotEnv { path: PathBuf, var: String },
+    Toml { path: PathBuf, key: String },
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag { flag } => write!(f, "flag {flag}"),
+            Source::Env { var } => write!(f, "environment ({var})"),
+            Source::DotEnv { path, var } => write!(f, ".env {} ({var})", path.display()),
+            Source::Toml { path, key } => write!(f, "TOML {} ({key})", path.display()),
+            Source::Default => write!(f, "default"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Raw {
+    pub value: String,
+    pub source: Source,
+}
+
+impl Raw {
+    /// The name the user wrote: `BACKUP_KEEP_HOURLY`, `backup.keep_hourly`, `--db`.
+    fn written_name(&self, spec: &Spec) -> String {
+        match &self.source {
+            Source::Flag { flag } => flag.clone(),
+            Source::Env { var } | Source::DotEnv { var, .. } => var.clone(),
+            Source::Toml { key, .. } => key.clone(),
+            Source::Default => spec.env_name().to_string(),
+        }
+    }
+
+    fn invalid(&self, spec: &Spec, expected: &str) -> anyhow::Error {
+        let shown = if spec.secret {
+            "<redacted>".to_string()
+        } else {
+            format!("{:?}", self.value)
+        };
+        let from = match &self.source {
+            Source::Flag { .. } => "the command line".to_string(),
+            Source::Env { .. } => "the environment".to_string(),
+            Source::DotEnv { path, .. } => format!(".env file {}", path.display()),
+            Source::Toml { path, .. } => format!("TOML file {}", path.display()),
+            Source::Default => "the default".to_string(),
+        };
+        usage(format!(
+            "invalid setting {} = {shown} (from {from}): expected {expected}",
+            self.written_name(spec)
+        ))
+    }
+}
+
+/// A password or token: never printed by Debug.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    pub name: String,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub host: Option<String>,
+    pub port: u16,
+    pub container: Option<String>,
+    pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub backup_dir: PathBuf,
+    pub prefix: String,
+    pub db: DbConfig,
+    pub policy: Policy,
+    pub calendar: Calendar,
+    pub compression_level: i32,
+    pub timeout: Option<Duration>,
+    pub log_format: LogFormat,
+    pub debug: bool,
+    /// Every setting with its resolved value and source, for `kbackup config`.
+    pub resolved: Vec<(&'static Spec, Option<Raw>)>,
+}
+
+/// Loads the configuration from the real process environment.
+pub fn load(global: &GlobalArgs) -> Result<Config> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let cwd = std::env::current_dir()?;
+    load_from(global, &env, &cwd)
+}
+
+/// Loads the configuration from explicit inputs (the testable core of [`load`]).
+pub fn load_from(global: &GlobalArgs, env: &HashMap<String, String>, cwd: &Path) -> Result<Config> {
+    let dotenv = read_dotenv(global, cwd)?;
+    let toml = read_toml(global, env, cwd)?;
+    let flags = flag_values(global);
+
+    let mut resolved = Vec::with_capacity(SETTINGS.len());
+    for spec in SETTINGS {
+        let raw = resolve_one(spec, &flags, env, &dotenv, &toml)?;
+        resolved.push((spec, raw));
+    }
+    build(resolved, cwd)
+}
+
+fn flag_values(g: &GlobalArgs) -> HashMap<&'static str, (String, &'static str)> {
+    let mut m = HashMap::new();
+    if let Some(v) = &g.backup_dir {
+        m.insert("backup.dir", (v.clone(), "--backup-dir"));
+    }
+    if let Some(v) = &g.database {
+        m.insert("database.name", (v.clone(), "--db"));
+    }
+    if let Some(v) = &g.container {
+        m.insert("database.container", (v.clone(), "--container"));
+    }
+    if let Some(v) = g.log_format {
+        let s = match v {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        m.insert("log.format", (s.to_string(), "--log-format"));
+    }
+    if g.debug {
+        m.insert("log.debug", ("true".to_string(), "--debug"));
+    }
+    m
+}
+
+struct DotEnv {
+    path: PathBuf,
+    vars: HashMap<String, String>,
+}
+
+fn read_dotenv(global: &GlobalArgs, cwd: &Path) -> Result<Option<DotEnv>> {
+    let (path, explicit) = match &global.env_file {
+        Some(p) => (cwd.join(p), true),
+        None => (cwd.join(".env"), false),
+    };
+    if !path.exists() {
+        if explicit {
+            return Err(usage(format!(
+                "--env-file {}: no such file; give the path of an existing .env file",
+                path.display()
+            )));
+        }
+        return Ok(None);
+    }
+    let iter = dotenvy::from_path_iter(&path)
+        .map_err(|e| usage(format!("cannot read .env file {}: {e}", path.display())))?;
+    let mut vars = HashMap::new();
+    for item in iter {
+        let (k, v) =
+            item.map_err(|e| usage(format!("invalid line in .env file {}: {e}", path.display())))?;
+        vars.insert(k, v);
+    }
+    Ok(Some(DotEnv { path, vars }))
+}
+
+struct TomlLayer {
+    path: PathBuf,
+    values: HashMap<String, String>,
+}
+
+fn read_toml(
+    global: &GlobalArgs,
+    env: &HashMap<String, String>,
+    cwd: &Path,
+) -> Result<Option<TomlLayer>> {
+    let (path, how) = match (
+        &global.config,
+        env.get("KBACKUP_CONFIG").filter(|v| !v.is_empty()),
+    ) {
+        (Some(p), _) => (cwd.join(p), "--config"),
+        (None, Some(p)) => (cwd.join(p), "KBACKUP_CONFIG"),
+        (None, None) => return Ok(None),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        usage(format!(
+            "{how} {}: cannot read the settings file: {e}",
+            path.display()
+        ))
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| usage(format!("{how} {}: not valid TOML: {e}", path.display())))?;
+    let mut values = HashMap::new();
+    for (section, inner) in &table {
+        let toml::Value::Table(inner) = inner else {
+            return Err(unknown_toml_key(&path, section));
+        };
+        for (name, value) in inner {
+            let key = format!("{section}.{name}");
+            if !SETTINGS.iter().any(|s| s.key == key) {
+                return Err(unknown_toml_key(&path, &key));
+            }
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    return Err(usage(format!(
+                        "invalid setting {key} = {other} in {}: expected a single value",
+                        path.display()
+                    )))
+                }
+            };
+            values.insert(key, text);
+        }
+    }
+    Ok(Some(TomlLayer { path, values }))
+}
+
+fn unknown_toml_key(path: &Path, key: &str) -> anyhow::Error {
+    let known: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+    usage(format!(
+        "unknown setting `{key}` in {}: remove it or fix its spelling; known settings are: {}",
+        path.display(),
+        known.join(", ")
+    ))
+}
+
+/// Looks a setting up in one name→value layer; two of its names with different
+/// values in the same layer is an error (e.g. DB_NAME and POSTGRES_DB).
+fn lookup_names(
+    spec: &Spec,
+    vars: &HashMap<String, String>,
+    layer: &str,
+) -> Result<Option<(String, &'static str)>> {
+    let mut found: Option<(String, &'static str)> = None;
+    for name in spec.env {
+        let Some(v) = vars.get(*name).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        match &found {
+            Some((prev, prev_name)) if prev != v => {
+                return Err(usage(format!(
+                    "conflicting settings in {layer}: {prev_name} and {name} differ; set only one of them"
+                )))
+            }
+            Some(_) => {}
+            None => found = Some((v.clone(), name)),
+        }
+    }
+    Ok(found)
+}
+
+fn resolve_one(
+    spec: &'static Spec,
+    flags: &HashMap<&'static str, (String, &'static str)>,
+    env: &HashMap<String, String>,
+    dotenv: &Option<DotEnv>,
+    toml: &Option<TomlLayer>,
+) -> Result<Option<Raw>> {
+    if let Some((v, flag)) = flags.get(spec.key) {
+        return Ok(Some(Raw {
+            value: v.clone(),
+            source: Source::Flag {
+                flag: flag.to_string(),
+            },
+        }));
+    }
+    if let Some((v, var)) = lookup_names(spec, env, "the environment")? {
+        return Ok(Some(Raw {
+            value: v,
+            source: Source::Env {
+                var: var.to_string(),
+            },
+        }));
+    }
+    if let Some(d) = dotenv {
+        if let Some((v, var)) = lookup_names(spec, &d.vars, &d.path.display().to_string())? {
+            return Ok(Some(Raw {
+                value: v,
+                source: Source::DotEnv {
+                    path: d.path.clone(),
+                    var: var.to_string(),
+                },
+            }));
+        }
+    }
+    if let Some(t) = toml {
+        if let Some(v) = t.values.get(spec.key) {
+            return Ok(Some(Raw {
+                value: v.clone(),
+                source: Source::Toml {
+                    path: t.path.clone(),
+                    key: spec.key.to_string(),
+                },
+            }));
+        }
+    }
+    Ok(spec.default.map(|d| Raw {
+        value: d.to_string(),
+        source: Source::Default,
+    }))
+}
+
+/// Typed access to the resolved values, each parse error naming its setting.
+struct Values<'a>(BTreeMap<&'static str, (&'static Spec, &'a Raw)>);
+
+impl<'a> Values<'a> {
+    fn raw(&self, key: &str) -> Option<(&'static Spec, &'a Raw)> {
+        self.0.get(key).copied()
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.raw(key).map(|(_, r)| r.value.trim().to_string())
+    }
+
+    fn parse<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        f: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some((spec, raw)) => f(raw.value.trim())
+                .map(Some)
+                .ok_or_else(|| raw.invalid(spec, expected)),
+        }
+    }
+
+    fn count(&self, key: &str) -> Result<Option<u32>> {
+        self.parse(key, "a whole number, 0 or more", |s| s.parse::<u32>().ok())
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Config> {
+    let values = Values(
+        resolved
+            .iter()
+            .filter_map(|(s, r)| r.as_ref().map(|r| (s.key, (*s, r))))
+            .collect(),
+    );
+
+    let name = values.string("database.name").ok_or_else(|| {
+        usage(
+            "missing database name: set DB_NAME (or POSTGRES_DB) in the environment or .env, \
+             `name` under [database] in the TOML file, or pass --db NAME",
+        )
+    })?;
+    let user = values
+        .string("database.user")
+        .unwrap_or_else(|| "postgres".into());
+    let port = values
+        .parse("database.port", "a TCP port number (1-65535)", |s| {
+            s.parse::<u16>().ok().filter(|p| *p > 0)
+        })?
+        .unwrap_or(5432);
+    let password = match values.string("database.password") {
+        Some(p) => Some(Secret(p)),
+        None => match values.string("database.password_file") {
+            Some(file) => {
+                let path = cwd.join(&file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    usage(format!(
+                        "POSTGRES_PASSWORD_FILE {}: cannot read the password file: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(Secret(text.trim_end_matches(['\n', '\r']).to_string()))
+            }
+            None => None,
+        },
+    };
+    let db = DbConfig {
+        name: name.clone(),
+        user,
+        password,
+        host: values.string("database.host"),
+        port,
+        container: values.string("database.container"),
+        bin_dir: values.string("database.bin_dir").map(|d| cwd.join(d)),
+    };
+
+    let dir = values
+        .string("backup.dir")
+        .unwrap_or_else(|| "backups".into());
+    let backup_dir = expand_home(&dir).map(|p| cwd.join(p)).ok_or_else(|| {
+        usage(format!(
+            "invalid setting BACKUP_DIR = {dir:?}: `~` needs HOME to be set"
+        ))
+    })?;
+
+    let prefix = values
+        .string("backup.prefix")
+        .unwrap_or_else(|| name.clone());
+    if prefix.is_empty() || prefix.contains('/') || prefix.starts_with('.') {
+        return Err(usage(format!(
+            "invalid file name prefix {prefix:?} (BACKUP_PREFIX, default the database name): \
+             it must be non-empty, without '/', and not start with '.'; set BACKUP_PREFIX"
+        )));
+    }
+
+    let policy = Policy {
+        keep_hourly: values.count("backup.keep_hourly")?.unwrap_or(24),
+        keep_daily: values.count("backup.keep_daily")?.unwrap_or(7),
+        keep_weekly: values.count("backup.keep_weekly")?.unwrap_or(4),
+        keep_monthly: values.count("backup.keep_monthly")?.unwrap_or(0),
+        max_age_days: values.count("backup.retention_days")?.filter(|d| *d > 0),
+        keep_named: values.count("backup.retention_count")?,
+    };
+    if policy.keep_hourly + policy.keep_daily + policy.keep_weekly + policy.keep_monthly == 0 {
+        return Err(usage(
+            "BACKUP_KEEP_HOURLY, BACKUP_KEEP_DAILY, BACKUP_KEEP_WEEKLY and BACKUP_KEEP_MONTHLY are all 0: \
+             every backup but the newest would be deleted; keep at least one tier",
+        ));
+    }
+
+    let week_start = values
+        .parse(
+            "backup.week_start",
+            "a day name: sunday or monday",
+            |s| match s.to_ascii_lowercase().as_str() {
+                "sunday" | "sun" => Some(Weekday::Sun),
+                "monday" | "mon" => Some(Weekday::Mon),
+                _ => None,
+            },
+        )?
+        .unwrap_or(Weekday::Sun);
+    let zone = values
+        .parse(
+            "backup.timezone",
+            "an IANA time zone name such as Europe/Berlin or UTC",
+            |s| s.parse::<chrono_tz::Tz>().ok().map(Zone::Named),
+        )?
+        .unwrap_or(Zone::Local);
+    let compression_level = values
+        .parse(
+            "backup.compression_level",
+            "a zstd level from 1 to 19",
+            |s| s.parse::<i32>().ok().filter(|l| (1..=19).contains(l)),
+        )?
+        .unwrap_or(3);
+    let timeout = values.parse("backup.timeout", "a duration such as 90m or 2h", |s| {
+        humantime::parse_duration(s).ok().filter(|d| !d.is_zero())
+    })?;
+    let debug = values
+        .parse("log.debug", "true or false", parse_bool)?
+        .unwrap_or(false);
+    let log_format = values
+        .parse("log.format", "text or json", |s| match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        })?
+        .unwrap_or(LogFormat::Text);
+
+    // Keep provenance for `kbackup config`, but never a secret's value.
+    let resolved = resolved
+        .into_iter()
+        .map(|(spec, raw)| {
+            let raw = raw.map(|r| {
+                if spec.secret {
+                    Raw {
+                        value: "<redacted>".into(),
+                        ..r
+                    }
+                } else {
+                    r
+                }
+            });
+            (spec, raw)
+        })
+        .collect();
+    Ok(Config {
+        backup_dir,
+        prefix,
+        db,
+        policy,
+        calendar: Calendar { zone, week_start },
+        compression_level,
+        timeout,
+        log_format,
+        debug,
+        resolved,
+    })
+}
+
+fn expand_home(dir: &str) -> Option<PathBuf> {
+    match dir.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(rest)),
+        None if dir == "~" => std::env::var_os("HOME").map(PathBuf::from),
+        None => Some(PathBuf::from(dir)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(global: &GlobalArgs, pairs: &[(&str, &str)]) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        load_from(global, &env(pairs), dir.path())
+    }
+
+    fn err_text(r: Result<Config>) -> String {
+        let e = r.unwrap_err();
+        assert_eq!(
+            crate::error::exit_kind(&e),
+            crate::error::ExitKind::Usage,
+            "{e:#}"
+        );
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn defaults_follow_the_seeds() {
+        let c = load(&GlobalArgs::default(), &[("DB_NAME", "kairon")]).unwrap();
+        assert_eq!(c.db.name, "kairon");
+        assert_eq!(c.prefix, "kairon");
+        assert_eq!(
+            (
+                c.policy.keep_hourly,
+                c.policy.keep_daily,
+                c.policy.keep_weekly
+            ),
+            (24, 7, 4)
+        );
+        assert_eq!(c.policy.keep_monthly, 0);
+        assert_eq!(c.db.port, 5432);
+        assert_eq!(c.db.user, "postgres");
+        assert!(c.db.container.is_none());
+    }
+
+    #[test]
+    fn flags_beat_env_beat_dotenv_beat_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "DB_NAME=fromdotenv\nBACKUP_KEEP_DAILY=5\nBACKUP_KEEP_WEEKLY=3\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("k.toml"),
+            "[backup]\nkeep_daily = 1\nkeep_weekly = 1\nkeep_monthly = 2\n[database]\nname = \"fromtoml\"\n",
+        )
+        .unwrap();
+        let g = GlobalArgs {
+            config: Some("k.toml".into()),
+            ..Default::default()
+        };
+        let c = load_from(&g, &env(&[("BACKUP_KEEP_DAILY", "9")]), dir.path()).unwrap();
+        assert_eq!(c.policy.keep_daily, 9, "env beats .env");
+        assert_eq!(c.policy.keep_weekly, 3, ".env beats TOML");
+        assert_eq!(c.policy.keep_monthly, 2, "TOML beats default");
+        assert_eq!(c.db.name, "fromdotenv");
+        let g = GlobalArgs {
+            database: Some("fromflag".into()),
+            ..g
+        };
+        let c = load_from(&g, &env(&[("DB_NAME", "fromenv")]), dir.path()).unwrap();
+        assert_eq!(c.db.name, "fromflag");
+        let src = c
+            .resolved
+            .iter()
+            .find(|(s, _)| s.key == "database.name")
+            .unwrap()
+            .1
+            .clone()
+            .unwrap();
+        assert_eq!(
+            src.source,
+            Source::Flag {
+                flag: "--db".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_value() {
+        let t = err_text(load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "x"), ("BACKUP_KEEP_HOURLY", "abc")],
+        ));
+        assert!(
+            t.contains("BACKUP_KEEP_HOURLY") && t.contains("\"abc\""),
+            "{t}"
+        );
+        let t = err_text(load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "x"), ("BACKUP_KEEP_DAILY", "-1")],
+        ));
+        assert!(
+            t.contains("BACKUP_KEEP_DAILY") && t.contains("\"-1\""),
+            "{t}"
+        );
+        let t = err_text(load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "x"), ("POSTGRES_PORT", "99999")],
+        ));
+        assert!(t.contains("POSTGRES_PORT"), "{t}");
+        let t = err_text(load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "x"), ("BACKUP_TIMEZONE", "Mars/Base")],
+        ));
+        assert!(
+            t.contains("BACKUP_TIMEZONE") && t.contains("Mars/Base"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn missing_database_name_is_a_usage_error() {
+        let t = err_text(load(&GlobalArgs::default(), &[]));
+        assert!(t.contains("DB_NAME"), "{t}");
+    }
+
+    #[test]
+    fn unknown_toml_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k.toml"), "[backup]\nkeep_hourlyy = 3\n").unwrap();
+        let g = GlobalArgs {
+            config: Some("k.toml".into()),
+            ..Default::default()
+        };
+        let t = err_text(load_from(&g, &env(&[("DB_NAME", "x")]), dir.path()));
+        assert!(t.contains("backup.keep_hourlyy"), "{t}");
+        std::fs::write(
+            dir.path().join("k.toml"),
+            "[backup]\nkeep_hourly = \"many\"\n",
+        )
+        .unwrap();
+        let t = err_text(load_from(&g, &env(&[("DB_NAME", "x")]), dir.path()));
+        assert!(
+            t.contains("backup.keep_hourly") && t.contains("many"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn conflicting_aliases_are_refused() {
+        let t = err_text(load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "a"), ("POSTGRES_DB", "b")],
+        ));
+        assert!(t.contains("DB_NAME") && t.contains("POSTGRES_DB"), "{t}");
+        let c = load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "a"), ("POSTGRES_DB", "a")],
+        )
+        .unwrap();
+        assert_eq!(c.db.name, "a");
+    }
+
+    #[test]
+    fn secrets_are_not_echoed_in_errors() {
+        let c = load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "a"), ("POSTGRES_PASSWORD", "hunter2")],
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn all_tiers_off_is_refused() {
+        let t = err_text(load(
+            &GlobalArgs::default(),
+            &[
+                ("DB_NAME", "a"),
+                ("BACKUP_KEEP_HOURLY", "0"),
+                ("BACKUP_KEEP_DAILY", "0"),
+                ("BACKUP_KEEP_WEEKLY", "0"),
+            ],
+        ));
+        assert!(t.contains("all 0"), "{t}");
+    }
+
+    /// The example files and the README document every setting.
+    #[test]
+    fn examples_document_every_setting() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dotenv = std::fs::read_to_string(root.join(".env.example")).unwrap();
+        let toml_text = std::fs::read_to_string(root.join("config.example.toml")).unwrap();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        for s in SETTINGS {
+            for name in s.env {
+                assert!(dotenv.contains(name), ".env.example lacks {name}");
+                assert!(readme.contains(name), "README lacks {name}");
+            }
+            let (section, key) = s.key.split_once('.').unwrap();
+            assert!(
+                toml_text.contains(&format!("{key} ="))
+                    && toml_text.contains(&format!("[{section}]")),
+                "config.example.toml lacks {}",
+                s.key
+            );
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The dump pipeline: pg_dump's stdout -> archive check + row counts -> zstd ->
+//! SHA-256 -> a temporary file in the store, in one pass, on one blocking thread.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::archive::{self, Summary};
+
+/// Result of one pass.
+#[derive(Debug)]
+pub struct Written {
+    pub sha256: String,
+    pub size: u64,
+    pub summary: Summary,
+}
+
+/// Counts and hashes what goes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Copies everything read from `inner` into `sink` before handing it on.
+struct Tee<R, W> {
+    inner: R,
+    sink: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sink.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Reads an archive from `input` to its end, checking it and writing it
+/// zstd-compressed to `out`, which is fsynced before this returns.
+pub fn write_compressed(input: File, out: File, level: i32) -> Result<Written> {
+    let writer = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, out),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let mut encoder = zstd::Encoder::new(writer, level)?;
+    // One worker: compression runs beside this thread, which parses and hashes.
+    encoder.multithread(1).context("zstd worker thread")?;
+    let mut tee = Tee {
+        inner: input,
+        sink: encoder,
+    };
+    let summary =
+        archive::scan(BufReader::with_capacity(1 << 18, &mut tee)).context("pg_dump's output")?;
+    let writer = tee.sink.finish().context("finishing the zstd stream")?;
+    let HashingWriter {
+        inner,
+        hasher,
+        bytes,
+    } = writer;
+    let file = inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("writing the dump")?;
+    file.sync_all().context("fsync of the dump")?;
+    Ok(Written {
+        sha256: hex::encode(hasher.finalize()),
+        size: bytes,
+        summary,
+    })
+}
+
+/// Reads a stored dump back through the archive check (a `.dump.zst` or a seed
+/// `.dump`), returning its summary and SHA-256.
+pub fn read_back(path: &std::path::Path) -> Result<(Summary, String)> {
+    struct Hashing<R> {
+        inner: R,
+        hasher: Sha256,
+    }
+    impl<R: Read> Read for Hashing<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.hasher.update(&buf[..n]);
+            Ok(n)
+        }
+    }
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hashing = Hashing {
+        inner: BufReader::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+    };
+    let is_zstd = path.to_string_lossy().ends_with(".zst");
+    let summary = if is_zstd {
+        let decoder = zstd::Decoder::new(&mut hashing)?;
+        archive::scan(BufReader::with_capacity(1 << 18, decoder))?
+    } else {
+        archive::scan(BufReader::with_capacity(1 << 18, &mut hashing))?
+    };
+    io::copy(&mut hashing, &mut io::sink())?;
+    Ok((summary, hex::encode(hashing.hasher.finalize())))
+}

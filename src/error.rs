@@ -1,0 +1,58 @@
+//! Exit codes and the error kinds that choose them.
+//!
+//! Every failure is an `anyhow::Error`; the few that need a specific exit code
+//! carry a [`Coded`] somewhere in their chain, and `main` looks for it.
+
+use std::fmt;
+
+/// The documented exit codes (README, "Exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// The operation failed (database unreachable, pg_dump failed, disk full...).
+    Failure = 1,
+    /// Bad input: an invalid flag, setting or argument. Nothing was changed.
+    Usage = 2,
+    /// Another kbackup run holds the store's lock. Nothing was changed.
+    Locked = 3,
+    /// Interrupted by SIGINT (Ctrl-C); partial work was cleaned up.
+    Interrupted = 130,
+    /// Terminated by SIGTERM; partial work was cleaned up.
+    Terminated = 143,
+}
+
+#[derive(Debug)]
+pub struct Coded {
+    pub kind: ExitKind,
+    pub message: String,
+}
+
+impl fmt::Display for Coded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+/// A usage error (exit 2): the message names the input and what to do.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Coded {
+        kind: ExitKind::Usage,
+        message: message.into(),
+    })
+}
+
+pub fn locked(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Coded {
+        kind: ExitKind::Locked,
+        message: message.into(),
+    })
+}
+
+/// The exit code for an error: the first [`Coded`] in its chain, else 1.
+pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Coded>())
+        .map(|c| c.kind)
+        .unwrap_or(ExitKind::Failure)
+}

@@ -1,0 +1,97 @@
+//! kbackup: parse, load settings, start logging, dispatch, map errors to exit codes.
+
+mod archive;
+mod cli;
+mod clock;
+mod commands;
+mod config;
+mod dump;
+mod error;
+mod logging;
+mod manifest;
+mod naming;
+mod postgres;
+mod process;
+mod retention;
+mod store;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::{Cli, Command};
+use crate::error::{exit_kind, ExitKind};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match config::load(&cli.global) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "[{}] ERROR: {e:#}",
+                chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
+            );
+            return ExitCode::from(exit_kind(&e) as u8);
+        }
+    };
+    // Commands that change the store also append to BACKUP_DIR/backup.log.
+    let writes_store = match &cli.command {
+        Command::Backup(a) => !a.dry_run,
+        Command::Rotate(a) => !a.dry_run,
+        _ => false,
+    };
+    let log_dir = writes_store.then(|| store::Store::new(cfg.backup_dir.clone()));
+    if let Some(s) = &log_dir {
+        if let Err(e) = s.ensure_root() {
+            eprintln!(
+                "[{}] ERROR: {e:#}",
+                chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
+            );
+            return ExitCode::from(ExitKind::Failure as u8);
+        }
+    }
+    if let Err(e) = logging::init(
+        cfg.log_format,
+        cfg.debug,
+        cfg.calendar.zone,
+        log_dir.as_ref().map(|s| s.root.as_path()),
+    ) {
+        eprintln!("ERROR: {e:#}");
+        return ExitCode::from(ExitKind::Failure as u8);
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        // Dropping the command's future on a signal drops its temporary files and
+        // kills its children (kill_on_drop): the store is left as it was.
+        tokio::select! {
+            r = dispatch(&cli.command, &cfg) => r,
+            _ = int.recv() => Err(anyhow::Error::new(error::Coded { kind: ExitKind::Interrupted, message: "interrupted (SIGINT); nothing was kept from this run".into() })),
+            _ = term.recv() => Err(anyhow::Error::new(error::Coded { kind: ExitKind::Terminated, message: "terminated (SIGTERM); nothing was kept from this run".into() })),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(exit_kind(&e) as u8)
+        }
+    }
+}
+
+async fn dispatch(command: &Command, cfg: &config::Config) -> anyhow::Result<()> {
+    match command {
+        Command::Backup(a) => commands::backup::run(cfg, a).await,
+        Command::List(a) => commands::list::run(cfg, a),
+        Command::Rotate(a) => commands::rotate::run(cfg, a),
+        Command::Config(a) => commands::config::run(cfg, a),
+    }
+}

@@ -1,0 +1,88 @@
+//! The manifest written next to every dump (`<stem>.manifest.json`).
+//!
+//! It describes the backup, not its place in the store: tier copies are hard
+//! links of one dump and share one manifest.
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+
+use crate::archive::Summary;
+use crate::naming::Format;
+
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub manifest_version: u32,
+    pub kbackup_version: String,
+    pub database: String,
+    pub prefix: String,
+    /// `--name`, for named backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub file: FileInfo,
+    /// When pg_dump started and finished, with the local UTC offset.
+    #[serde(with = "rfc3339")]
+    pub started_at: DateTime<FixedOffset>,
+    #[serde(with = "rfc3339")]
+    pub finished_at: DateTime<FixedOffset>,
+    pub source: SourceInfo,
+    pub server_version: String,
+    pub pg_dump_version: String,
+    pub database_size_bytes: u64,
+    /// The archive as read while it was written: TOC object counts and the exact
+    /// rows of every table, from the snapshot pg_dump took.
+    pub archive: Summary,
+    pub globals: GlobalsInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub format: Format,
+    /// SHA-256 of the file as stored (compressed).
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub compression: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub port: u16,
+    pub user: String,
+}
+
+/// `pg_dumpall --globals-only` saved as `<stem>.globals.sql`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlobalsInfo {
+    pub sha256: String,
+    pub size_bytes: u64,
+    /// False when the role could not read password hashes (not a superuser):
+    /// the roles restore, their passwords must be set again.
+    pub role_passwords: bool,
+}
+
+impl Manifest {
+    pub fn total_rows(&self) -> Option<u64> {
+        self.archive.tables.iter().map(|t| t.rows).sum()
+    }
+}
+
+/// RFC 3339 with an explicit numeric offset (`+00:00`, never `Z`) and milliseconds.
+mod rfc3339 {
+    use chrono::{DateTime, FixedOffset, SecondsFormat};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<FixedOffset>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, false))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<FixedOffset>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,347 @@
+//! Where the database is, and the commands that reach it: the local client tools
+//! connecting directly (host/port or a unix socket), or the tools inside a Docker
+//! container through `docker exec`. The password travels only in the child's
+//! environment (`docker exec -e PGPASSWORD` without a value copies it from ours),
+//! never in an argv.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::config::DbConfig;
+use crate::process::{Cmd, ProcessError};
+
+const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    pub db: DbConfig,
+}
+
+/// What the server told us before a dump.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub version_num: u32,
+    pub version: String,
+    pub database_size: u64,
+}
+
+impl ServerInfo {
+    pub fn major(&self) -> u32 {
+        major_of_num(self.version_num)
+    }
+}
+
+fn major_of_num(num: u32) -> u32 {
+    if num >= 100_000 {
+        num / 10_000
+    } else {
+        num / 100
+    }
+}
+
+impl Postgres {
+    pub fn new(db: DbConfig) -> Self {
+        Postgres { db }
+    }
+
+    pub fn is_docker(&self) -> bool {
+        self.db.container.is_some()
+    }
+
+    /// `kairon@localhost:5432`, `kairon in container postgres-db`: for messages.
+    pub fn describe(&self) -> String {
+        match &self.db.container {
+            Some(c) => format!("{} in container {c}", self.db.name),
+            None => format!(
+                "{}@{}:{}",
+                self.db.name,
+                self.db.host.as_deref().unwrap_or("local socket"),
+                self.db.port
+            ),
+        }
+    }
+
+    /// A client tool, run locally or inside the container, with the connection
+    /// settings every tool shares. `--no-password` makes a missing password an
+    /// error instead of a prompt that would hang cron.
+    pub fn tool(&self, name: &str) -> Cmd {
+        let mut cmd = match &self.db.container {
+            Some(container) => {
+                let mut c = Cmd::new("docker").arg("exec");
+                if let Some(p) = &self.db.password {
+                    c = c
+                        .args(["-e", "PGPASSWORD"])
+                        .secret_env("PGPASSWORD", p.expose());
+                }
+                c.arg(container).arg(name).label(name)
+            }
+            None => {
+                let program = match &self.db.bin_dir {
+                    Some(dir) => dir.join(name),
+                    None => PathBuf::from(name),
+                };
+                let mut c = Cmd::new(program).label(name);
+                if let Some(p) = &self.db.password {
+                    c = c.secret_env("PGPASSWORD", p.expose());
+                }
+                c
+            }
+        };
+        if name == "pg_dump" || name == "pg_dumpall" || name == "psql" {
+            cmd = cmd.arg("--no-password").args(["--username", &self.db.user]);
+            if let Some(h) = &self.db.host {
+                cmd = cmd.args(["--host", h]);
+            }
+            cmd = cmd.args(["--port", &self.db.port.to_string()]);
+        }
+        cmd
+    }
+
+    /// The dump kbackup takes: custom format, no compression inside (kbackup
+    /// compresses with zstd as it streams, and reads the rows as they pass).
+    pub fn pg_dump(&self) -> Cmd {
+        self.tool("pg_dump")
+            .args(["--format=custom", "--compress=0"])
+            .arg(&self.db.name)
+    }
+
+    pub fn pg_dumpall_globals(&self, with_role_passwords: bool) -> Cmd {
+        let c = self.tool("pg_dumpall").arg("--globals-only");
+        let c = if with_role_passwords {
+            c
+        } else {
+            c.arg("--no-role-passwords")
+        };
+        c.args(["--database", &self.db.name])
+    }
+
+    pub fn psql(&self, sql: &str) -> Cmd {
+        self.tool("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-F",
+                "|",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .arg(&self.db.name)
+    }
+
+    /// Checks the container exists and runs (docker mode), with the seed's errors.
+    pub async fn check_container(&self) -> Result<()> {
+        let Some(container) = &self.db.container else {
+            return Ok(());
+        };
+        let inspect =
+            Cmd::new("docker").args(["inspect", "--format", "{{.State.Running}}", container]);
+        match inspect.output(Some(QUERY_TIMEOUT)).await {
+            Ok(out) if String::from_utf8_lossy(&out).trim() == "true" => Ok(()),
+            Ok(_) => Err(anyhow!(
+                "PostgreSQL container not running: {container} (CONTAINER_DB) exists but is stopped; \
+                 start it (docker start {container}) and check `docker ps`"
+            )),
+            Err(ProcessError::NotFound { .. }) => Err(anyhow!(
+                "docker not found: CONTAINER_DB={container} selects docker mode, which runs `docker exec`; \
+                 install the Docker CLI or unset CONTAINER_DB to connect directly"
+            )),
+            Err(e) if e.stderr().contains("No such") => Err(anyhow!(
+                "PostgreSQL container not found: {container} (CONTAINER_DB); \
+                 check the name with `docker ps --format '{{{{.Names}}}}'` and update CONTAINER_DB"
+            )),
+            Err(e) => Err(anyhow!(e).context(format!("cannot inspect container {container}: is the Docker engine running?"))),
+        }
+    }
+
+    /// The version of a client tool, e.g. pg_dump 15.18 -> 15.
+    pub async fn tool_major(&self, name: &str) -> Result<(u32, String)> {
+        let mut cmd = match &self.db.container {
+            Some(c) => Cmd::new("docker").args(["exec", c, name]).label(name),
+            None => Cmd::new(
+                self.db
+                    .bin_dir
+                    .as_ref()
+                    .map(|d| d.join(name))
+                    .unwrap_or_else(|| name.into()),
+            )
+            .label(name),
+        };
+        cmd = cmd.arg("--version");
+        let out = cmd
+            .output(Some(QUERY_TIMEOUT))
+            .await
+            .map_err(|e| self.tool_error(name, e))?;
+        let text = String::from_utf8_lossy(&out).trim().to_string();
+        let major = parse_tool_major(&text)
+            .ok_or_else(|| anyhow!("cannot read the version of {name} from {text:?}"))?;
+        Ok((major, text))
+    }
+
+    /// The seed's "pg_dump command not found", for both modes.
+    pub fn tool_error(&self, name: &str, e: ProcessError) -> anyhow::Error {
+        let missing_in_container = matches!(
+            &e,
+            ProcessError::Failed {
+                code: Some(126 | 127),
+                ..
+            }
+        ) || e.stderr().contains("executable file not found");
+        match (&self.db.container, &e) {
+            (None, ProcessError::NotFound { program }) => anyhow!(
+                "{name} command not found ({program}): install the PostgreSQL client tools \
+                 (apt-get install postgresql-client) or set POSTGRES_BIN_DIR to the folder holding {name}"
+            ),
+            (Some(c), _) if missing_in_container => {
+                anyhow!("{name} command not found in container {c}: the container must ship the PostgreSQL client tools")
+            }
+            _ => anyhow!(e),
+        }
+    }
+
+    /// Server version and database size, in one round trip. Connection failures
+    /// become the seed's "Cannot connect to database: db@host:port".
+    pub async fn server_info(&self) -> Result<ServerInfo> {
+        let sql =
+            "SELECT current_setting('server_version_num'), current_setting('server_version'), \
+                   pg_database_size(current_database())";
+        let out = self
+            .psql(sql)
+            .output(Some(QUERY_TIMEOUT))
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let text = String::from_utf8_lossy(&out);
+        let fields: Vec<&str> = text.trim().split('|').collect();
+        let [num, version, size] = fields[..] else {
+            return Err(anyhow!("unexpected answer from the server: {text:?}"));
+        };
+        Ok(ServerInfo {
+            version_num: num.parse().context("server_version_num")?,
+            version: version.to_string(),
+            database_size: size.parse().context("pg_database_size")?,
+        })
+    }
+
+    pub fn connect_error(&self, e: ProcessError) -> anyhow::Error {
+        match &e {
+            ProcessError::Failed { stderr, .. } => {
+                let first = stderr
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim();
+                if stderr.contains("does not exist") && stderr.contains("database") {
+                    anyhow!(
+                        "Cannot connect to database: {}: the database does not exist ({first}); check DB_NAME/POSTGRES_DB",
+                        self.describe()
+                    )
+                } else if self.is_docker()
+                    && (stderr.contains("No such container") || stderr.contains("is not running"))
+                {
+                    anyhow!("PostgreSQL container not found: {first}")
+                } else {
+                    anyhow!(
+                        "Cannot connect to database: {}: {first}; check that PostgreSQL is running and the \
+                         connection settings (POSTGRES_HOST, POSTGRES_PORT, DB_USER, POSTGRES_PASSWORD)",
+                        self.describe()
+                    )
+                }
+            }
+            _ => self.tool_error("psql", e),
+        }
+    }
+}
+
+/// The major version, numbered as the server's `server_version_num / 10000`
+/// (`/ 100` before 10): `pg_dump (PostgreSQL) 15.18 (Debian ...)` -> 15, `9.6.24` -> 906.
+pub fn parse_tool_major(text: &str) -> Option<u32> {
+    let after = text.split(')').nth(1).unwrap_or(text);
+    let ver = after.split_whitespace().next()?;
+    let mut parts = ver.split('.');
+    let leading_digits = |s: &str| {
+        s.chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+    };
+    let major: u32 = leading_digits(parts.next()?).parse().ok()?;
+    if major < 10 {
+        let minor: u32 = leading_digits(parts.next()?).parse().ok()?;
+        return Some(major * 100 + minor);
+    }
+    Some(major)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn db(container: Option<&str>) -> DbConfig {
+        DbConfig {
+            name: "kairon".into(),
+            user: "n8n_user".into(),
+            password: None,
+            host: None,
+            port: 5432,
+            container: container.map(String::from),
+            bin_dir: None,
+        }
+    }
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(
+            parse_tool_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(906));
+        assert_eq!(major_of_num(150018), 15);
+        assert_eq!(major_of_num(90624), 906);
+    }
+
+    #[test]
+    fn docker_mode_passes_the_password_by_name_only() {
+        let mut d = db(Some("postgres-db"));
+        d.password = Some(secret("s3cret"));
+        let cmd = Postgres::new(d).pg_dump();
+        let argv: Vec<String> = cmd
+            .argv()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            &argv[..5],
+            ["docker", "exec", "-e", "PGPASSWORD", "postgres-db"]
+        );
+        assert!(argv.iter().all(|a| !a.contains("s3cret")));
+        assert!(argv.contains(&"--compress=0".to_string()));
+        assert!(cmd.to_string().contains("PGPASSWORD=<redacted>"));
+    }
+
+    fn secret(s: &str) -> Secret {
+        // Secrets are only built by config; go through it.
+        let env = [("DB_NAME", "x"), ("POSTGRES_PASSWORD", s)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        crate::config::load_from(&Default::default(), &env, std::path::Path::new("/"))
+            .unwrap()
+            .db
+            .password
+            .unwrap()
+    }
+
+    #[test]
+    fn direct_mode_uses_bin_dir() {
+        let mut d = db(None);
+        d.bin_dir = Some("/usr/lib/postgresql/16/bin".into());
+        d.host = Some("/run/pg".into());
+        let s = Postgres::new(d).pg_dump().to_string();
+        assert!(s.starts_with("/usr/lib/postgresql/16/bin/pg_dump --no-password --username n8n_user --host /run/pg"), "{s}");
+    }
+}

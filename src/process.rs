@@ -1,0 +1,429 @@
+//! The one runner for every child process (pg_dump, pg_dumpall, psql, docker).
+//!
+//! A command is data ([`Cmd`]): program, arguments, environment; its `Display`
+//! is the shell-escaped command line with secret environment values elided, for
+//! logs and dry-runs. Running it: stdin is closed, stderr is drained on its own
+//! task (a chatty child can never block on a full pipe) and its tail kept for the
+//! error, stdout is captured or streamed to a consumer on a blocking thread, the
+//! exit status is always checked, a timeout kills the child, and a child whose
+//! caller goes away (Ctrl-C, an error elsewhere) is killed: no orphans.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::fd::AsRawFd;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const STDERR_TAIL_LINES: usize = 30;
+
+#[derive(Clone)]
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(String, OsString, bool)>,
+    /// Short name for messages: "pg_dump", "docker".
+    label: String,
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        let program = program.as_ref().to_owned();
+        let label = std::path::Path::new(&program)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Cmd {
+            program,
+            args: Vec::new(),
+            env: Vec::new(),
+            label,
+        }
+    }
+
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.to_string(), value.as_ref().to_owned(), false));
+        self
+    }
+
+    /// An environment variable whose value never appears in logs or errors.
+    pub fn secret_env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.to_string(), value.as_ref().to_owned(), true));
+        self
+    }
+
+    pub fn label(mut self, label: &str) -> Self {
+        self.label = label.to_string();
+        self
+    }
+
+    pub fn get_label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn argv(&self) -> impl Iterator<Item = &OsStr> {
+        std::iter::once(self.program.as_os_str()).chain(self.args.iter().map(|a| a.as_os_str()))
+    }
+
+    fn command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.program);
+        c.args(&self.args)
+            .envs(self.env.iter().map(|(k, v, _)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+
+    fn spawn(&self) -> Result<tokio::process::Child, ProcessError> {
+        tracing::debug!("running: {self}");
+        self.command().spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ProcessError::NotFound {
+                    program: self.program.to_string_lossy().into_owned(),
+                }
+            } else {
+                ProcessError::Spawn {
+                    program: self.program.to_string_lossy().into_owned(),
+                    source: e,
+                }
+            }
+        })
+    }
+
+    /// Runs to completion and returns stdout; a non-zero exit is an error.
+    pub async fn output(&self, timeout: Option<Duration>) -> Result<Vec<u8>, ProcessError> {
+        let mut child = self.spawn()?;
+        let stderr = drain_stderr(child.stderr.take(), self.label.clone());
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let read = async {
+            let mut buf = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut buf)
+                .await
+                .map(|_| buf)
+        };
+        let run = async {
+            let (out, status) = tokio::join!(read, child.wait());
+            (out, status)
+        };
+        let (out, status) = match timeout {
+            Some(d) => tokio::time::timeout(d, run)
+                .await
+                .map_err(|_| ProcessError::TimedOut {
+                    label: self.label.clone(),
+                    after: d,
+                })?,
+            None => run.await,
+        };
+        let status = status.map_err(|e| self.spawn_err(e))?;
+        let tail = stderr.await.unwrap_or_default();
+        self.check(status, tail)?;
+        out.map_err(|e| self.spawn_err(e))
+    }
+
+    /// Runs with stdout handed to `consume` on a blocking thread, as a plain
+    /// blocking `File`. If the consumer fails the child is killed; if the child
+    /// fails its error wins (it is the cause; the consumer saw a short stream).
+    pub async fn stream<T, F>(
+        &self,
+        timeout: Option<Duration>,
+        consume: F,
+    ) -> Result<T, StreamError>
+    where
+        T: Send + 'static,
+        F: FnOnce(std::fs::File) -> anyhow::Result<T> + Send + 'static,
+    {
+        let mut child = self.spawn()?;
+        let stderr = drain_stderr(child.stderr.take(), self.label.clone());
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let fd = stdout.into_owned_fd().map_err(|e| self.spawn_err(e))?;
+        set_blocking(&fd).map_err(|e| self.spawn_err(e))?;
+        let file = std::fs::File::from(fd);
+        let mut consumer = tokio::task::spawn_blocking(move || consume(file));
+
+        let deadline = async {
+            match timeout {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut consumed = None;
+        let mut killed_by_us = false;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status.map_err(|e| self.spawn_err(e))?,
+                r = &mut consumer, if consumed.is_none() => {
+                    let r = r.unwrap_or_else(|e| Err(anyhow::anyhow!("stream consumer panicked: {e}")));
+                    if r.is_err() {
+                        killed_by_us = child.start_kill().is_ok();
+                    }
+                    consumed = Some(r);
+                }
+                _ = &mut deadline => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    return Err(ProcessError::TimedOut { label: self.label.clone(), after: timeout.unwrap_or_default() }.into());
+                }
+            }
+        };
+        let consumed: anyhow::Result<T> = match consumed {
+            Some(r) => r,
+            None => consumer
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("stream consumer panicked: {e}"))),
+        };
+        let tail = stderr.await.unwrap_or_default();
+        match consumed {
+            // The consumer stopped first (disk full, a corrupt stream) and we killed
+            // the child: the consumer's error is the cause.
+            Err(e) if killed_by_us => Err(StreamError::Consumer(e)),
+            Err(e) => {
+                self.check(status, tail)?;
+                Err(StreamError::Consumer(e))
+            }
+            Ok(v) => {
+                self.check(status, tail)?;
+                Ok(v)
+            }
+        }
+    }
+
+    fn spawn_err(&self, e: std::io::Error) -> ProcessError {
+        ProcessError::Spawn {
+            program: self.program.to_string_lossy().into_owned(),
+            source: e,
+        }
+    }
+
+    fn check(&self, status: ExitStatus, stderr: String) -> Result<(), ProcessError> {
+        if status.success() {
+            if !stderr.trim().is_empty() {
+                tracing::debug!("{} stderr: {}", self.label, stderr.trim());
+            }
+            return Ok(());
+        }
+        Err(ProcessError::Failed {
+            label: self.label.clone(),
+            status: describe_status(status),
+            code: status.code(),
+            stderr: stderr.trim().to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let quote = |s: &OsStr| {
+            let s = s.to_string_lossy();
+            shlex::try_quote(&s)
+                .map(|q| q.into_owned())
+                .unwrap_or_else(|_| format!("{s:?}"))
+        };
+        let mut parts: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v, secret)| {
+                if *secret {
+                    format!("{k}=<redacted>")
+                } else {
+                    format!("{k}={}", quote(v))
+                }
+            })
+            .collect();
+        parts.extend(self.argv().map(quote));
+        f.write_str(&parts.join(" "))
+    }
+}
+
+impl fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cmd({self})")
+    }
+}
+
+fn set_blocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    // tokio hands out the pipe non-blocking; the consumer reads it with plain blocking reads.
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl on a valid, owned descriptor; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(raw, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(raw, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn drain_stderr(
+    stderr: Option<tokio::process::ChildStderr>,
+    label: String,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let Some(stderr) = stderr else {
+            return String::new();
+        };
+        let mut lines = BufReader::new(stderr).lines();
+        let mut tail: std::collections::VecDeque<String> = Default::default();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::trace!("{label}: {line}");
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        tail.into_iter().collect::<Vec<_>>().join("\n")
+    })
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{program} not found")]
+    NotFound { program: String },
+    #[error("could not run {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{label} failed ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    Failed {
+        label: String,
+        status: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+    #[error("{label} did not finish within {}; it was stopped", humantime::format_duration(*after))]
+    TimedOut { label: String, after: Duration },
+}
+
+impl ProcessError {
+    pub fn stderr(&self) -> &str {
+        match self {
+            ProcessError::Failed { stderr, .. } => stderr,
+            _ => "",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Consumer(anyhow::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_elides_secrets_and_quotes() {
+        let c = Cmd::new("pg_dump")
+            .arg("--dbname")
+            .arg("my db")
+            .secret_env("PGPASSWORD", "hunter2")
+            .env("A", "b");
+        let s = c.to_string();
+        assert_eq!(s, "PGPASSWORD=<redacted> A=b pg_dump --dbname 'my db'");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn failure_carries_status_and_stderr_tail() {
+        let e = Cmd::new("sh")
+            .args(["-c", "echo boom >&2; exit 3"])
+            .output(None)
+            .await
+            .unwrap_err();
+        let t = e.to_string();
+        assert!(t.contains("exit code 3") && t.contains("boom"), "{t}");
+        let e = Cmd::new("/nonexistent/pg_dump")
+            .output(None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProcessError::NotFound { .. }));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_child() {
+        let start = std::time::Instant::now();
+        let e = Cmd::new("sleep")
+            .arg("30")
+            .output(Some(Duration::from_millis(200)))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProcessError::TimedOut { .. }));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn stream_reads_everything_and_checks_status() {
+        use std::io::Read;
+        let n = Cmd::new("sh")
+            .args(["-c", "head -c 3000000 /dev/zero; echo noise >&2"])
+            .stream(None, |mut f| {
+                let mut v = Vec::new();
+                f.read_to_end(&mut v)?;
+                Ok(v.len())
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 3_000_000);
+        let e = Cmd::new("sh")
+            .args(["-c", "echo partial; exit 1"])
+            .stream(None, |mut f| {
+                let mut v = Vec::new();
+                f.read_to_end(&mut v)?;
+                Ok(v.len())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            StreamError::Process(ProcessError::Failed { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failing_consumer_kills_a_chatty_child() {
+        let start = std::time::Instant::now();
+        let e = Cmd::new("sh")
+            .args(["-c", "yes"])
+            .stream(None, |_f| -> anyhow::Result<()> {
+                anyhow::bail!("disk full")
+            })
+            .await
+            .unwrap_err();
+        // We killed the child because the consumer failed: the consumer's error is the cause.
+        assert!(
+            matches!(&e, StreamError::Consumer(c) if c.to_string() == "disk full"),
+            "{e}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,520 @@
+//! The backup store on disk: tier folders, atomic no-clobber writes, hard-linked
+//! tier copies, the lock, and reading it all back.
+//!
+//! A backup is published sidecars first (globals, manifest), dump last, each by
+//! rename from a temporary file in the same folder after fsync, and never over an
+//! existing name: a reader sees a dump only once it is complete, and nothing is
+//! ever overwritten. Temporary files are `.kbackup-*.partial`; one left by a run
+//! that was killed is removed by the next run, under the lock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use chrono::{DateTime, FixedOffset, Local};
+use tempfile::NamedTempFile;
+
+use crate::error::locked;
+use crate::manifest::Manifest;
+use crate::naming::{self, Calendar, Format, Parsed, Tier, GLOBALS_EXT, MANIFEST_EXT};
+
+const LOCK_FILE: &str = ".kbackup.lock";
+const PARTIAL_PREFIX: &str = ".kbackup-";
+const PARTIAL_SUFFIX: &str = ".partial";
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub root: PathBuf,
+}
+
+/// One dump file in the store.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub tier: Tier,
+    pub path: PathBuf,
+    /// Relative to the store root: `hourly/kairon_2025-12-26_05-00-01.dump.zst`.
+    pub rel_path: String,
+    pub parsed: Parsed,
+    pub size: u64,
+    pub time: DateTime<FixedOffset>,
+    pub manifest: Option<Manifest>,
+    /// Why a manifest that exists could not be read.
+    pub manifest_error: Option<String>,
+}
+
+impl Backup {
+    pub fn sidecar(&self, ext: &str) -> PathBuf {
+        self.path
+            .with_file_name(naming::sidecar(&self.parsed.stem, ext))
+    }
+
+    pub fn database(&self) -> &str {
+        self.manifest
+            .as_ref()
+            .map(|m| m.database.as_str())
+            .unwrap_or(&self.parsed.prefix)
+    }
+}
+
+/// Holds the store's lock until dropped; the kernel releases it when the process
+/// dies, so it can never go stale.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+/// A dump written and fsynced to a temporary file, with what goes beside it.
+pub struct Staged {
+    pub dump: NamedTempFile,
+    pub format: Format,
+    pub manifest: Manifest,
+    pub globals: Vec<u8>,
+}
+
+impl Store {
+    pub fn new(root: PathBuf) -> Self {
+        Store { root }
+    }
+
+    pub fn tier_dir(&self, tier: Tier) -> PathBuf {
+        self.root.join(tier.dir())
+    }
+
+    /// Creates the store root (0700) when missing.
+    pub fn ensure_root(&self) -> Result<()> {
+        create_private_dir(&self.root).with_context(|| {
+            format!(
+                "cannot create the backup folder {} (BACKUP_DIR)",
+                self.root.display()
+            )
+        })
+    }
+
+    /// Creates a tier folder (0700), tightening one that is readable by others.
+    pub fn ensure_tier(&self, tier: Tier) -> Result<PathBuf> {
+        self.ensure_root()?;
+        let dir = self.tier_dir(tier);
+        create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mode = fs::metadata(&dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(dir)
+    }
+
+    /// Takes the store's lock, or fails at once (exit 3) naming the holder.
+    pub fn lock(&self, command: &str) -> Result<StoreLock> {
+        self.ensure_root()?;
+        let path = self.root.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode_private()
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(locked(format!(
+                    "another kbackup run holds the store {} ({}); this {command} did not run. \
+                     If that run is stuck, stop it; the lock is released when its process exits",
+                    self.root.display(),
+                    if holder.is_empty() {
+                        "holder unknown".to_string()
+                    } else {
+                        holder.to_string()
+                    }
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        file.set_len(0)?;
+        write!(
+            file,
+            "{command} (pid {}, started {})",
+            std::process::id(),
+            Local::now().format("%Y-%m-%d %H:%M:%S")
+        )?;
+        file.flush()?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Removes temporary files left by runs that were killed. Call under the lock.
+    pub fn remove_partials(&self) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for tier in Tier::ALL {
+            let Ok(entries) = fs::read_dir(self.tier_dir(tier)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(PARTIAL_PREFIX) && name.ends_with(PARTIAL_SUFFIX) {
+                    fs::remove_file(e.path())?;
+                    removed.push(e.path());
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// A temporary file for a dump in `tier`'s folder, 0600, removed on drop.
+    pub fn temp_file(&self, tier: Tier) -> Result<NamedTempFile> {
+        let dir = self.ensure_tier(tier)?;
+        temp_in(&dir)
+    }
+
+    /// Every dump in the store, newest first. Files that are not dumps (manifests,
+    /// temporary files, anything else) are passed over.
+    pub fn scan(&self, cal: &Calendar, prefix_hint: &str) -> Result<Vec<Backup>> {
+        let mut out = Vec::new();
+        for tier in Tier::ALL {
+            let dir = self.tier_dir(tier);
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                let Some(parsed) = naming::parse_file_name(cal, tier, &file_name, prefix_hint)
+                else {
+                    continue;
+                };
+                let meta = entry.metadata()?;
+                if !meta.is_file() {
+                    continue;
+                }
+                let path = entry.path();
+                let manifest_path =
+                    path.with_file_name(naming::sidecar(&parsed.stem, MANIFEST_EXT));
+                let (manifest, manifest_error) = match fs::read(&manifest_path) {
+                    Ok(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
+                        Ok(m) => (Some(m), None),
+                        Err(e) => (None, Some(format!("{}: {e}", manifest_path.display()))),
+                    },
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
+                    Err(e) => (None, Some(format!("{}: {e}", manifest_path.display()))),
+                };
+                let time = manifest
+                    .as_ref()
+                    .map(|m| m.started_at)
+                    .or(parsed.time)
+                    .unwrap_or_else(|| {
+                        DateTime::<Local>::from(meta.modified().unwrap_or(std::time::UNIX_EPOCH))
+                            .fixed_offset()
+                    });
+                out.push(Backup {
+                    tier,
+                    rel_path: format!("{}/{file_name}", tier.dir()),
+                    path,
+                    parsed,
+                    size: meta.len(),
+                    time,
+                    manifest,
+                    manifest_error,
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            b.time
+                .cmp(&a.time)
+                .then(a.tier.cmp(&b.tier))
+                .then(b.rel_path.cmp(&a.rel_path))
+        });
+        Ok(out)
+    }
+
+    /// Whether `tier` already holds a dump (any format) for `stem`.
+    pub fn has_stem(&self, tier: Tier, stem: &str) -> bool {
+        let dir = self.tier_dir(tier);
+        [
+            Format::CustomZstd.ext(),
+            Format::Custom.ext(),
+            MANIFEST_EXT,
+            GLOBALS_EXT,
+        ]
+        .iter()
+        .any(|ext| dir.join(format!("{stem}.{ext}")).exists())
+    }
+
+    /// A stem in `tier` that no file uses: `<prefix>_<label>`, else with `_2`, `_3`...
+    pub fn free_stem(&self, tier: Tier, prefix: &str, label: &str) -> String {
+        (1..)
+            .map(|seq| naming::stem(prefix, label, seq))
+            .find(|s| !self.has_stem(tier, s))
+            .expect("an unused name exists")
+    }
+
+    /// Publishes a staged backup as `tier/<stem>.<ext>` (sidecars first, dump last).
+    pub fn publish(&self, tier: Tier, stem: &str, staged: Staged) -> Result<PathBuf> {
+        let dir = self.ensure_tier(tier)?;
+        let manifest_json = serde_json::to_vec_pretty(&staged.manifest)?;
+        let globals = dir.join(naming::sidecar(stem, GLOBALS_EXT));
+        let manifest = dir.join(naming::sidecar(stem, MANIFEST_EXT));
+        let dump = dir.join(naming::sidecar(stem, staged.format.ext()));
+        let result = (|| -> Result<()> {
+            write_new(&dir, &globals, &staged.globals)?;
+            write_new(&dir, &manifest, &manifest_json)?;
+            staged
+                .dump
+                .persist_noclobber(&dump)
+                .map_err(|e| anyhow!(e.error))
+                .with_context(|| {
+                    format!("cannot move the dump into place as {}", dump.display())
+                })?;
+            sync_dir(&dir)
+        })();
+        if let Err(e) = result {
+            for p in [&globals, &manifest] {
+                let _ = fs::remove_file(p);
+            }
+            return Err(e);
+        }
+        Ok(dump)
+    }
+
+    /// Places a copy of `src` (a dump and its sidecars) in `tier` as `<stem>`:
+    /// hard links, or copies where the filesystem has none. Existing files are
+    /// never replaced.
+    pub fn place_copy(
+        &self,
+        src: &Path,
+        src_stem: &str,
+        format: Format,
+        tier: Tier,
+        stem: &str,
+    ) -> Result<PathBuf> {
+        let dir = self.ensure_tier(tier)?;
+        let src_dir = src.parent().expect("a dump lives in a tier folder");
+        let mut placed = Vec::new();
+        let result = (|| -> Result<()> {
+            for ext in [GLOBALS_EXT, MANIFEST_EXT, format.ext()] {
+                let from = src_dir.join(naming::sidecar(src_stem, ext));
+                if !from.exists() {
+                    continue;
+                }
+                let to = dir.join(naming::sidecar(stem, ext));
+                link_or_copy(&from, &to)?;
+                placed.push(to);
+            }
+            sync_dir(&dir)
+        })();
+        if let Err(e) = result {
+            for p in &placed {
+                let _ = fs::remove_file(p);
+            }
+            return Err(e);
+        }
+        Ok(dir.join(naming::sidecar(stem, format.ext())))
+    }
+
+    /// Deletes a dump and its sidecars (dump first: a sidecar without its dump is
+    /// ignored by every reader).
+    pub fn delete(&self, b: &Backup) -> Result<()> {
+        fs::remove_file(&b.path).with_context(|| format!("cannot delete {}", b.path.display()))?;
+        for ext in [MANIFEST_EXT, GLOBALS_EXT] {
+            match fs::remove_file(b.sidecar(ext)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(e)
+                        .with_context(|| format!("cannot delete {}", b.sidecar(ext).display()))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes used by the store, hard links counted once (as `du` does).
+    pub fn disk_usage(&self) -> u64 {
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(e.path());
+                } else if seen.insert((meta.dev(), meta.ino())) {
+                    total += meta.len();
+                }
+            }
+        }
+        total
+    }
+
+    /// Bytes free for an unprivileged writer in the store's filesystem.
+    pub fn free_space(&self) -> Result<u64> {
+        free_space(&self.root)
+    }
+}
+
+pub fn free_space(path: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", path.display()));
+    }
+    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+trait PrivateMode {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl PrivateMode for OpenOptions {
+    fn mode_private(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
+fn temp_in(dir: &Path) -> Result<NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(PARTIAL_PREFIX)
+        .suffix(PARTIAL_SUFFIX)
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))
+}
+
+/// Writes `bytes` as the new file `path`: temporary file, fsync, rename without replacing.
+pub fn write_new(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = temp_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist_noclobber(path)
+        .map_err(|e| anyhow!(e.error))
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(())
+}
+
+/// Replaces `path` atomically (temporary file, fsync, rename): for logs of state,
+/// never for backups.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("a file in a folder")?;
+    let mut tmp = temp_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!(e.error))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    match fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(anyhow!(
+            "{} already exists; it is never replaced",
+            to.display()
+        )),
+        Err(e) => {
+            tracing::debug!(
+                "hard link {} -> {} failed ({e}); copying",
+                from.display(),
+                to.display()
+            );
+            let dir = to.parent().expect("in a folder");
+            let mut tmp = temp_in(dir)?;
+            io::copy(&mut File::open(from)?, tmp.as_file_mut())?;
+            tmp.as_file().sync_all()?;
+            tmp.persist_noclobber(to).map_err(|e| anyhow!(e.error))?;
+            Ok(())
+        }
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?
+        .sync_all()
+        .with_context(|| format!("fsync {}", dir.display()))
+}
+
+/// `du -h` style sizes, as the seed prints them: 512B, 1.1M, 20M, 3.4G.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else if v < 10.0 {
+        format!("{:.1}{}", (v * 10.0).ceil() / 10.0, UNITS[unit])
+    } else {
+        format!("{:.0}{}", v.ceil(), UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_du() {
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(1_100_000), "1.1M");
+        assert_eq!(human_size(20 * 1024 * 1024), "20M");
+        assert_eq!(human_size(3 * 1024 * 1024 * 1024 + 1), "3.1G");
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_and_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("s"));
+        let held = store.lock("backup").unwrap();
+        let e = store.lock("rotate").unwrap_err();
+        assert_eq!(crate::error::exit_kind(&e), crate::error::ExitKind::Locked);
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(held);
+        store.lock("rotate").unwrap();
+    }
+
+    #[test]
+    fn writes_never_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        write_new(dir.path(), &p, b"one").unwrap();
+        assert!(write_new(dir.path(), &p, b"two").is_err());
+        assert_eq!(fs::read(&p).unwrap(), b"one");
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+}

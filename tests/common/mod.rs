@@ -1,0 +1,422 @@
+//! Test harness: a real PostgreSQL cluster per test binary, real Docker, and a
+//! builder that runs the real kbackup binary against them.
+//!
+//! Servers are started under a watchdog shell that holds a pipe from this test
+//! process: when the process exits, however it exits, the pipe closes and the
+//! watchdog stops the server and removes its files. Nothing outlives the tests.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub mod docker;
+
+/// Watchdog pipes, held open until the test process exits.
+static WATCHDOGS: Mutex<Vec<(Child, ChildStdin)>> = Mutex::new(Vec::new());
+
+/// Runs `script` under `sh` (as `user` when given); `on_exit` runs when this
+/// test process goes away.
+pub fn spawn_guarded(user: Option<&str>, script: &str, on_exit: &str) {
+    let full = format!("{script} & child=$!\nread _ignored\n{on_exit}\n");
+    let mut cmd = match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--", "sh", "-c", &full]);
+            c
+        }
+        None => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &full]);
+            c
+        }
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start watchdog shell");
+    let stdin = child.stdin.take().unwrap();
+    WATCHDOGS.lock().unwrap().push((child, stdin));
+}
+
+pub fn require_tool(path: &str, what: &str) {
+    let found = if path.contains('/') {
+        Path::new(path).exists()
+    } else {
+        Command::new("sh").args(["-c", &format!("command -v {path}")]).output().map(|o| o.status.success()).unwrap_or(false)
+    };
+    assert!(found, "{what} is missing ({path} not found): run scripts/test.sh, which installs what the tests need");
+}
+
+pub fn pg_bin() -> PathBuf {
+    let root = Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<_> = std::fs::read_dir(root)
+        .unwrap_or_else(|_| panic!("PostgreSQL server is missing (no {}): run scripts/test.sh", root.display()))
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("PostgreSQL server (initdb) is missing: run scripts/test.sh")
+}
+
+/// A throwaway cluster, socket-only, trust for everyone but `pwuser`.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub port: u16,
+}
+
+pub const PW_USER: &str = "pwuser";
+pub const PW_SECRET: &str = "S3cr3t-pw-do-not-leak";
+
+pub fn cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(start_cluster)
+}
+
+fn start_cluster() -> Cluster {
+    let bin = pg_bin();
+    let dir = tempfile::Builder::new().prefix("kbt-").tempdir_in("/tmp").unwrap().keep();
+    let socket = dir.join("s");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&socket).unwrap();
+    run_ok(Command::new("chown").args(["-R", "postgres:", dir.to_str().unwrap()]));
+    run_ok(Command::new("runuser").args(["-u", "postgres", "--"]).arg(bin.join("initdb")).args([
+        "--no-sync",
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "-E",
+        "UTF8",
+        "--locale=C.UTF-8",
+        "-D",
+        data.to_str().unwrap(),
+    ]));
+    let hba = format!("local all {PW_USER} scram-sha-256\nlocal all all trust\n");
+    std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+    let port = 5432;
+    let script = format!(
+        "{} -D {} -c listen_addresses= -k {} -p {port} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 >{}/log 2>&1",
+        bin.join("postgres").display(),
+        data.display(),
+        socket.display(),
+        dir.display()
+    );
+    spawn_guarded(Some("postgres"), &script, &format!("kill -INT $child; wait $child; rm -rf {}", dir.display()));
+    let c = Cluster { dir, socket, port };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.try_psql("postgres", "SELECT 1").is_err() {
+        assert!(Instant::now() < deadline, "PostgreSQL did not start; see {}/log", c.dir.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.psql("postgres", &format!("CREATE ROLE {PW_USER} LOGIN SUPERUSER PASSWORD '{PW_SECRET}'"));
+    c
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+impl Cluster {
+    pub fn psql_cmd(&self, db: &str) -> Command {
+        let mut c = Command::new(pg_bin().join("psql"));
+        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
+            .arg(&self.socket)
+            .args(["-p", &self.port.to_string(), "-d", db]);
+        c
+    }
+
+    pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = self.psql_cmd(db).args(["-c", sql]).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        self.try_psql(db, sql).unwrap_or_else(|e| panic!("psql {db}: {sql}: {e}"))
+    }
+
+    pub fn psql_file(&self, db: &str, file: &Path, vars: &[(&str, &str)]) {
+        let mut c = self.psql_cmd(db);
+        for (k, v) in vars {
+            c.args(["-v", &format!("{k}={v}")]);
+        }
+        run_ok(c.arg("-f").arg(file));
+    }
+
+    /// A new, empty database with a name unique in this cluster.
+    pub fn new_db(&self, hint: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{hint}_{}", N.fetch_add(1, Ordering::SeqCst));
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        name
+    }
+
+    /// A database with a few tables, a sequence, a view, a large object.
+    pub fn sample_db(&self, hint: &str) -> String {
+        let db = self.new_db(hint);
+        self.psql(&db, SAMPLE_SQL);
+        db
+    }
+
+    /// Row count and an order-independent content checksum for every user table.
+    pub fn fingerprint(&self, db: &str) -> BTreeMap<String, (u64, String)> {
+        let tables = self.psql(
+            db,
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+             WHERE schemaname NOT IN ('pg_catalog','information_schema') ORDER BY 1",
+        );
+        tables
+            .lines()
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let r = self.psql(
+                    db,
+                    &format!("SELECT count(*) || '|' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {t} x"),
+                );
+                let (n, sum) = r.split_once('|').unwrap();
+                (t.to_string(), (n.parse().unwrap(), sum.to_string()))
+            })
+            .collect()
+    }
+}
+
+pub const SAMPLE_SQL: &str = r#"
+CREATE TABLE events (id bigserial PRIMARY KEY, kind text NOT NULL, payload jsonb, at timestamptz DEFAULT now());
+CREATE TABLE traces (id bigserial PRIMARY KEY, event_id bigint REFERENCES events(id), note text);
+INSERT INTO events (kind, payload) SELECT 'k' || (g % 7), jsonb_build_object('n', g, 'text', E'line\nbreak\ttab') FROM generate_series(1, 2000) g;
+INSERT INTO traces (event_id, note) SELECT g, CASE WHEN g % 10 = 0 THEN NULL ELSE 'étape ' || g END FROM generate_series(1, 2000) g;
+CREATE TABLE "Quoted Names" ("Col" text);
+INSERT INTO "Quoted Names" VALUES ('a'), ('b');
+CREATE TABLE empty_table (x int);
+CREATE VIEW recent AS SELECT * FROM events ORDER BY id DESC LIMIT 5;
+SELECT lo_from_bytea(0, 'large object payload');
+"#;
+
+/// One test's world: a store folder and the environment kbackup runs with.
+pub struct Kb {
+    pub home: tempfile::TempDir,
+    pub store: PathBuf,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Kb {
+    /// kbackup pointed at `db` in the harness cluster, direct mode.
+    pub fn direct(db: &str) -> Kb {
+        let c = cluster();
+        let mut kb = Kb::bare();
+        kb.set("DB_NAME", db)
+            .set("DB_USER", "postgres")
+            .set("POSTGRES_HOST", c.socket.to_str().unwrap())
+            .set("POSTGRES_PORT", &c.port.to_string())
+            .set("POSTGRES_BIN_DIR", pg_bin().to_str().unwrap());
+        kb
+    }
+
+    /// No database settings yet.
+    pub fn bare() -> Kb {
+        let home = tempfile::Builder::new().prefix("kbs-").tempdir_in("/tmp").unwrap();
+        let store = home.path().join("store");
+        let mut env = BTreeMap::new();
+        env.insert("BACKUP_DIR".into(), store.to_str().unwrap().into());
+        env.insert("TZ".into(), "UTC".into());
+        Kb { home, store, env }
+    }
+
+    pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn unset(&mut self, k: &str) -> &mut Self {
+        self.env.remove(k);
+        self
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kbackup"));
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .envs(&self.env)
+            .current_dir(self.home.path())
+            .stdin(Stdio::null());
+        if let Ok(h) = std::env::var("DOCKER_HOST") {
+            c.env("DOCKER_HOST", h);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self.command(args).output().expect("run kbackup");
+        Run { out, args: args.iter().map(|s| s.to_string()).collect() }
+    }
+
+    /// Runs and asserts exit 0.
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code(), 0, "kbackup {:?} failed:\n{}", args, r.all());
+        r
+    }
+
+    pub fn list_json(&self) -> Vec<serde_json::Value> {
+        let r = self.ok(&["list", "--json"]);
+        serde_json::from_str(&r.stdout()).expect("list --json is JSON")
+    }
+
+    /// Every file under the store (relative paths), sorted.
+    pub fn files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.store.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path().strip_prefix(&self.store).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The dumps in one tier folder.
+    pub fn dumps(&self, tier: &str) -> Vec<String> {
+        self.files()
+            .into_iter()
+            .filter(|f| f.starts_with(&format!("{tier}/")) && (f.ends_with(".dump.zst") || f.ends_with(".dump")))
+            .collect()
+    }
+}
+
+pub struct Run {
+    pub out: Output,
+    pub args: Vec<String>,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.out.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn all(&self) -> String {
+        format!("--- stdout\n{}--- stderr\n{}", self.stdout(), self.stderr())
+    }
+}
+
+/// Restores a kbackup file by hand, as the README documents:
+/// `zstd -dc FILE | pg_restore --no-owner -d DB`.
+pub fn manual_restore(file: &Path, db: &str) {
+    let c = cluster();
+    let pg_restore = pg_bin().join("pg_restore");
+    let script = format!(
+        "set -o pipefail; zstd -dc '{}' | '{}' -h '{}' -p {} -U postgres --exit-on-error -d '{db}'",
+        file.display(),
+        pg_restore.display(),
+        c.socket.display(),
+        c.port
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "manual restore of {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Polls until `f` returns Some, or panics after `secs`.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Processes whose argv contains `needle`: (pid, argv joined by spaces).
+pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let argv = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if argv.contains(needle) {
+            out.push((pid, argv));
+        }
+    }
+    out
+}
+
+/// Every argv and environment on the machine, for leak checks.
+pub fn all_argv() -> Vec<String> {
+    processes_matching("")
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect()
+}
+
+/// A psql session holding a lock until dropped: makes pg_dump wait, for real.
+pub struct LockHolder {
+    child: Child,
+}
+
+impl LockHolder {
+    pub fn exclusive(db: &str, table: &str) -> LockHolder {
+        let c = cluster();
+        let mut child = c
+            .psql_cmd(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 'locked';").unwrap();
+        stdin.flush().unwrap();
+        // Wait until the lock is granted.
+        wait_for(10, "the table lock", || {
+            let n = c.psql(
+                db,
+                &format!("SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND mode = 'AccessExclusiveLock' AND granted"),
+            );
+            (n == "1").then_some(())
+        });
+        LockHolder { child }
+    }
+
+    /// Sessions waiting on a lock in `db` (pg_dump blocked behind us).
+    pub fn waiters(db: &str) -> u32 {
+        cluster()
+            .psql(db, &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND wait_event_type = 'Lock'"))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
