@@ -1,0 +1,64 @@
+# Shared shell helpers for scripts/*.sh. Source it; do not run it.
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+APT_UPDATED=0
+apt_install() {
+  if [ "$APT_UPDATED" = 0 ]; then
+    say "apt-get update"
+    as_root apt-get update -qq || die "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  say "installing: $*"
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+pg_bindir() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$d" ] && [ -x "$d/initdb" ] && echo "$d"
+}
+
+# Installs what is missing. Arguments: any of postgres zstd rclone docker.
+ensure() {
+  local want missing=()
+  for want in "$@"; do
+    case "$want" in
+      postgres) pg_bindir >/dev/null || missing+=(postgresql postgresql-contrib) ;;
+      zstd) command -v zstd >/dev/null || missing+=(zstd) ;;
+      rclone) command -v rclone >/dev/null || missing+=(rclone) ;;
+      docker) command -v dockerd >/dev/null || missing+=(docker.io) ;;
+      *) die "ensure: unknown component $want" ;;
+    esac
+  done
+  command -v cargo >/dev/null || die "cargo is not installed (a Rust toolchain is required)"
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+# start_cluster DIR: a throwaway socket-only PostgreSQL in DIR, run as the postgres
+# user (initdb refuses root). Exports PGHOST/PGPORT/PGUSER for the caller.
+start_cluster() {
+  local dir=$1 bin
+  bin=$(pg_bindir) || die "PostgreSQL server not installed"
+  mkdir -p "$dir/sock"
+  chown -R postgres: "$dir"
+  runuser -u postgres -- "$bin/initdb" --no-sync -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$dir/data" >/dev/null \
+    || die "initdb failed"
+  runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+    -o "-c listen_addresses= -k $dir/sock -p 5432" start >/dev/null || die "PostgreSQL did not start (see $dir/log)"
+  export PGHOST="$dir/sock" PGPORT=5432 PGUSER=postgres
+  export PATH="$bin:$PATH"
+}
+
+stop_cluster() {
+  local dir=$1 bin
+  bin=$(pg_bindir) || return 0
+  [ -d "$dir/data" ] && runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+}
