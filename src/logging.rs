@@ -2,14 +2,16 @@
 //! stderr and appended to BACKUP_DIR/backup.log; or JSON lines (`--log-format json`).
 
 use std::fmt;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::Utc;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -52,7 +54,44 @@ where
     }
 }
 
-/// Installs the global subscriber. `log_dir`, when given, receives backup.log (0600).
+/// Appends to BACKUP_DIR/backup.log (0600), opened at the first line written and
+/// only once the store exists: a run stopped by bad input creates nothing.
+struct LazyLogFile {
+    path: PathBuf,
+    file: Mutex<Option<File>>,
+}
+
+impl Write for &LazyLogFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            if !self.path.parent().is_some_and(Path::exists) {
+                return Ok(buf.len());
+            }
+            *guard = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&self.path)?,
+            );
+        }
+        guard.as_mut().expect("opened above").write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LazyLogFile {
+    type Writer = &'a LazyLogFile;
+    fn make_writer(&'a self) -> Self::Writer {
+        self
+    }
+}
+
+/// Installs the global subscriber. `log_dir`, when given, receives backup.log.
 pub fn init(
     format: LogFormat,
     debug: bool,
@@ -64,19 +103,10 @@ pub fn init(
     } else {
         "kbackup=info"
     };
-    let file = match log_dir {
-        Some(dir) => Some(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(dir.join(LOG_FILE))
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot open {}: {e}", dir.join(LOG_FILE).display())
-                })?,
-        ),
-        None => None,
-    };
+    let file = log_dir.map(|dir| LazyLogFile {
+        path: dir.join(LOG_FILE),
+        file: Mutex::new(None),
+    });
     type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
     let text = || {
         tracing_subscriber::fmt::layer()
@@ -98,11 +128,11 @@ pub fn init(
     if let Some(f) = file {
         layers.push(match format {
             LogFormat::Text => text()
-                .with_writer(Mutex::new(f))
+                .with_writer(f)
                 .with_filter(EnvFilter::new(level))
                 .boxed(),
             LogFormat::Json => json()
-                .with_writer(Mutex::new(f))
+                .with_writer(f)
                 .with_filter(EnvFilter::new(level))
                 .boxed(),
         });

@@ -42,22 +42,8 @@ fn main() -> ExitCode {
         Command::Rotate(a) => !a.dry_run,
         _ => false,
     };
-    let log_dir = writes_store.then(|| store::Store::new(cfg.backup_dir.clone()));
-    if let Some(s) = &log_dir {
-        if let Err(e) = s.ensure_root() {
-            eprintln!(
-                "[{}] ERROR: {e:#}",
-                chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
-            );
-            return ExitCode::from(ExitKind::Failure as u8);
-        }
-    }
-    if let Err(e) = logging::init(
-        cfg.log_format,
-        cfg.debug,
-        cfg.calendar.zone,
-        log_dir.as_ref().map(|s| s.root.as_path()),
-    ) {
+    let log_dir = writes_store.then_some(cfg.backup_dir.as_path());
+    if let Err(e) = logging::init(cfg.log_format, cfg.debug, cfg.calendar.zone, log_dir) {
         eprintln!("ERROR: {e:#}");
         return ExitCode::from(ExitKind::Failure as u8);
     }

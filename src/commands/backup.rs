@@ -6,7 +6,7 @@
 //! no file behind and deletes nothing; rotation runs only after a success.
 
 use anyhow::{anyhow, bail, Context, Result};
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::cli::BackupArgs;
 use crate::clock;
@@ -56,7 +56,7 @@ impl Target {
     /// Records the backup as taken at `now` (the dump's start), unless backfilling.
     fn restamp(&mut self, cfg: &Config, now: DateTime<Utc>) {
         if !self.backfill {
-            self.taken_at = now.with_nanosecond(0).unwrap_or(now);
+            self.taken_at = now;
         }
         if self.tier == Tier::Hourly {
             self.label = cfg.calendar.label(Tier::Hourly, self.taken_at);

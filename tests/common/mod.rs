@@ -50,7 +50,11 @@ pub fn require_tool(path: &str, what: &str) {
     let found = if path.contains('/') {
         Path::new(path).exists()
     } else {
-        Command::new("sh").args(["-c", &format!("command -v {path}")]).output().map(|o| o.status.success()).unwrap_or(false)
+        Command::new("sh")
+            .args(["-c", &format!("command -v {path}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     };
     assert!(found, "{what} is missing ({path} not found): run scripts/test.sh, which installs what the tests need");
 }
@@ -58,13 +62,20 @@ pub fn require_tool(path: &str, what: &str) {
 pub fn pg_bin() -> PathBuf {
     let root = Path::new("/usr/lib/postgresql");
     let mut versions: Vec<_> = std::fs::read_dir(root)
-        .unwrap_or_else(|_| panic!("PostgreSQL server is missing (no {}): run scripts/test.sh", root.display()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "PostgreSQL server is missing (no {}): run scripts/test.sh",
+                root.display()
+            )
+        })
         .flatten()
         .map(|e| e.path().join("bin"))
         .filter(|p| p.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("PostgreSQL server (initdb) is missing: run scripts/test.sh")
+    versions
+        .pop()
+        .expect("PostgreSQL server (initdb) is missing: run scripts/test.sh")
 }
 
 /// A throwaway cluster, socket-only, trust for everyone but `pwuser`.
@@ -84,23 +95,32 @@ pub fn cluster() -> &'static Cluster {
 
 fn start_cluster() -> Cluster {
     let bin = pg_bin();
-    let dir = tempfile::Builder::new().prefix("kbt-").tempdir_in("/tmp").unwrap().keep();
+    let dir = tempfile::Builder::new()
+        .prefix("kbt-")
+        .tempdir_in("/tmp")
+        .unwrap()
+        .keep();
     let socket = dir.join("s");
     let data = dir.join("data");
     std::fs::create_dir_all(&socket).unwrap();
     run_ok(Command::new("chown").args(["-R", "postgres:", dir.to_str().unwrap()]));
-    run_ok(Command::new("runuser").args(["-u", "postgres", "--"]).arg(bin.join("initdb")).args([
-        "--no-sync",
-        "-A",
-        "trust",
-        "-U",
-        "postgres",
-        "-E",
-        "UTF8",
-        "--locale=C.UTF-8",
-        "-D",
-        data.to_str().unwrap(),
-    ]));
+    run_ok(
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args([
+                "--no-sync",
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "-D",
+                data.to_str().unwrap(),
+            ]),
+    );
     let hba = format!("local all {PW_USER} scram-sha-256\nlocal all all trust\n");
     std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
     let port = 5432;
@@ -111,34 +131,63 @@ fn start_cluster() -> Cluster {
         socket.display(),
         dir.display()
     );
-    spawn_guarded(Some("postgres"), &script, &format!("kill -INT $child; wait $child; rm -rf {}", dir.display()));
+    spawn_guarded(
+        Some("postgres"),
+        &script,
+        &format!("kill -INT $child; wait $child; rm -rf {}", dir.display()),
+    );
     let c = Cluster { dir, socket, port };
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.try_psql("postgres", "SELECT 1").is_err() {
-        assert!(Instant::now() < deadline, "PostgreSQL did not start; see {}/log", c.dir.display());
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL did not start; see {}/log",
+            c.dir.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    c.psql("postgres", &format!("CREATE ROLE {PW_USER} LOGIN SUPERUSER PASSWORD '{PW_SECRET}'"));
+    c.psql(
+        "postgres",
+        &format!("CREATE ROLE {PW_USER} LOGIN SUPERUSER PASSWORD '{PW_SECRET}'"),
+    );
     c
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 impl Cluster {
     pub fn psql_cmd(&self, db: &str) -> Command {
         let mut c = Command::new(pg_bin().join("psql"));
-        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
-            .arg(&self.socket)
-            .args(["-p", &self.port.to_string(), "-d", db]);
+        c.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-h",
+        ])
+        .arg(&self.socket)
+        .args(["-p", &self.port.to_string(), "-d", db]);
         c
     }
 
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = self.psql_cmd(db).args(["-c", sql]).output().map_err(|e| e.to_string())?;
+        let out = self
+            .psql_cmd(db)
+            .args(["-c", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
@@ -147,7 +196,8 @@ impl Cluster {
     }
 
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        self.try_psql(db, sql).unwrap_or_else(|e| panic!("psql {db}: {sql}: {e}"))
+        self.try_psql(db, sql)
+            .unwrap_or_else(|e| panic!("psql {db}: {sql}: {e}"))
     }
 
     pub fn psql_file(&self, db: &str, file: &Path, vars: &[(&str, &str)]) {
@@ -229,7 +279,10 @@ impl Kb {
 
     /// No database settings yet.
     pub fn bare() -> Kb {
-        let home = tempfile::Builder::new().prefix("kbs-").tempdir_in("/tmp").unwrap();
+        let home = tempfile::Builder::new()
+            .prefix("kbs-")
+            .tempdir_in("/tmp")
+            .unwrap();
         let store = home.path().join("store");
         let mut env = BTreeMap::new();
         env.insert("BACKUP_DIR".into(), store.to_str().unwrap().into());
@@ -264,7 +317,10 @@ impl Kb {
 
     pub fn run(&self, args: &[&str]) -> Run {
         let out = self.command(args).output().expect("run kbackup");
-        Run { out, args: args.iter().map(|s| s.to_string()).collect() }
+        Run {
+            out,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     /// Runs and asserts exit 0.
@@ -284,12 +340,20 @@ impl Kb {
         let mut out = Vec::new();
         let mut stack = vec![self.store.clone()];
         while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for e in rd.flatten() {
                 if e.file_type().unwrap().is_dir() {
                     stack.push(e.path());
                 } else {
-                    out.push(e.path().strip_prefix(&self.store).unwrap().to_string_lossy().into_owned());
+                    out.push(
+                        e.path()
+                            .strip_prefix(&self.store)
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
                 }
             }
         }
@@ -301,7 +365,10 @@ impl Kb {
     pub fn dumps(&self, tier: &str) -> Vec<String> {
         self.files()
             .into_iter()
-            .filter(|f| f.starts_with(&format!("{tier}/")) && (f.ends_with(".dump.zst") || f.ends_with(".dump")))
+            .filter(|f| {
+                f.starts_with(&format!("{tier}/"))
+                    && (f.ends_with(".dump.zst") || f.ends_with(".dump"))
+            })
             .collect()
     }
 }
@@ -339,7 +406,12 @@ pub fn manual_restore(file: &Path, db: &str) {
         c.port
     );
     let out = Command::new("bash").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "manual restore of {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "manual restore of {} failed: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Polls until `f` returns Some, or panics after `secs`.
@@ -358,8 +430,12 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
 pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let argv = String::from_utf8_lossy(&raw).replace('\0', " ");
         if argv.contains(needle) {
             out.push((pid, argv));
@@ -370,10 +446,7 @@ pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
 
 /// Every argv and environment on the machine, for leak checks.
 pub fn all_argv() -> Vec<String> {
-    processes_matching("")
-        .into_iter()
-        .map(|(_, a)| a)
-        .collect()
+    processes_matching("").into_iter().map(|(_, a)| a).collect()
 }
 
 /// A psql session holding a lock until dropped: makes pg_dump wait, for real.
@@ -392,7 +465,11 @@ impl LockHolder {
             .spawn()
             .unwrap();
         let stdin = child.stdin.as_mut().unwrap();
-        writeln!(stdin, "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 'locked';").unwrap();
+        writeln!(
+            stdin,
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 'locked';"
+        )
+        .unwrap();
         stdin.flush().unwrap();
         // Wait until the lock is granted.
         wait_for(10, "the table lock", || {

@@ -1,0 +1,170 @@
+//! A real Docker engine for the docker-exec path, started by the tests.
+//!
+//! No registry is reachable, so the image is made locally: `docker import` of a
+//! tarball holding only the `bin lib lib64 sbin` symlinks into `usr/`, empty
+//! folders and an entry script; the container runs the host's PostgreSQL with
+//! the host's `/usr` and `/etc` mounted read-only.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::{pg_bin, require_tool, run_ok, spawn_guarded};
+
+pub struct Docker {
+    pub host: String,
+    pub dir: PathBuf,
+}
+
+pub const IMAGE: &str = "kbt-pg:1";
+
+/// The engine, started once per test binary; sets DOCKER_HOST for kbackup runs.
+pub fn engine() -> &'static Docker {
+    static D: OnceLock<Docker> = OnceLock::new();
+    D.get_or_init(|| {
+        require_tool("dockerd", "the Docker engine (docker.io)");
+        require_tool("docker", "the Docker CLI");
+        let dir = tempfile::Builder::new()
+            .prefix("kbd-")
+            .tempdir_in("/tmp")
+            .unwrap()
+            .keep();
+        let sock = dir.join("docker.sock");
+        let exec_root = dir.join("exec");
+        let script = format!(
+            "dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=overlay2 \
+             --data-root={d}/data --exec-root={e} -H unix://{s} --pidfile {d}/pid >{d}/log 2>&1",
+            d = dir.display(),
+            e = exec_root.display(),
+            s = sock.display()
+        );
+        let cleanup = format!(
+            "kill -TERM $child; wait $child; umount {e}/netns/default 2>/dev/null; rm -rf {d}",
+            e = exec_root.display(),
+            d = dir.display()
+        );
+        spawn_guarded(None, &script, &cleanup);
+        let host = format!("unix://{}", sock.display());
+        // SAFETY: set once, before any kbackup child is spawned by this test binary.
+        unsafe { std::env::set_var("DOCKER_HOST", &host) };
+        let d = Docker { host, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d
+            .cmd(&["info"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start; see {}/log",
+                d.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d.import_image();
+        d
+    })
+}
+
+impl Docker {
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker");
+        c.args(args).env("DOCKER_HOST", &self.host);
+        c
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&run_ok(&mut self.cmd(args)).stdout)
+            .trim()
+            .to_string()
+    }
+
+    fn import_image(&self) {
+        let root = self.dir.join("rootfs");
+        for d in [
+            "usr",
+            "etc",
+            "tmp",
+            "proc",
+            "sys",
+            "dev",
+            "var/run/postgresql",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for l in ["bin", "lib", "lib64", "sbin"] {
+            std::os::unix::fs::symlink(format!("usr/{l}"), root.join(l)).unwrap();
+        }
+        let bin = pg_bin();
+        let entry = format!(
+            "#!/bin/sh\nset -e\nmkdir -p /pgdata /var/run/postgresql\nchown postgres /pgdata /var/run/postgresql\n\
+             runuser -u postgres -- {b}/initdb --no-sync -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D /pgdata >/dev/null\n\
+             exec runuser -u postgres -- {b}/postgres -D /pgdata -c listen_addresses= -k /var/run/postgresql -c fsync=off\n",
+            b = bin.display()
+        );
+        let entry_path = root.join("entry.sh");
+        std::fs::write(&entry_path, entry).unwrap();
+        run_ok(Command::new("chmod").arg("755").arg(&entry_path));
+        let script = format!(
+            "tar -C {} -c . | docker import -c 'CMD [\"/entry.sh\"]' - {IMAGE}",
+            root.display()
+        );
+        run_ok(
+            Command::new("sh")
+                .args(["-c", &script])
+                .env("DOCKER_HOST", &self.host),
+        );
+    }
+
+    /// A running PostgreSQL container named `name`, ready for connections.
+    pub fn postgres_container(&self, name: &str) {
+        self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "-v",
+            "/usr:/usr:ro",
+            "-v",
+            "/etc:/etc:ro",
+            IMAGE,
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .cmd(&["exec", name, "psql", "-U", "postgres", "-Atc", "SELECT 1"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL in container {name} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn psql(&self, container: &str, db: &str, sql: &str) -> String {
+        self.ok(&[
+            "exec",
+            container,
+            "psql",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+    }
+}
