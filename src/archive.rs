@@ -306,10 +306,7 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
     let mut tables = Vec::new();
     let mut large_objects = 0u64;
     let mut seen: BTreeSet<i64> = BTreeSet::new();
-    loop {
-        let Some(kind) = r.c.byte_or_eof()? else {
-            break;
-        };
+    while let Some(kind) = r.c.byte_or_eof()? {
         let id = r.int("a data block header")?;
         let Some(entry) = entries.get(&id) else {
             return Err(r

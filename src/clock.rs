@@ -13,7 +13,7 @@ pub enum Zone {
 }
 
 impl Zone {
-    pub fn to_local(&self, t: DateTime<Utc>) -> DateTime<FixedOffset> {
+    pub fn local_time(&self, t: DateTime<Utc>) -> DateTime<FixedOffset> {
         match self {
             Zone::Local => t.with_timezone(&chrono::Local).fixed_offset(),
             Zone::Named(tz) => t.with_timezone(tz).fixed_offset(),
@@ -22,7 +22,7 @@ impl Zone {
 
     /// Every instant whose local wall-clock reading is `naive`: none in a spring-forward
     /// gap, two in a fall-back hour.
-    pub fn from_local(&self, naive: NaiveDateTime) -> Vec<DateTime<FixedOffset>> {
+    pub fn instants_at(&self, naive: NaiveDateTime) -> Vec<DateTime<FixedOffset>> {
         fn all<Tz: TimeZone>(r: LocalResult<DateTime<Tz>>) -> Vec<DateTime<FixedOffset>> {
             match r {
                 LocalResult::Single(t) => vec![t.fixed_offset()],
@@ -39,11 +39,11 @@ impl Zone {
     /// The earliest instant reading `naive` locally; in a gap, the reading taken
     /// with the offset in force just before it (what a clock not yet moved shows).
     pub fn resolve_lenient(&self, naive: NaiveDateTime) -> DateTime<FixedOffset> {
-        if let Some(t) = self.from_local(naive).into_iter().min() {
+        if let Some(t) = self.instants_at(naive).into_iter().min() {
             return t;
         }
         let before = self
-            .from_local(naive - chrono::Duration::hours(6))
+            .instants_at(naive - chrono::Duration::hours(6))
             .into_iter()
             .min();
         before
@@ -75,7 +75,7 @@ pub fn parse_time(text: &str, zone: Zone, flag: &str) -> anyhow::Result<DateTime
                  or local \"YYYY-MM-DD HH:MM:SS\""
             ))
         })?;
-    match zone.from_local(naive).as_slice() {
+    match zone.instants_at(naive).as_slice() {
         [one] => Ok(one.with_timezone(&Utc)),
         [] => Err(usage(format!(
             "{flag} {text:?}: that local time does not exist in {} (clocks jump forward); \

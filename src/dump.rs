@@ -85,33 +85,3 @@ pub fn write_compressed(input: File, out: File, level: i32) -> Result<Written> {
         summary,
     })
 }
-
-/// Reads a stored dump back through the archive check (a `.dump.zst` or a seed
-/// `.dump`), returning its summary and SHA-256.
-pub fn read_back(path: &std::path::Path) -> Result<(Summary, String)> {
-    struct Hashing<R> {
-        inner: R,
-        hasher: Sha256,
-    }
-    impl<R: Read> Read for Hashing<R> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.inner.read(buf)?;
-            self.hasher.update(&buf[..n]);
-            Ok(n)
-        }
-    }
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hashing = Hashing {
-        inner: BufReader::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-    };
-    let is_zstd = path.to_string_lossy().ends_with(".zst");
-    let summary = if is_zstd {
-        let decoder = zstd::Decoder::new(&mut hashing)?;
-        archive::scan(BufReader::with_capacity(1 << 18, decoder))?
-    } else {
-        archive::scan(BufReader::with_capacity(1 << 18, &mut hashing))?
-    };
-    io::copy(&mut hashing, &mut io::sink())?;
-    Ok((summary, hex::encode(hashing.hasher.finalize())))
-}

@@ -41,7 +41,7 @@ where
         write!(
             w,
             "[{}] ",
-            self.zone.to_local(Utc::now()).format("%Y-%m-%d %H:%M:%S")
+            self.zone.local_time(Utc::now()).format("%Y-%m-%d %H:%M:%S")
         )?;
         match *event.metadata().level() {
             Level::ERROR => write!(w, "ERROR: ")?,

@@ -119,8 +119,9 @@ pub struct Calendar {
 }
 
 impl Calendar {
+    #[cfg(test)]
     pub fn day(&self, t: DateTime<Utc>) -> NaiveDate {
-        self.zone.to_local(t).date_naive()
+        self.zone.local_time(t).date_naive()
     }
 
     /// The first day (per `week_start`) of the week holding `day`.
@@ -131,12 +132,12 @@ impl Calendar {
 
     /// The label `t` gets in `tier` (not for named/, whose label is the operator's).
     pub fn label(&self, tier: Tier, t: DateTime<Utc>) -> String {
-        let local = self.zone.to_local(t);
+        let local = self.zone.local_time(t);
         let day = local.date_naive();
         match tier {
             Tier::Hourly => {
                 let mut s = local.format("%Y-%m-%d_%H-%M-%S").to_string();
-                if self.zone.from_local(local.naive_local()).len() > 1 {
+                if self.zone.instants_at(local.naive_local()).len() > 1 {
                     s.push_str(&local.format("%z").to_string());
                 }
                 s

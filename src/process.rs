@@ -53,12 +53,6 @@ impl Cmd {
         self
     }
 
-    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
-        self.env
-            .push((key.to_string(), value.as_ref().to_owned(), false));
-        self
-    }
-
     /// An environment variable whose value never appears in logs or errors.
     pub fn secret_env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
         self.env
@@ -69,10 +63,6 @@ impl Cmd {
     pub fn label(mut self, label: &str) -> Self {
         self.label = label.to_string();
         self
-    }
-
-    pub fn get_label(&self) -> &str {
-        &self.label
     }
 
     pub fn argv(&self) -> impl Iterator<Item = &OsStr> {
@@ -357,10 +347,9 @@ mod tests {
         let c = Cmd::new("pg_dump")
             .arg("--dbname")
             .arg("my db")
-            .secret_env("PGPASSWORD", "hunter2")
-            .env("A", "b");
+            .secret_env("PGPASSWORD", "hunter2");
         let s = c.to_string();
-        assert_eq!(s, "PGPASSWORD=<redacted> A=b pg_dump --dbname 'my db'");
+        assert_eq!(s, "PGPASSWORD=<redacted> pg_dump --dbname 'my db'");
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 

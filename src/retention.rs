@@ -368,7 +368,7 @@ mod tests {
         let daily = of(Tier::Daily);
         assert_eq!(daily.len(), 7);
         for t in &daily {
-            let local = cal.zone.to_local(*t);
+            let local = cal.zone.local_time(*t);
             assert!(
                 t == &start || local.format("%H:%M").to_string() == "00:00",
                 "daily not first of day: {local}"
@@ -382,7 +382,7 @@ mod tests {
         assert_eq!(weekly.len(), 4);
         for t in &weekly {
             assert_eq!(
-                cal.zone.to_local(*t).weekday(),
+                cal.zone.local_time(*t).weekday(),
                 Weekday::Sun,
                 "weekly not on the week's first day"
             );

@@ -415,19 +415,6 @@ pub fn write_new(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Replaces `path` atomically (temporary file, fsync, rename): for logs of state,
-/// never for backups.
-pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("a file in a folder")?;
-    let mut tmp = temp_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!(e.error))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     match fs::hard_link(from, to) {
         Ok(()) => Ok(()),

@@ -526,7 +526,8 @@ fn the_password_never_appears_in_argv_or_logs() {
 #[test]
 fn bad_settings_stop_with_exit_2_naming_setting_and_value() {
     let db = cluster().new_db("bad");
-    let cases: &[(&[(&str, &str)], &[&str])] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
         (
             &[("BACKUP_KEEP_HOURLY", "lots")],
             &["BACKUP_KEEP_HOURLY", "\"lots\""],

@@ -133,8 +133,8 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
             size_bytes: written.size,
             compression: format!("zstd level {level}"),
         },
-        started_at: zone.to_local(target.taken_at),
-        finished_at: zone.to_local(target.taken_at + (finished - started)),
+        started_at: zone.local_time(target.taken_at),
+        finished_at: zone.local_time(target.taken_at + (finished - started)),
         source: SourceInfo {
             mode: if pg.is_docker() { "docker" } else { "direct" }.to_string(),
             container: cfg.db.container.clone(),
@@ -386,7 +386,7 @@ fn hypothetical(
             time: None,
         },
         size: 0,
-        time: cfg.calendar.zone.to_local(target.taken_at),
+        time: cfg.calendar.zone.local_time(target.taken_at),
         manifest: None,
         manifest_error: None,
     }

@@ -36,7 +36,7 @@ pub fn run(cfg: &Config, args: &ConfigArgs) -> Result<()> {
             .map(|((spec, raw), (env, key, value, _))| {
                 json!({
                     "env": env, "toml": key, "value": if raw.is_some() { json!(value) } else { json!(null) },
-                    "secret": spec.secret, "source": raw.as_ref().map(|r| &r.source),
+                    "secret": spec.secret, "source": raw.as_ref().map(|r| &r.source), "doc": spec.doc,
                 })
             })
             .collect();

@@ -1,0 +1,207 @@
+//! Docker mode (CONTAINER_DB): pg_dump runs inside a real container via `docker exec`.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use common::docker::engine;
+use common::*;
+
+#[test]
+fn docker_mode_backup_restores_equal_to_the_source() {
+    let d = engine();
+    d.postgres_container("kbt-restore");
+    d.psql("kbt-restore", "postgres", "CREATE DATABASE kairon");
+    d.psql("kbt-restore", "kairon", SAMPLE_SQL);
+    let source_counts = d.psql(
+        "kbt-restore",
+        "kairon",
+        "SELECT (SELECT count(*) FROM events) || ',' || (SELECT count(*) FROM traces)",
+    );
+
+    let mut kb = Kb::bare();
+    kb.set("CONTAINER_DB", "kbt-restore")
+        .set("DB_NAME", "kairon")
+        .set("DB_USER", "postgres");
+    let r = kb.ok(&["backup"]);
+    assert!(r.stderr().contains("Backup complete!"), "{}", r.stderr());
+    let hourly = kb.dumps("hourly");
+    assert_eq!(hourly.len(), 1);
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            kb.store
+                .join(hourly[0].replace(".dump.zst", ".manifest.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["source"]["mode"], "docker");
+    assert_eq!(m["source"]["container"], "kbt-restore");
+
+    // Restore the container's backup into the host cluster and compare.
+    let c = cluster();
+    let target = c.new_db("from_docker");
+    manual_restore(&kb.store.join(&hourly[0]), &target);
+    let restored = c.psql(
+        &target,
+        "SELECT (SELECT count(*) FROM events) || ',' || (SELECT count(*) FROM traces)",
+    );
+    assert_eq!(restored, source_counts);
+    let fp_source = d.psql(
+        "kbt-restore",
+        "kairon",
+        "SELECT md5(string_agg(x::text, ',' ORDER BY x::text)) FROM traces x",
+    );
+    let fp_restored = c.psql(
+        &target,
+        "SELECT md5(string_agg(x::text, ',' ORDER BY x::text)) FROM traces x",
+    );
+    assert_eq!(fp_source, fp_restored);
+}
+
+#[test]
+fn missing_and_stopped_containers_get_the_seed_errors() {
+    let d = engine();
+    let mut kb = Kb::bare();
+    kb.set("CONTAINER_DB", "no-such-container")
+        .set("DB_NAME", "kairon");
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr()
+            .contains("PostgreSQL container not found: no-such-container"),
+        "{}",
+        r.stderr()
+    );
+
+    d.postgres_container("kbt-stopped");
+    d.ok(&["stop", "-t", "1", "kbt-stopped"]);
+    kb.set("CONTAINER_DB", "kbt-stopped");
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr()
+            .contains("PostgreSQL container not running: kbt-stopped"),
+        "{}",
+        r.stderr()
+    );
+    assert!(kb.dumps("hourly").is_empty());
+}
+
+#[test]
+fn docker_mode_passes_the_password_by_name_only() {
+    let d = engine();
+    d.postgres_container("kbt-secret");
+    d.psql("kbt-secret", "postgres", "CREATE DATABASE app");
+    d.psql(
+        "kbt-secret",
+        "app",
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1)",
+    );
+    // Hold a lock inside the container so pg_dump waits while we look at it.
+    let mut locker = d
+        .cmd(&[
+            "exec",
+            "-i",
+            "kbt-secret",
+            "psql",
+            "-U",
+            "postgres",
+            "-d",
+            "app",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(
+        locker.stdin.as_mut().unwrap(),
+        "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT 1;"
+    )
+    .unwrap();
+    wait_for(20, "the lock in the container", || {
+        let n = d.psql(
+            "kbt-secret",
+            "app",
+            "SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass AND granted",
+        );
+        (n == "1").then_some(())
+    });
+
+    let mut kb = Kb::bare();
+    kb.set("CONTAINER_DB", "kbt-secret")
+        .set("DB_NAME", "app")
+        .set("POSTGRES_PASSWORD", PW_SECRET);
+    let child = kb
+        .command(&["backup"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (exec_pid, exec_argv) = wait_for(30, "docker exec pg_dump", || {
+        processes_matching("--format=custom")
+            .into_iter()
+            .find(|(_, a)| a.starts_with("docker exec") && a.contains("kbt-secret"))
+    });
+    assert!(
+        exec_argv.contains("-e PGPASSWORD kbt-secret"),
+        "{exec_argv}"
+    );
+    // The pg_dump inside the container is a host process too: it has the password in its environment only.
+    let (inner_pid, _) = wait_for(30, "pg_dump inside the container", || {
+        processes_matching("--format=custom")
+            .into_iter()
+            .find(|(p, a)| *p != exec_pid && !a.starts_with("docker") && a.contains("pg_dump"))
+    });
+    let environ =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{inner_pid}/environ")).unwrap())
+            .replace('\0', "\n");
+    assert!(environ
+        .lines()
+        .any(|l| l == format!("PGPASSWORD={PW_SECRET}")));
+    for a in all_argv() {
+        assert!(!a.contains(PW_SECRET), "password in an argv: {a}");
+    }
+    let _ = locker.kill();
+    let _ = locker.wait();
+    // Ending the client session releases the lock; the backup finishes.
+    d.psql("kbt-secret", "app", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'app' AND state = 'idle in transaction'");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains(PW_SECRET));
+}
+
+#[test]
+fn pg_dump_missing_in_the_container_is_named() {
+    let d = engine();
+    // A container without PostgreSQL's client tools on its PATH.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "kbt-notools",
+        "--network",
+        "none",
+        "-v",
+        "/usr:/usr:ro",
+        "-v",
+        "/etc:/etc:ro",
+        "-e",
+        "PATH=/opt/nothing",
+        "--entrypoint",
+        "/usr/bin/sleep",
+        common::docker::IMAGE,
+        "300",
+    ]);
+    let mut kb = Kb::bare();
+    kb.set("CONTAINER_DB", "kbt-notools").set("DB_NAME", "app");
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr()
+            .contains("pg_dump command not found in container kbt-notools"),
+        "{}",
+        r.stderr()
+    );
+}
