@@ -176,24 +176,11 @@ fn docker_mode_passes_the_password_by_name_only() {
 fn pg_dump_missing_in_the_container_is_named() {
     let d = engine();
     // A container without PostgreSQL's client tools on its PATH.
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
+    d.run_container(
         "kbt-notools",
-        "--network",
-        "none",
-        "-v",
-        "/usr:/usr:ro",
-        "-v",
-        "/etc:/etc:ro",
-        "-e",
-        "PATH=/opt/nothing",
-        "--entrypoint",
-        "/usr/bin/sleep",
-        common::docker::IMAGE,
-        "300",
-    ]);
+        &["-e", "PATH=/opt/nothing", "--entrypoint", "/usr/bin/sleep"],
+        &["300"],
+    );
     let mut kb = Kb::bare();
     kb.set("CONTAINER_DB", "kbt-notools").set("DB_NAME", "app");
     let r = kb.run(&["backup"]);

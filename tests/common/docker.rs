@@ -118,9 +118,10 @@ impl Docker {
         );
     }
 
-    /// A running PostgreSQL container named `name`, ready for connections.
-    pub fn postgres_container(&self, name: &str) {
-        self.ok(&[
+    /// Starts a container of the test image with the host's /usr and /etc, no network.
+    /// `options` go before the image, `command` after it.
+    pub fn run_container(&self, name: &str, options: &[&str], command: &[&str]) {
+        let mut args = vec![
             "run",
             "-d",
             "--name",
@@ -131,8 +132,16 @@ impl Docker {
             "/usr:/usr:ro",
             "-v",
             "/etc:/etc:ro",
-            IMAGE,
-        ]);
+        ];
+        args.extend_from_slice(options);
+        args.push(IMAGE);
+        args.extend_from_slice(command);
+        self.ok(&args);
+    }
+
+    /// A running PostgreSQL container named `name`, ready for connections.
+    pub fn postgres_container(&self, name: &str) {
+        self.run_container(name, &[], &[]);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self
             .cmd(&["exec", name, "psql", "-U", "postgres", "-Atc", "SELECT 1"])
