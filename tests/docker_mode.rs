@@ -147,18 +147,31 @@ fn docker_mode_passes_the_password_by_name_only() {
         exec_argv.contains("-e PGPASSWORD kbt-secret"),
         "{exec_argv}"
     );
-    // The pg_dump inside the container is a host process too: it has the password in its environment only.
-    let (inner_pid, _) = wait_for(30, "pg_dump inside the container", || {
-        processes_matching("--format=custom")
-            .into_iter()
-            .find(|(p, a)| *p != exec_pid && !a.starts_with("docker") && a.contains("pg_dump"))
+    // Look only once pg_dump is blocked on our lock (not while pg_wrapper is exec'ing it).
+    wait_for(30, "pg_dump waiting on the lock", || {
+        let n = d.psql("kbt-secret", "app", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND wait_event_type = 'Lock'");
+        (n != "0").then_some(())
     });
-    let environ =
-        String::from_utf8_lossy(&std::fs::read(format!("/proc/{inner_pid}/environ")).unwrap())
-            .replace('\0', "\n");
-    assert!(environ
-        .lines()
-        .any(|l| l == format!("PGPASSWORD={PW_SECRET}")));
+    // The pg_dump inside the container is a host process too: it has the password
+    // in its environment only. (Any of them: Debian's pg_wrapper may be mid-exec.)
+    let environ_of = |pid: u32| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default())
+            .replace('\0', "\n")
+    };
+    let inner: Vec<_> = processes_matching("--format=custom")
+        .into_iter()
+        .filter(|(p, a)| *p != exec_pid && !a.starts_with("docker") && a.contains("pg_dump"))
+        .collect();
+    assert!(
+        inner.iter().any(|(p, _)| environ_of(*p)
+            .lines()
+            .any(|l| l == format!("PGPASSWORD={PW_SECRET}"))),
+        "no pg_dump in the container got PGPASSWORD: {:?}",
+        inner
+            .iter()
+            .map(|(p, a)| (p, a, environ_of(*p)))
+            .collect::<Vec<_>>()
+    );
     for a in all_argv() {
         assert!(!a.contains(PW_SECRET), "password in an argv: {a}");
     }
