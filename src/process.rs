@@ -232,6 +232,14 @@ impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let quote = |s: &OsStr| {
             let s = s.to_string_lossy();
+            // Words made only of these need no quoting (as Python's shlex.quote).
+            let plain = !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c))
+                && !s.starts_with('=');
+            if plain {
+                return s.into_owned();
+            }
             shlex::try_quote(&s)
                 .map(|q| q.into_owned())
                 .unwrap_or_else(|_| format!("{s:?}"))
@@ -345,11 +353,15 @@ mod tests {
     #[test]
     fn display_elides_secrets_and_quotes() {
         let c = Cmd::new("pg_dump")
+            .arg("--format=custom")
             .arg("--dbname")
             .arg("my db")
             .secret_env("PGPASSWORD", "hunter2");
         let s = c.to_string();
-        assert_eq!(s, "PGPASSWORD=<redacted> pg_dump --dbname 'my db'");
+        assert_eq!(
+            s,
+            "PGPASSWORD=<redacted> pg_dump --format=custom --dbname 'my db'"
+        );
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 

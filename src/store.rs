@@ -148,16 +148,28 @@ impl Store {
         Ok(StoreLock { _file: file })
     }
 
-    /// Removes temporary files left by runs that were killed. Call under the lock.
-    pub fn remove_partials(&self) -> Result<Vec<PathBuf>> {
+    /// Removes what runs that were killed left behind: temporary files, and
+    /// sidecars (manifest, globals) whose dump was never published. Call under the lock.
+    pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         for tier in Tier::ALL {
-            let Ok(entries) = fs::read_dir(self.tier_dir(tier)) else {
+            let dir = self.tier_dir(tier);
+            let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(PARTIAL_PREFIX) && name.ends_with(PARTIAL_SUFFIX) {
+                let partial = name.starts_with(PARTIAL_PREFIX) && name.ends_with(PARTIAL_SUFFIX);
+                let orphan = [MANIFEST_EXT, GLOBALS_EXT].iter().any(|ext| {
+                    name.strip_suffix(ext)
+                        .and_then(|s| s.strip_suffix('.'))
+                        .is_some_and(|stem| {
+                            [Format::CustomZstd, Format::Custom]
+                                .iter()
+                                .all(|f| !dir.join(naming::sidecar(stem, f.ext())).exists())
+                        })
+                });
+                if partial || orphan {
                     fs::remove_file(e.path())?;
                     removed.push(e.path());
                 }

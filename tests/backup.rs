@@ -925,3 +925,78 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(lines.last().unwrap().contains("Backup complete!"));
 }
+
+#[test]
+fn tier_copies_fall_back_to_copies_across_filesystems() {
+    let db = cluster().sample_db("xdev");
+    let kb = Kb::direct(&db);
+    // daily/ on another filesystem: hard links fail for real (EXDEV).
+    let daily = kb.store.join("daily");
+    std::fs::create_dir_all(&daily).unwrap();
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(&daily),
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(daily.clone());
+    kb.ok(&["backup"]);
+    let h = kb.store.join(&kb.dumps("hourly")[0]);
+    let d = kb.store.join(&kb.dumps("daily")[0]);
+    assert_ne!(
+        std::fs::metadata(&h).unwrap().ino(),
+        std::fs::metadata(&d).unwrap().ino()
+    );
+    assert_eq!(sha256_file(&h), sha256_file(&d));
+    assert_eq!(
+        std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&daily).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let list = kb.list_json();
+    let daily_item = list.iter().find(|i| i["tier"] == "daily").unwrap();
+    assert_eq!(
+        daily_item["sha256"],
+        sha256_file(&d),
+        "the manifest was copied too"
+    );
+    assert!(!kb.files().iter().any(|f| f.ends_with(".partial")));
+}
+
+#[test]
+fn a_pg_dump_running_past_backup_timeout_is_stopped() {
+    let db = cluster().sample_db("timeout");
+    let mut kb = Kb::direct(&db);
+    kb.set("BACKUP_TIMEOUT", "2s");
+    let lock = LockHolder::exclusive(&db, "events");
+    let start = std::time::Instant::now();
+    let r = kb.run(&["backup"]);
+    drop(lock);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains("pg_dump did not finish within 2s"),
+        "{}",
+        r.stderr()
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(15));
+    assert!(kb.dumps("hourly").is_empty());
+    assert!(
+        !kb.files().iter().any(|f| f.ends_with(".partial")),
+        "{:?}",
+        kb.files()
+    );
+    assert!(
+        processes_matching(&db)
+            .iter()
+            .all(|(_, a)| !a.contains("pg_dump")),
+        "pg_dump survived the timeout"
+    );
+}

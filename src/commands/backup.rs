@@ -74,7 +74,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
 
     let _lock = store.lock("backup")?;
     tracing::info!("Starting backup...");
-    for p in store.remove_partials()? {
+    for p in store.remove_leftovers()? {
         tracing::warn!(
             "Removed an unfinished file left by an interrupted run: {}",
             p.display()
