@@ -79,8 +79,25 @@ pub struct Summary {
     pub objects: BTreeMap<String, u32>,
     pub tables: Vec<TableData>,
     pub large_objects: u64,
+    /// Roles the archive refers to (object owners, privilege grantees): a restore
+    /// needs them to exist on the server.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The database's own entries (pg_dump writes them; pg_restore applies them
+    /// only with --create): its CREATE DATABASE, owner, and the statements for its
+    /// comment, privileges and settings, naming it as `database` above.
+    #[serde(default)]
+    pub database_entries: DatabaseEntries,
     /// Bytes read: the archive's full size.
     pub archive_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseEntries {
+    pub owner: Option<String>,
+    pub create: Option<String>,
+    /// COMMENT / ACL / DATABASE PROPERTIES / SECURITY LABEL statements on the database.
+    pub properties: Vec<String>,
 }
 
 struct TocEntry {
@@ -271,6 +288,8 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
     let mut entries: HashMap<i64, TocEntry> = HashMap::new();
     let mut expected: BTreeSet<i64> = BTreeSet::new();
     let mut objects: BTreeMap<String, u32> = BTreeMap::new();
+    let mut roles: BTreeSet<String> = BTreeSet::new();
+    let mut database_entries = DatabaseEntries::default();
     let ctx = "the table of contents";
     for _ in 0..n_entries {
         let dump_id = r.int(ctx)?;
@@ -280,7 +299,7 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
         let tag = r.string(ctx)?;
         let desc = r.string(ctx)?.unwrap_or_default();
         r.int(ctx)?; // section
-        r.string(ctx)?; // definition
+        let defn = r.string(ctx)?;
         r.string(ctx)?; // drop statement
         r.string(ctx)?; // copy statement
         let schema = r.string(ctx)?;
@@ -291,7 +310,7 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
         if ver >= version(1, 16, 0) {
             r.int(ctx)?; // relkind
         }
-        r.string(ctx)?; // owner
+        let owner = r.string(ctx)?;
         r.string(ctx)?; // "with oids"
         while r.string(ctx)?.is_some() {} // dependencies, ended by a NULL
         let flag = r.c.byte(ctx)?;
@@ -300,6 +319,27 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
             expected.insert(dump_id);
         }
         *objects.entry(desc.clone()).or_default() += 1;
+        if let Some(o) = owner.as_deref().filter(|o| !o.is_empty()) {
+            roles.insert(o.to_string());
+        }
+        if matches!(desc.as_str(), "ACL" | "DEFAULT ACL") {
+            roles.extend(acl_roles(defn.as_deref().unwrap_or_default()));
+        }
+        let on_database = tag.as_deref().is_some_and(|t| t.starts_with("DATABASE "));
+        match desc.as_str() {
+            "DATABASE" => {
+                database_entries.owner = owner.clone();
+                database_entries.create = defn.clone();
+            }
+            // Settings (ALTER DATABASE ... SET) are tagged with the bare name.
+            "DATABASE PROPERTIES" => {
+                database_entries.properties.extend(defn.clone().filter(|d| !d.trim().is_empty()));
+            }
+            "COMMENT" | "ACL" | "SECURITY LABEL" if on_database => {
+                database_entries.properties.extend(defn.clone().filter(|d| !d.trim().is_empty()));
+            }
+            _ => {}
+        }
         entries.insert(dump_id, TocEntry { desc, schema, tag });
     }
 
@@ -377,8 +417,94 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
         objects,
         tables,
         large_objects,
+        roles: roles.into_iter().collect(),
+        database_entries,
         archive_bytes: r.c.pos,
     })
+}
+
+/// The roles named in GRANT/REVOKE/ALTER DEFAULT PRIVILEGES statements: after
+/// `TO`, `FROM`, `GRANTED BY` and `FOR ROLE`, as identifiers (quoted or not).
+pub fn acl_roles(sql: &str) -> Vec<String> {
+    let words = sql_words(sql);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i].to_ascii_uppercase();
+        let starts_list = (w == "TO" || w == "FROM")
+            || ((w == "BY" || w == "ROLE") && i > 0 && matches!(words[i - 1].to_ascii_uppercase().as_str(), "GRANTED" | "FOR"));
+        if starts_list {
+            i += 1;
+            while i < words.len() {
+                let name = &words[i];
+                if !name.eq_ignore_ascii_case("PUBLIC") && !name.eq_ignore_ascii_case("GROUP") {
+                    out.push(unquote(name));
+                }
+                if words.get(i + 1).map(String::as_str) == Some(",") {
+                    i += 2;
+                } else {
+                    break;
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Splits SQL into identifiers/keywords, quoted identifiers (kept with their
+/// quotes), commas and semicolons; string literals are skipped.
+pub fn sql_words(sql: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut w = String::from('"');
+                while let Some(c) = chars.next() {
+                    w.push(c);
+                    if c == '"' {
+                        if chars.peek() == Some(&'"') {
+                            w.push(chars.next().unwrap());
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                words.push(w);
+            }
+            '\'' => {
+                while let Some(c) = chars.next() {
+                    if c == '\'' && chars.peek() != Some(&'\'') {
+                        break;
+                    } else if c == '\'' {
+                        chars.next();
+                    }
+                }
+            }
+            ',' | ';' | '(' | ')' => words.push(c.to_string()),
+            c if c.is_whitespace() => {}
+            c => {
+                let mut w = String::from(c);
+                while let Some(&n) = chars.peek() {
+                    if n.is_whitespace() || matches!(n, ',' | ';' | '(' | ')' | '"' | '\'') {
+                        break;
+                    }
+                    w.push(n);
+                    chars.next();
+                }
+                words.push(w);
+            }
+        }
+    }
+    words
+}
+
+pub fn unquote(ident: &str) -> String {
+    match ident.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => ident.to_lowercase(),
+    }
 }
 
 fn describe(e: &TocEntry) -> String {
@@ -505,6 +631,15 @@ mod tests {
     fn missing_end_marker_is_incomplete() {
         let a = tiny_archive(&["1\tx"], false);
         assert!(matches!(scan(&a[..]), Err(ArchiveError::Incomplete(_))));
+    }
+
+    #[test]
+    fn acl_roles_are_found() {
+        let sql = "REVOKE ALL ON TABLE public.t FROM PUBLIC;\nGRANT SELECT,INSERT ON TABLE public.t TO app_user, \"Weird \"\"Role\";\n\
+                   GRANT ALL ON SCHEMA s TO reader WITH GRANT OPTION;\n\
+                   ALTER DEFAULT PRIVILEGES FOR ROLE owner1 IN SCHEMA s GRANT SELECT ON TABLES TO Reporting;\n\
+                   GRANT UPDATE ON TABLE t TO x GRANTED BY boss;\nCOMMENT ON TABLE t IS 'grant to nobody';";
+        assert_eq!(acl_roles(sql), ["app_user", "Weird \"Role", "reader", "owner1", "reporting", "x", "boss"]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -61,6 +61,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// List the backups in the store, newest first.
     List(ListArgs),
+    /// Restore a backup: checked, restored into a scratch database, verified, then swapped in.
+    Restore(RestoreArgs),
     /// Apply the retention policy on its own.
     Rotate(RotateArgs),
     /// Print the effective settings and where each came from (secrets redacted).
@@ -105,4 +107,57 @@ pub struct ConfigArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("which")
+        .required(true)
+        .multiple(false)
+        .args(["latest", "latest_daily", "latest_weekly", "latest_monthly", "file", "at", "name"])
+))]
+pub struct RestoreArgs {
+    /// The newest backup of any tier.
+    #[arg(long)]
+    pub latest: bool,
+    /// The newest backup in daily/.
+    #[arg(long)]
+    pub latest_daily: bool,
+    /// The newest backup in weekly/.
+    #[arg(long)]
+    pub latest_weekly: bool,
+    /// The newest backup in monthly/.
+    #[arg(long)]
+    pub latest_monthly: bool,
+    /// A backup file: absolute, or relative to BACKUP_DIR (hourly/kairon_2025-12-26_05-00-01.dump).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// The newest backup taken at or before TIME (RFC 3339, or "YYYY-MM-DD HH:MM:SS" local).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// A named backup (backup --name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Database to restore into (default: the configured database).
+    #[arg(long, value_name = "NAME")]
+    pub target_db: Option<String>,
+    /// Print the plan (backup, checks, commands, renames) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replace an existing database without asking (required when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// The seed's way, for servers where the user may not create databases: take a
+    /// safety backup, then drop, recreate and restore the target.
+    #[arg(long)]
+    pub in_place: bool,
+    /// Keep the replaced database as <target>_pre_restore_<time> (the default).
+    #[arg(long, conflicts_with = "drop_old")]
+    pub keep_old: bool,
+    /// Drop the replaced database once the new one is in place.
+    #[arg(long)]
+    pub drop_old: bool,
+    /// Create the roles the backup needs and the server lacks, from the globals saved with it.
+    #[arg(long)]
+    pub with_globals: bool,
 }

@@ -57,6 +57,10 @@ pub const SETTINGS: &[Spec] = &[
         doc: "Docker container running PostgreSQL; when set, pg_dump runs inside it via docker exec." },
     Spec { key: "database.bin_dir", env: &["POSTGRES_BIN_DIR"], default: None, secret: false,
         doc: "Directory holding pg_dump/pg_dumpall/psql (e.g. /usr/lib/postgresql/16/bin); default: PATH." },
+    Spec { key: "database.maintenance_db", env: &["POSTGRES_MAINTENANCE_DB"], default: Some("postgres"), secret: false,
+        doc: "Database restore connects to when it creates, renames or drops databases." },
+    Spec { key: "restore.environment", env: &["ENVIRONMENT"], default: None, secret: false,
+        doc: "Set to production to mark a production server: restoring over a database there warns loudly (Kaizen seed)." },
     Spec { key: "backup.dir", env: &["BACKUP_DIR"], default: Some("backups"), secret: false,
         doc: "Backup store folder (relative paths are taken from the current directory)." },
     Spec { key: "backup.prefix", env: &["BACKUP_PREFIX"], default: None, secret: false,
@@ -172,6 +176,7 @@ pub struct DbConfig {
     pub port: u16,
     pub container: Option<String>,
     pub bin_dir: Option<PathBuf>,
+    pub maintenance_db: String,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +190,8 @@ pub struct Config {
     pub timeout: Option<Duration>,
     pub log_format: LogFormat,
     pub debug: bool,
+    /// ENVIRONMENT=production (or prod): restores warn loudly before replacing data.
+    pub production: bool,
     /// Every setting with its resolved value and source, for `kbackup config`.
     pub resolved: Vec<(&'static Spec, Option<Raw>)>,
 }
@@ -489,6 +496,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         port,
         container: values.string("database.container"),
         bin_dir: values.string("database.bin_dir").map(|d| cwd.join(d)),
+        maintenance_db: values.string("database.maintenance_db").unwrap_or_else(|| "postgres".into()),
     };
 
     let dir = values
@@ -564,6 +572,9 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         })?
         .unwrap_or(LogFormat::Text);
 
+    let production = values
+        .string("restore.environment")
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "production" | "prod"));
     // Keep provenance for `kbackup config`, but never a secret's value.
     let resolved = resolved
         .into_iter()
@@ -591,6 +602,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         timeout,
         log_format,
         debug,
+        production,
         resolved,
     })
 }

@@ -86,3 +86,47 @@ pub fn write_compressed(input: File, out: File, level: i32) -> Result<Written> {
         summary,
     })
 }
+
+/// Reads a stored dump through the archive check (a `.dump.zst`, or a seed
+/// `.dump`), returning its summary and the SHA-256 of the file as stored.
+pub fn read_back(path: &std::path::Path) -> Result<(Summary, String)> {
+    struct Hashing<R> {
+        inner: R,
+        hasher: Sha256,
+    }
+    impl<R: Read> Read for Hashing<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.hasher.update(&buf[..n]);
+            Ok(n)
+        }
+    }
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hashing = Hashing { inner: BufReader::with_capacity(1 << 20, file), hasher: Sha256::new() };
+    let summary = if is_zstd(path) {
+        let decoder = zstd::Decoder::new(&mut hashing).context("not a zstd stream")?;
+        archive::scan(BufReader::with_capacity(1 << 18, decoder))?
+    } else {
+        archive::scan(BufReader::with_capacity(1 << 18, &mut hashing))?
+    };
+    // Hash whatever follows the archive (a zstd frame's tail, trailing bytes).
+    io::copy(&mut hashing, &mut io::sink())?;
+    Ok((summary, hex::encode(hashing.hasher.finalize())))
+}
+
+pub fn is_zstd(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "zst")
+}
+
+/// Writes the archive in `path` (decompressed when it is a `.dump.zst`) to `out`.
+pub fn write_archive(path: &std::path::Path, out: File) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    if is_zstd(path) {
+        zstd::stream::copy_decode(BufReader::with_capacity(1 << 20, file), &mut out)?;
+    } else {
+        io::copy(&mut BufReader::with_capacity(1 << 20, file), &mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! kbackup: parse, load settings, start logging, dispatch, map errors to exit codes.
 
 mod archive;
+mod cleanup;
 mod cli;
 mod clock;
 mod commands;
@@ -13,6 +14,7 @@ mod naming;
 mod postgres;
 mod process;
 mod retention;
+mod select;
 mod store;
 
 use std::process::ExitCode;
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
     let writes_store = match &cli.command {
         Command::Backup(a) => !a.dry_run,
         Command::Rotate(a) => !a.dry_run,
+        Command::Restore(a) => !a.dry_run,
         _ => false,
     };
     let log_dir = writes_store.then_some(cfg.backup_dir.as_path());
@@ -57,11 +60,23 @@ fn main() -> ExitCode {
         let mut term = signal(SignalKind::terminate())?;
         // Dropping the command's future on a signal drops its temporary files and
         // kills its children (kill_on_drop): the store is left as it was.
-        tokio::select! {
+        let interrupted = |kind, signal: &str| {
+            Err(anyhow::Error::new(error::Coded {
+                kind,
+                message: format!("{signal}: stopped; partial work was undone and nothing was kept from this run"),
+            }))
+        };
+        let result = tokio::select! {
             r = dispatch(&cli.command, &cfg) => r,
-            _ = int.recv() => Err(anyhow::Error::new(error::Coded { kind: ExitKind::Interrupted, message: "interrupted (SIGINT); nothing was kept from this run".into() })),
-            _ = term.recv() => Err(anyhow::Error::new(error::Coded { kind: ExitKind::Terminated, message: "terminated (SIGTERM); nothing was kept from this run".into() })),
+            _ = int.recv() => interrupted(ExitKind::Interrupted, "interrupted (SIGINT)"),
+            _ = term.recv() => interrupted(ExitKind::Terminated, "terminated (SIGTERM)"),
+        };
+        // The command's future is gone now: its children are killed and its
+        // temporary files removed. What it did on the server is undone here.
+        if result.as_ref().is_err_and(|e| matches!(exit_kind(e), ExitKind::Interrupted | ExitKind::Terminated)) {
+            cleanup::run_pending().await;
         }
+        result
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
     match result {
@@ -77,6 +92,7 @@ async fn dispatch(command: &Command, cfg: &config::Config) -> anyhow::Result<()>
     match command {
         Command::Backup(a) => commands::backup::run(cfg, a).await,
         Command::List(a) => commands::list::run(cfg, a),
+        Command::Restore(a) => commands::restore::run(cfg, a).await,
         Command::Rotate(a) => commands::rotate::run(cfg, a),
         Command::Config(a) => commands::config::run(cfg, a),
     }

@@ -67,13 +67,24 @@ impl Postgres {
     /// settings every tool shares. `--no-password` makes a missing password an
     /// error instead of a prompt that would hang cron.
     pub fn tool(&self, name: &str) -> Cmd {
+        self.tool_with(name, false)
+    }
+
+    /// Like [`tool`](Self::tool), for a child whose stdin kbackup writes
+    /// (`docker exec -i` in docker mode).
+    pub fn tool_stdin(&self, name: &str) -> Cmd {
+        self.tool_with(name, true)
+    }
+
+    fn tool_with(&self, name: &str, stdin: bool) -> Cmd {
         let mut cmd = match &self.db.container {
             Some(container) => {
                 let mut c = Cmd::new("docker").arg("exec");
+                if stdin {
+                    c = c.arg("-i");
+                }
                 if let Some(p) = &self.db.password {
-                    c = c
-                        .args(["-e", "PGPASSWORD"])
-                        .secret_env("PGPASSWORD", p.expose());
+                    c = c.args(["-e", "PGPASSWORD"]).secret_env("PGPASSWORD", p.expose());
                 }
                 c.arg(container).arg(name).label(name)
             }
@@ -89,7 +100,7 @@ impl Postgres {
                 c
             }
         };
-        if name == "pg_dump" || name == "pg_dumpall" || name == "psql" {
+        if matches!(name, "pg_dump" | "pg_dumpall" | "psql" | "pg_restore") {
             cmd = cmd.arg("--no-password").args(["--username", &self.db.user]);
             if let Some(h) = &self.db.host {
                 cmd = cmd.args(["--host", h]);
@@ -117,21 +128,38 @@ impl Postgres {
         c.args(["--database", &self.db.name])
     }
 
-    pub fn psql(&self, sql: &str) -> Cmd {
+    /// psql running `sql` in database `db`: unaligned, tuples only, fields
+    /// separated by the ASCII unit separator, stopping at the first error.
+    pub fn psql_on(&self, db: &str, sql: &str) -> Cmd {
         self.tool("psql")
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-F",
-                "|",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .arg(&self.db.name)
+            .args(["-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args(["--dbname", db])
+    }
+
+    /// Runs `sql` in `db` and returns its rows.
+    pub async fn query(&self, db: &str, sql: &str) -> Result<Vec<Vec<String>>> {
+        let out = self.psql_on(db, sql).output(Some(QUERY_TIMEOUT)).await.map_err(|e| self.connect_error(e))?;
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('\x1f').map(String::from).collect())
+            .collect())
+    }
+
+    /// Runs statements on the maintenance database (POSTGRES_MAINTENANCE_DB,
+    /// default `postgres`), each in its own transaction (CREATE/DROP DATABASE
+    /// cannot share one): databases are created, renamed and dropped from there.
+    pub async fn admin<S: AsRef<str>>(&self, statements: &[S], timeout: Option<Duration>) -> Result<Vec<u8>, ProcessError> {
+        let mut cmd = self.tool("psql").args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+        for s in statements {
+            cmd = cmd.args(["-c", s.as_ref()]);
+        }
+        cmd.args(["--dbname", &self.db.maintenance_db]).output(timeout.or(Some(QUERY_TIMEOUT))).await
+    }
+
+    /// `pg_restore` reading an archive on stdin into `db`, stopping at the first error.
+    pub fn pg_restore(&self, db: &str) -> Cmd {
+        self.tool_stdin("pg_restore").args(["--exit-on-error", "--dbname", db])
     }
 
     /// Checks the container exists and runs (docker mode), with the seed's errors.
@@ -210,15 +238,9 @@ impl Postgres {
         let sql =
             "SELECT current_setting('server_version_num'), current_setting('server_version'), \
                    pg_database_size(current_database())";
-        let out = self
-            .psql(sql)
-            .output(Some(QUERY_TIMEOUT))
-            .await
-            .map_err(|e| self.connect_error(e))?;
-        let text = String::from_utf8_lossy(&out);
-        let fields: Vec<&str> = text.trim().split('|').collect();
-        let [num, version, size] = fields[..] else {
-            return Err(anyhow!("unexpected answer from the server: {text:?}"));
+        let rows = self.query(&self.db.name, sql).await?;
+        let Some([num, version, size]) = rows.first().map(|r| &r[..]) else {
+            return Err(anyhow!("unexpected answer from the server: {rows:?}"));
         };
         Ok(ServerInfo {
             version_num: num.parse().context("server_version_num")?,
@@ -257,6 +279,12 @@ impl Postgres {
     }
 }
 
+/// The major version of a bare version string from an archive header
+/// (`15.18 (Debian 15.18-0+deb12u1)` -> 15, `9.6.24` -> 906).
+pub fn version_major(text: &str) -> Option<u32> {
+    parse_tool_major(&format!("x (PostgreSQL) {text}"))
+}
+
 /// The major version, numbered as the server's `server_version_num / 10000`
 /// (`/ 100` before 10): `pg_dump (PostgreSQL) 15.18 (Debian ...)` -> 15, `9.6.24` -> 906.
 pub fn parse_tool_major(text: &str) -> Option<u32> {
@@ -290,6 +318,7 @@ mod tests {
             port: 5432,
             container: container.map(String::from),
             bin_dir: None,
+            maintenance_db: "postgres".into(),
         }
     }
 
@@ -302,6 +331,8 @@ mod tests {
         assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
         assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(906));
         assert_eq!(major_of_num(150018), 15);
+        assert_eq!(version_major("15.18 (Debian 15.18-0+deb12u1)"), Some(15));
+        assert_eq!(version_major("9.6.24"), Some(906));
         assert_eq!(major_of_num(90624), 906);
     }
 
@@ -343,5 +374,26 @@ mod tests {
         d.host = Some("/run/pg".into());
         let s = Postgres::new(d).pg_dump().to_string();
         assert!(s.starts_with("/usr/lib/postgresql/16/bin/pg_dump --no-password --username n8n_user --host /run/pg"), "{s}");
+    }
+}
+
+/// Quotes an SQL identifier: `"my ""db"""`.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal: `'it''s'`.
+pub fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod quoting_tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(ident("my \"db\""), "\"my \"\"db\"\"\"");
+        assert_eq!(literal("it's"), "'it''s'");
     }
 }

@@ -69,11 +69,11 @@ impl Cmd {
         std::iter::once(self.program.as_os_str()).chain(self.args.iter().map(|a| a.as_os_str()))
     }
 
-    fn command(&self) -> tokio::process::Command {
+    fn command(&self, stdin: bool) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.program);
         c.args(&self.args)
             .envs(self.env.iter().map(|(k, v, _)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -91,9 +91,9 @@ impl Cmd {
         c
     }
 
-    fn spawn(&self) -> Result<tokio::process::Child, ProcessError> {
+    fn spawn(&self, stdin: bool) -> Result<tokio::process::Child, ProcessError> {
         tracing::debug!("running: {self}");
-        self.command().spawn().map_err(|e| {
+        self.command(stdin).spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 ProcessError::NotFound {
                     program: self.program.to_string_lossy().into_owned(),
@@ -109,7 +109,7 @@ impl Cmd {
 
     /// Runs to completion and returns stdout; a non-zero exit is an error.
     pub async fn output(&self, timeout: Option<Duration>) -> Result<Vec<u8>, ProcessError> {
-        let mut child = self.spawn()?;
+        let mut child = self.spawn(false)?;
         let stderr = drain_stderr(child.stderr.take(), self.label.clone());
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let read = async {
@@ -140,23 +140,58 @@ impl Cmd {
     /// Runs with stdout handed to `consume` on a blocking thread, as a plain
     /// blocking `File`. If the consumer fails the child is killed; if the child
     /// fails its error wins (it is the cause; the consumer saw a short stream).
-    pub async fn stream<T, F>(
-        &self,
-        timeout: Option<Duration>,
-        consume: F,
-    ) -> Result<T, StreamError>
+    pub async fn stream<T, F>(&self, timeout: Option<Duration>, consume: F) -> Result<T, StreamError>
     where
         T: Send + 'static,
         F: FnOnce(std::fs::File) -> anyhow::Result<T> + Send + 'static,
     {
-        let mut child = self.spawn()?;
+        let mut child = self.spawn(false)?;
         let stderr = drain_stderr(child.stderr.take(), self.label.clone());
         let stdout = child.stdout.take().expect("stdout is piped");
-        let fd = stdout.into_owned_fd().map_err(|e| self.spawn_err(e))?;
-        set_blocking(&fd).map_err(|e| self.spawn_err(e))?;
-        let file = std::fs::File::from(fd);
-        let mut consumer = tokio::task::spawn_blocking(move || consume(file));
+        let file = self.blocking_file(stdout.into_owned_fd())?;
+        let task = tokio::task::spawn_blocking(move || consume(file));
+        let (status, local, killed) = self.supervise(&mut child, task, timeout).await?;
+        self.settle(status, stderr.await.unwrap_or_default(), local, killed)
+    }
 
+    /// Runs with stdin written by `produce` on a blocking thread (closing it ends
+    /// the input); returns stdout. A failing producer kills the child; a child
+    /// that fails first (the producer then sees a broken pipe) reports its error.
+    pub async fn feed<F>(&self, timeout: Option<Duration>, produce: F) -> Result<Vec<u8>, StreamError>
+    where
+        F: FnOnce(std::fs::File) -> anyhow::Result<()> + Send + 'static,
+    {
+        let mut child = self.spawn(true)?;
+        let stderr = drain_stderr(child.stderr.take(), self.label.clone());
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let out = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut buf).await;
+            buf
+        });
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let file = self.blocking_file(stdin.into_owned_fd())?;
+        let task = tokio::task::spawn_blocking(move || produce(file));
+        let (status, local, killed) = self.supervise(&mut child, task, timeout).await?;
+        self.settle(status, stderr.await.unwrap_or_default(), local, killed)?;
+        Ok(out.await.unwrap_or_default())
+    }
+
+    fn blocking_file(&self, fd: std::io::Result<std::os::fd::OwnedFd>) -> Result<std::fs::File, ProcessError> {
+        let fd = fd.map_err(|e| self.spawn_err(e))?;
+        set_blocking(&fd).map_err(|e| self.spawn_err(e))?;
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// Waits for the child and the blocking task together: kills the child when
+    /// the task fails or the timeout passes. Returns the exit status, the task's
+    /// result, and whether we killed the child.
+    async fn supervise<T: Send + 'static>(
+        &self,
+        child: &mut tokio::process::Child,
+        mut task: tokio::task::JoinHandle<anyhow::Result<T>>,
+        timeout: Option<Duration>,
+    ) -> Result<(ExitStatus, anyhow::Result<T>, bool), ProcessError> {
         let deadline = async {
             match timeout {
                 Some(d) => tokio::time::sleep(d).await,
@@ -164,42 +199,47 @@ impl Cmd {
             }
         };
         tokio::pin!(deadline);
-        let mut consumed = None;
-        let mut killed_by_us = false;
+        let joined = |r: Result<anyhow::Result<T>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| Err(anyhow::anyhow!("{} stream task panicked: {e}", self.label)))
+        };
+        let mut done = None;
+        let mut killed = false;
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.map_err(|e| self.spawn_err(e))?,
-                r = &mut consumer, if consumed.is_none() => {
-                    let r = r.unwrap_or_else(|e| Err(anyhow::anyhow!("stream consumer panicked: {e}")));
-                    if r.is_err() {
-                        killed_by_us = child.start_kill().is_ok();
+                r = &mut task, if done.is_none() => {
+                    let r = joined(r);
+                    // A broken pipe means the child went away by itself: wait for
+                    // its status and let its error speak. Any other failure is ours.
+                    if r.as_ref().is_err_and(|e| !is_broken_pipe(e)) {
+                        killed = child.start_kill().is_ok();
                     }
-                    consumed = Some(r);
+                    done = Some(r);
                 }
                 _ = &mut deadline => {
                     let _ = child.start_kill();
                     let _ = child.wait().await;
-                    return Err(ProcessError::TimedOut { label: self.label.clone(), after: timeout.unwrap_or_default() }.into());
+                    return Err(ProcessError::TimedOut { label: self.label.clone(), after: timeout.unwrap_or_default() });
                 }
             }
         };
-        let consumed: anyhow::Result<T> = match consumed {
+        let done = match done {
             Some(r) => r,
-            None => consumer
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("stream consumer panicked: {e}"))),
+            None => joined(task.await),
         };
-        let tail = stderr.await.unwrap_or_default();
-        match consumed {
-            // The consumer stopped first (disk full, a corrupt stream) and we killed
-            // the child: the consumer's error is the cause.
-            Err(e) if killed_by_us => Err(StreamError::Consumer(e)),
+        Ok((status, done, killed))
+    }
+
+    /// Which error wins: ours when we killed the child for it, else the child's.
+    fn settle<T>(&self, status: ExitStatus, stderr: String, local: anyhow::Result<T>, killed: bool) -> Result<T, StreamError> {
+        match local {
+            Err(e) if killed => Err(StreamError::Local(e)),
             Err(e) => {
-                self.check(status, tail)?;
-                Err(StreamError::Consumer(e))
+                self.check(status, stderr)?;
+                Err(StreamError::Local(e))
             }
             Ok(v) => {
-                self.check(status, tail)?;
+                self.check(status, stderr)?;
                 Ok(v)
             }
         }
@@ -264,6 +304,11 @@ impl fmt::Debug for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Cmd({self})")
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 fn set_blocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
@@ -342,8 +387,9 @@ impl ProcessError {
 pub enum StreamError {
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// Our side of the pipe failed (the consumer or producer on the blocking thread).
     #[error(transparent)]
-    Consumer(anyhow::Error),
+    Local(anyhow::Error),
 }
 
 #[cfg(test)]
@@ -433,9 +479,44 @@ mod tests {
             .unwrap_err();
         // We killed the child because the consumer failed: the consumer's error is the cause.
         assert!(
-            matches!(&e, StreamError::Consumer(c) if c.to_string() == "disk full"),
+            matches!(&e, StreamError::Local(c) if c.to_string() == "disk full"),
             "{e}"
         );
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod feed_tests {
+    use super::*;
+    use std::io::Write;
+
+    #[tokio::test]
+    async fn feed_streams_stdin_and_returns_stdout() {
+        let out = Cmd::new("wc")
+            .arg("-c")
+            .feed(None, |mut f| {
+                for _ in 0..100 {
+                    f.write_all(&[b'x'; 10_000])?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out).trim(), "1000000");
+    }
+
+    #[tokio::test]
+    async fn a_child_that_stops_reading_reports_its_own_error() {
+        let e = Cmd::new("sh")
+            .args(["-c", "head -c 10 >/dev/null; echo restore broke >&2; exit 4"])
+            .feed(None, |mut f| {
+                loop {
+                    f.write_all(&[0u8; 65536])?;
+                }
+            })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("restore broke") && e.to_string().contains("exit code 4"), "{e}");
     }
 }

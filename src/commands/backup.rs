@@ -22,7 +22,7 @@ use crate::retention;
 use crate::store::{human_size, Staged, Store};
 
 /// Where a backup goes: its tier and label (the hourly time, or the --name).
-struct Target {
+pub(crate) struct Target {
     tier: Tier,
     label: String,
     /// The time the backup is recorded as taken: --time, or the moment pg_dump starts.
@@ -31,6 +31,11 @@ struct Target {
 }
 
 impl Target {
+    /// A named backup taken now (the safety backup before an in-place restore).
+    pub(crate) fn named(name: &str) -> Target {
+        Target { tier: Tier::Named, label: name.to_string(), taken_at: Utc::now(), backfill: false }
+    }
+
     fn new(cfg: &Config, args: &BackupArgs) -> Result<Target> {
         let (taken_at, backfill) = match &args.time {
             Some(t) => (clock::parse_time(t, cfg.calendar.zone, "--time")?, true),
@@ -90,8 +95,44 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         )));
     }
 
-    let info = preflight(&pg).await?;
-    check_disk(cfg, &store, &info)?;
+    let (path, stem, size) = take(cfg, &store, &pg, &mut target).await?;
+    tracing::info!("Dump created: {} ({})", path.display(), human_size(size));
+
+    if target.tier == Tier::Hourly {
+        let placements = retention::placement(
+            &cfg.policy,
+            &cfg.calendar,
+            target.taken_at,
+            |tier, label| store.has_stem(tier, &naming::stem(&cfg.prefix, label, 1)),
+        );
+        for (tier, label) in placements {
+            let tier_stem = naming::stem(&cfg.prefix, &label, 1);
+            store.place_copy(&path, &stem, Format::CustomZstd, tier, &tier_stem)?;
+            tracing::info!("{} backup created", tier.title());
+        }
+    }
+
+    tracing::info!("Rotating old backups...");
+    let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
+    let now = Utc::now().max(target.taken_at);
+    let decisions = rotate::plan(cfg, &backups, now);
+    rotate::apply(&store, &decisions)?;
+
+    let after = store.scan(&cfg.calendar, &cfg.prefix)?;
+    tracing::info!(
+        "Backup complete! Local: {}, {}",
+        human_size(store.disk_usage()),
+        list::tier_counts(&after)
+    );
+    Ok(())
+}
+
+/// Takes one backup into `target`'s tier and publishes it (no tier copies, no
+/// rotation): the part shared with the safety backup of `restore --in-place`.
+/// Call with the store locked. Returns the dump's path, its stem and size.
+pub(crate) async fn take(cfg: &Config, store: &Store, pg: &Postgres, target: &mut Target) -> Result<(std::path::PathBuf, String, u64)> {
+    let info = preflight(pg).await?;
+    check_disk(cfg, store, &info)?;
 
     tracing::info!("Creating database dump...");
     let started = Utc::now();
@@ -109,7 +150,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
             dump::write_compressed(stdout, out, level)
         })
         .await
-        .map_err(|e| dump_error(&pg, e))?;
+        .map_err(|e| dump_error(pg, e))?;
     let finished = Utc::now();
     tracing::debug!(
         "pg_dump done in {:.1}s: {} archive bytes -> {} stored, {} tables",
@@ -119,7 +160,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         written.summary.tables.len()
     );
 
-    let (globals, role_passwords) = dump_globals(&pg, cfg).await?;
+    let (globals, role_passwords) = dump_globals(pg, cfg).await?;
     let zone = cfg.calendar.zone;
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
@@ -162,39 +203,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
             globals,
         },
     )?;
-    tracing::info!(
-        "Dump created: {} ({})",
-        path.display(),
-        human_size(written.size)
-    );
-
-    if target.tier == Tier::Hourly {
-        let placements = retention::placement(
-            &cfg.policy,
-            &cfg.calendar,
-            target.taken_at,
-            |tier, label| store.has_stem(tier, &naming::stem(&cfg.prefix, label, 1)),
-        );
-        for (tier, label) in placements {
-            let tier_stem = naming::stem(&cfg.prefix, &label, 1);
-            store.place_copy(&path, &stem, Format::CustomZstd, tier, &tier_stem)?;
-            tracing::info!("{} backup created", tier.title());
-        }
-    }
-
-    tracing::info!("Rotating old backups...");
-    let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
-    let now = Utc::now().max(target.taken_at);
-    let decisions = rotate::plan(cfg, &backups, now);
-    rotate::apply(&store, &decisions)?;
-
-    let after = store.scan(&cfg.calendar, &cfg.prefix)?;
-    tracing::info!(
-        "Backup complete! Local: {}, {}",
-        human_size(store.disk_usage()),
-        list::tier_counts(&after)
-    );
-    Ok(())
+    Ok((path, stem, written.size))
 }
 
 /// Checks everything a dump needs before it starts, with the seeds' errors.
@@ -260,7 +269,7 @@ fn dump_error(pg: &Postgres, e: StreamError) -> anyhow::Error {
             }
         }
         StreamError::Process(p) => pg.tool_error("pg_dump", p),
-        StreamError::Consumer(c) => c.context(format!(
+        StreamError::Local(c) => c.context(format!(
             "the dump of {} is not a complete archive; no backup was written",
             pg.describe()
         )),

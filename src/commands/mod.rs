@@ -3,4 +3,5 @@
 pub mod backup;
 pub mod config;
 pub mod list;
+pub mod restore;
 pub mod rotate;

@@ -1,0 +1,928 @@
+//! `kbackup restore`: choose a backup, prove it, and swap it in without ever
+//! losing the current database.
+//!
+//! 1. The file is checked before anything else: its checksum against its
+//!    manifest, and a full read of the archive (complete, row counts agree).
+//! 2. It is restored into a new scratch database on the same server.
+//! 3. The scratch database is checked: pg_restore's status, every table present,
+//!    every table's row count equal to the backup's.
+//! 4. Only then is the target closed to new connections, its sessions ended, and
+//!    in one transaction renamed to `<target>_pre_restore_<time>` while the
+//!    scratch database takes its name. The old database is kept unless --drop-old.
+//!
+//! Any failure before step 4 drops the scratch database and leaves the target
+//! untouched; Ctrl-C does the same (see `cleanup`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, FixedOffset, Local, Utc};
+
+use crate::archive::{self, Summary, TableData};
+use crate::cleanup;
+use crate::cli::RestoreArgs;
+use crate::clock;
+use crate::commands::backup::{self, Target as BackupTarget};
+use crate::commands::list;
+use crate::config::Config;
+use crate::dump;
+use crate::error::usage;
+use crate::manifest::Manifest;
+use crate::naming::{self, Tier, GLOBALS_EXT, MANIFEST_EXT};
+use crate::postgres::{ident, literal, version_major, Postgres};
+use crate::process::StreamError;
+use crate::select::{self, Selection, Selector};
+use crate::store::{human_size, Store};
+
+/// PostgreSQL's limit on identifier length, in bytes.
+const MAX_IDENT: usize = 63;
+
+/// The backup being restored.
+struct Source {
+    path: PathBuf,
+    /// How to show it: relative to the store when inside it.
+    shown: String,
+    manifest: Option<Manifest>,
+    time: Option<DateTime<FixedOffset>>,
+    globals: Option<PathBuf>,
+}
+
+/// What the file check found.
+struct Checked {
+    summary: Summary,
+    /// The row count each table must have after the restore (None: unknown).
+    expected: Vec<TableData>,
+    checksum: &'static str,
+}
+
+/// The database being replaced.
+struct Existing {
+    size: u64,
+    connections: u64,
+    tables: u64,
+}
+
+pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
+    let clock_start = Instant::now();
+    let store = Store::new(cfg.backup_dir.clone());
+    let source = choose(cfg, &store, args)?;
+    let target = args.target_db.clone().unwrap_or_else(|| cfg.db.name.clone());
+    check_name(&target)?;
+    let pg = Postgres::new(cfg.db.clone());
+
+    tracing::info!("Checking {}...", source.shown);
+    let checked = check_file(&source).await?;
+    tracing::info!(
+        "Backup is a complete archive ({}): {} tables, {}",
+        checked.checksum,
+        checked.summary.tables.len(),
+        rows_text(&checked.expected)
+    );
+
+    pg.check_container().await?;
+    check_restore_version(&pg, &checked.summary).await?;
+    let existing = existing(&pg, &target).await?;
+    let missing_roles = missing_roles(&pg, &checked.summary).await?;
+
+    if args.dry_run {
+        print_plan(cfg, args, &pg, &source, &checked, &target, existing.as_ref(), &missing_roles);
+        return Ok(());
+    }
+    if !missing_roles.is_empty() && !args.with_globals {
+        bail!(roles_message(&missing_roles, &source));
+    }
+    if let Some(e) = &existing {
+        if !args.yes {
+            confirm(cfg, &target, e, &source)?;
+        }
+    }
+    if args.with_globals && !missing_roles.is_empty() {
+        create_missing_roles(&pg, &source, &missing_roles).await?;
+    }
+
+    let old = if args.in_place {
+        in_place(cfg, &store, &pg, &source, &checked, &target, existing.is_some()).await?;
+        None
+    } else {
+        via_scratch(cfg, &pg, &source, &checked, &target, existing.is_some(), args.drop_old).await?
+    };
+    report(&source, &checked, &target, old.as_deref(), args.drop_old, clock_start.elapsed());
+    Ok(())
+}
+
+fn selector(cfg: &Config, args: &RestoreArgs) -> Result<Selector> {
+    Ok(if args.latest {
+        Selector::Latest
+    } else if args.latest_daily {
+        Selector::LatestIn(Tier::Daily)
+    } else if args.latest_weekly {
+        Selector::LatestIn(Tier::Weekly)
+    } else if args.latest_monthly {
+        Selector::LatestIn(Tier::Monthly)
+    } else if let Some(f) = &args.file {
+        Selector::File(f.clone())
+    } else if let Some(t) = &args.at {
+        Selector::At(clock::parse_time(t, cfg.calendar.zone, "--at")?)
+    } else if let Some(n) = &args.name {
+        Selector::Name(n.clone())
+    } else {
+        unreachable!("clap requires one selector")
+    })
+}
+
+fn choose(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> {
+    let selector = selector(cfg, args)?;
+    let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
+    let selection = select::select(&backups, &selector, &cfg.prefix, &store.root).map_err(|m| anyhow!(m))?;
+    Ok(match selection {
+        Selection::Stored(b) => {
+            if let Some(e) = &b.manifest_error {
+                tracing::warn!("The manifest of {} cannot be read ({e}); restoring without it", b.rel_path);
+            }
+            Source {
+                path: b.path.clone(),
+                shown: b.rel_path.clone(),
+                manifest: b.manifest.clone(),
+                time: Some(b.time),
+                globals: Some(b.sidecar(GLOBALS_EXT)).filter(|p| p.exists()),
+            }
+        }
+        Selection::External(path) => {
+            if !path.is_file() {
+                return Err(usage(format!(
+                    "--file {}: no such backup file; give a path relative to BACKUP_DIR ({}) or an absolute one \
+                     (see `kbackup list`)",
+                    path.display(),
+                    store.root.display()
+                )));
+            }
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = naming::Format::split(&name).map(|(s, _)| s.to_string());
+            let sidecar = |ext: &str| stem.as_ref().map(|s| path.with_file_name(naming::sidecar(s, ext))).filter(|p| p.exists());
+            let manifest = match sidecar(MANIFEST_EXT) {
+                Some(p) => Some(
+                    serde_json::from_slice::<Manifest>(&std::fs::read(&p)?)
+                        .with_context(|| format!("cannot read the manifest {}", p.display()))?,
+                ),
+                None => None,
+            };
+            Source {
+                time: manifest.as_ref().map(|m| m.started_at),
+                shown: path.display().to_string(),
+                globals: sidecar(GLOBALS_EXT),
+                path,
+                manifest,
+            }
+        }
+    })
+}
+
+fn check_name(target: &str) -> Result<()> {
+    if target.is_empty() || target.len() > MAX_IDENT || target.contains('\0') {
+        return Err(usage(format!(
+            "--target-db {target:?}: a database name must be 1 to {MAX_IDENT} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Step 1: the checksum and a full read of the archive, before touching anything.
+async fn check_file(source: &Source) -> Result<Checked> {
+    let path = source.path.clone();
+    let (summary, sha) = tokio::task::spawn_blocking(move || dump::read_back(&path))
+        .await?
+        .map_err(|e| {
+            anyhow!(
+                "{} is not a readable, complete archive: {e:#}. Refusing to restore it; nothing was changed. \
+                 Pick another backup (kbackup list)",
+                source.shown
+            )
+        })?;
+    let mut checksum = "no manifest to check the checksum against";
+    if let Some(m) = &source.manifest {
+        if m.file.sha256 != sha {
+            bail!(
+                "{} is corrupted: its SHA-256 is {sha} but its manifest records {}. Refusing to restore it; \
+                 nothing was changed. Pick another backup (kbackup list)",
+                source.shown,
+                m.file.sha256
+            );
+        }
+        checksum = "checksum matches its manifest";
+        // The manifest's counts are what pg_dump read; the archive must agree.
+        let in_archive: BTreeMap<(&str, &str), Option<u64>> =
+            summary.tables.iter().map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows)).collect();
+        for t in &m.archive.tables {
+            let found = in_archive.get(&(t.schema.as_str(), t.name.as_str()));
+            let agrees = match found {
+                None => false,
+                Some(rows) => rows.is_none() || t.rows.is_none() || *rows == t.rows,
+            };
+            if !agrees {
+                bail!(
+                    "{}: the manifest says table {}.{} has {} rows but the archive holds {}. Refusing to restore it; \
+                     nothing was changed",
+                    source.shown,
+                    t.schema,
+                    t.name,
+                    t.rows.map(|r| r.to_string()).unwrap_or("?".into()),
+                    found.and_then(|r| *r).map(|r| r.to_string()).unwrap_or("no such table".into())
+                );
+            }
+        }
+    }
+    // Expected rows: the archive's own counts, else the manifest's.
+    let from_manifest: BTreeMap<(String, String), Option<u64>> = source
+        .manifest
+        .iter()
+        .flat_map(|m| m.archive.tables.iter().map(|t| ((t.schema.clone(), t.name.clone()), t.rows)))
+        .collect();
+    let expected = summary
+        .tables
+        .iter()
+        .map(|t| TableData {
+            rows: t.rows.or_else(|| from_manifest.get(&(t.schema.clone(), t.name.clone())).copied().flatten()),
+            ..t.clone()
+        })
+        .collect();
+    Ok(Checked { summary, expected, checksum })
+}
+
+/// pg_restore cannot read archives written by a newer pg_dump.
+async fn check_restore_version(pg: &Postgres, summary: &Summary) -> Result<()> {
+    let (major, text) = pg.tool_major("pg_restore").await?;
+    if let Some(dumped) = summary.pg_dump_version.as_deref().and_then(version_major) {
+        if major < dumped {
+            bail!(
+                "pg_restore is older than the pg_dump that wrote this backup: {text} cannot read an archive from \
+                 pg_dump {}; install the client tools of version {dumped} or newer (or set POSTGRES_BIN_DIR)",
+                summary.pg_dump_version.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn existing(pg: &Postgres, target: &str) -> Result<Option<Existing>> {
+    let sql = format!(
+        "SELECT pg_database_size(datname), (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname) \
+         FROM pg_database d WHERE datname = {}",
+        literal(target)
+    );
+    let rows = pg.query(&pg.db.maintenance_db, &sql).await?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let tables = pg
+        .query(target, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                        WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema')")
+        .await
+        .ok()
+        .and_then(|r| r.first().and_then(|r| r[0].parse().ok()))
+        .unwrap_or(0);
+    Ok(Some(Existing {
+        size: row[0].parse().unwrap_or(0),
+        connections: row[1].parse().unwrap_or(0),
+        tables,
+    }))
+}
+
+async fn missing_roles(pg: &Postgres, summary: &Summary) -> Result<Vec<String>> {
+    if summary.roles.is_empty() {
+        return Ok(vec![]);
+    }
+    let have: BTreeSet<String> = pg
+        .query(&pg.db.maintenance_db, "SELECT rolname FROM pg_roles")
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .collect();
+    Ok(summary.roles.iter().filter(|r| !have.contains(*r)).cloned().collect())
+}
+
+fn roles_message(missing: &[String], source: &Source) -> String {
+    let how = match &source.globals {
+        Some(g) => format!(
+            "Create them from the globals saved with the backup, then run the restore again:\n  \
+             psql -d postgres -f {}\nor rerun with --with-globals, which creates just the missing roles from that file.",
+            g.display()
+        ),
+        None => "This backup has no saved globals (seed-era file): create the roles by hand (CREATE ROLE ...), \
+                 then run the restore again."
+            .to_string(),
+    };
+    format!(
+        "The backup needs roles that do not exist on this server: {}. Nothing was changed. {how}",
+        missing.join(", ")
+    )
+}
+
+/// Creates the missing roles (and their memberships) from the saved globals;
+/// roles that exist are left exactly as they are.
+async fn create_missing_roles(pg: &Postgres, source: &Source, missing: &[String]) -> Result<()> {
+    let Some(globals) = &source.globals else { bail!(roles_message(missing, source)) };
+    let text = std::fs::read_to_string(globals).with_context(|| format!("cannot read {}", globals.display()))?;
+    let statements = role_statements(&text, missing);
+    tracing::info!("Creating roles {} from {}", missing.join(", "), globals.display());
+    pg.admin(&statements, None).await.map_err(|e| anyhow!(e)).context("creating the missing roles")?;
+    Ok(())
+}
+
+/// The statements of a `pg_dumpall --globals-only` file that concern `roles`:
+/// their CREATE ROLE and ALTER ROLE, and memberships granted to them.
+fn role_statements(globals: &str, roles: &[String]) -> Vec<String> {
+    let wanted: BTreeSet<&str> = roles.iter().map(String::as_str).collect();
+    globals
+        .lines()
+        .filter(|line| {
+            let words = archive::sql_words(line);
+            let upper: Vec<String> = words.iter().take(2).map(|w| w.to_ascii_uppercase()).collect();
+            match upper.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                ["CREATE", "ROLE"] | ["ALTER", "ROLE"] => {
+                    words.get(2).is_some_and(|w| wanted.contains(archive::unquote(w).as_str()))
+                }
+                ["GRANT", _] => archive::acl_roles(line).first().is_some_and(|r| wanted.contains(r.as_str())),
+                _ => false,
+            }
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// A name derived from `base` that fits PostgreSQL's 63 bytes: `base` is cut
+/// (on a character boundary) to leave room for `suffix`.
+pub fn derived_name(base: &str, suffix: &str) -> String {
+    let mut end = base.len().min(MAX_IDENT.saturating_sub(suffix.len()));
+    while !base.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &base[..end])
+}
+
+/// CREATE DATABASE for a restore target: the archive's encoding and locale, and
+/// its owner when that role exists.
+fn create_database_sql(name: &str, summary: &Summary, owner_exists: bool, with_locale: bool) -> String {
+    let mut sql = format!("CREATE DATABASE {} WITH TEMPLATE template0", ident(name));
+    if let Some(create) = &summary.database_entries.create {
+        let opts = create_options(create);
+        let keys: &[&str] = if with_locale {
+            &["ENCODING", "LOCALE_PROVIDER", "LOCALE", "LC_COLLATE", "LC_CTYPE", "ICU_LOCALE"]
+        } else {
+            &["ENCODING"]
+        };
+        for key in keys {
+            if let Some(v) = opts.get(*key) {
+                sql.push_str(&format!(" {key} = {v}"));
+            }
+        }
+    }
+    if let Some(owner) = summary.database_entries.owner.as_deref().filter(|_| owner_exists) {
+        sql.push_str(&format!(" OWNER = {}", ident(owner)));
+    }
+    sql
+}
+
+/// `KEY = value` pairs of a CREATE DATABASE statement, values kept as SQL.
+fn create_options(create: &str) -> BTreeMap<String, String> {
+    let mut tokens: Vec<String> = Vec::new();
+    let mut chars = create.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                let mut t = String::from('\'');
+                while let Some(c) = chars.next() {
+                    t.push(c);
+                    if c == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            t.push(chars.next().unwrap());
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                tokens.push(t);
+            }
+            '=' | ';' => tokens.push(c.to_string()),
+            c if c.is_whitespace() => {}
+            c => {
+                let mut t = String::from(c);
+                while let Some(&n) = chars.peek() {
+                    if n.is_whitespace() || matches!(n, '=' | ';' | '\'') {
+                        break;
+                    }
+                    t.push(n);
+                    chars.next();
+                }
+                tokens.push(t);
+            }
+        }
+    }
+    tokens
+        .windows(3)
+        .filter(|w| w[1] == "=")
+        .map(|w| (w[0].to_ascii_uppercase(), w[2].clone()))
+        .collect()
+}
+
+/// Rewrites a statement on the archived database to name `new` instead.
+fn retarget(statement: &str, original: &str, new: &str) -> String {
+    let bare = original.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let mut out = statement.to_string();
+    for form in [ident(original), original.to_string()] {
+        if form == original && !bare {
+            continue;
+        }
+        let needle = format!("DATABASE {form}");
+        let mut result = String::new();
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(&needle) {
+            let after = &rest[i + needle.len()..];
+            let ends_word = after.chars().next().is_none_or(|c| c.is_whitespace() || c == ';');
+            result.push_str(&rest[..i]);
+            if ends_word {
+                result.push_str(&format!("DATABASE {}", ident(new)));
+            } else {
+                result.push_str(&needle);
+            }
+            rest = after;
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+async fn create_database(pg: &Postgres, name: &str, summary: &Summary) -> Result<()> {
+    let owner_exists = match &summary.database_entries.owner {
+        Some(o) => !pg
+            .query(&pg.db.maintenance_db, &format!("SELECT 1 FROM pg_roles WHERE rolname = {}", literal(o)))
+            .await?
+            .is_empty(),
+        None => false,
+    };
+    let sql = create_database_sql(name, summary, owner_exists, true);
+    if let Err(e) = pg.admin(&[&sql], None).await {
+        // The archive's locale may not exist on this server: fall back to the server's.
+        let fallback = create_database_sql(name, summary, owner_exists, false);
+        tracing::warn!("{sql} failed ({}); creating it with the server's default locale", e.stderr().trim());
+        pg.admin(&[&fallback], None).await.map_err(|e| anyhow!(e)).with_context(|| format!("cannot create database {name}"))?;
+    }
+    Ok(())
+}
+
+/// Terminates other sessions, then drops the database (retrying while they exit).
+async fn drop_database(pg: &Postgres, name: &str) -> Result<()> {
+    let mut last = None;
+    for _ in 0..40 {
+        let terminate = format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
+            literal(name)
+        );
+        let drop = format!("DROP DATABASE IF EXISTS {}", ident(name));
+        match pg.admin(&[&terminate, &drop], None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.stderr().contains("being accessed by other users") => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(anyhow!(e)).with_context(|| format!("cannot drop database {name}")),
+        }
+    }
+    Err(anyhow!(last.expect("tried"))).with_context(|| format!("cannot drop database {name}: sessions keep connecting"))
+}
+
+/// Steps 2 and 3: restore into `db` and check it.
+async fn restore_and_check(cfg: &Config, pg: &Postgres, source: &Source, checked: &Checked, db: &str) -> Result<(usize, u64)> {
+    tracing::info!("Restoring into {db}...");
+    let path = source.path.clone();
+    pg.pg_restore(db)
+        .feed(cfg.timeout, move |stdin| dump::write_archive(&path, stdin))
+        .await
+        .map_err(|e| match e {
+            StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
+            StreamError::Local(l) => l.context("reading the backup failed"),
+        })?;
+    let original = checked.summary.database.clone().unwrap_or_default();
+    let properties: Vec<String> =
+        checked.summary.database_entries.properties.iter().map(|s| retarget(s, &original, db)).collect();
+    if !properties.is_empty() {
+        pg.admin(&properties, None)
+            .await
+            .map_err(|e| anyhow!(e))
+            .context("restoring the database's own comment, privileges and settings")?;
+    }
+    tracing::info!("Checking the restored tables against the backup...");
+    verify(pg, db, &checked.expected).await
+}
+
+/// Every table present, with the backup's row count. Returns (tables, rows).
+async fn verify(pg: &Postgres, db: &str, expected: &[TableData]) -> Result<(usize, u64)> {
+    let present: BTreeSet<(String, String)> = pg
+        .query(
+            db,
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r','p','m','f')",
+        )
+        .await?
+        .into_iter()
+        .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.clone())))
+        .collect();
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|t| !present.contains(&(t.schema.clone(), t.name.clone())))
+        .map(|t| format!("{}.{}", t.schema, t.name))
+        .collect();
+    if !missing.is_empty() {
+        bail!("tables missing after the restore: {}", missing.join(", "));
+    }
+    let mut total = 0u64;
+    let mut mismatches = Vec::new();
+    for chunk in expected.chunks(200) {
+        let sql = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("SELECT {i}, count(*) FROM {}.{}", ident(&t.schema), ident(&t.name)))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        for row in pg.query(db, &sql).await? {
+            let (Some(i), Some(n)) = (row.first().and_then(|v| v.parse::<usize>().ok()), row.get(1).and_then(|v| v.parse::<u64>().ok())) else {
+                bail!("unexpected answer while counting rows: {row:?}");
+            };
+            let t = &chunk[i];
+            total += n;
+            if let Some(want) = t.rows {
+                if want != n {
+                    mismatches.push(format!("{}.{}: restored {n}, backup {want}", t.schema, t.name));
+                }
+            }
+        }
+    }
+    if !mismatches.is_empty() {
+        bail!("row counts differ from the backup's: {}", mismatches.join("; "));
+    }
+    Ok((expected.len(), total))
+}
+
+/// Steps 2-4 through a scratch database. Returns the kept old database's name.
+async fn via_scratch(
+    cfg: &Config,
+    pg: &Postgres,
+    source: &Source,
+    checked: &Checked,
+    target: &str,
+    target_exists: bool,
+    drop_old: bool,
+) -> Result<Option<String>> {
+    let now = Local::now();
+    let scratch = derived_name(target, &format!("_kbrestore_{}_{}", now.format("%Y%m%d%H%M%S"), std::process::id()));
+    tracing::info!("Creating scratch database {scratch}...");
+    create_database(pg, &scratch, &checked.summary).await?;
+    let undo_scratch = cleanup::register(pg, drop_statements(&scratch));
+    if let Err(e) = restore_and_check(cfg, pg, source, checked, &scratch).await {
+        if let Err(d) = drop_database(pg, &scratch).await {
+            tracing::error!("{d:#}; drop it by hand: dropdb {scratch}");
+        }
+        drop(undo_scratch);
+        return Err(e.context(format!("the restore into a scratch database failed; {target} was not touched")));
+    }
+
+    let old = if target_exists {
+        let old = free_name(pg, &derived_name(target, &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")))).await?;
+        swap(pg, target, &scratch, &old).await.inspect_err(|_| {
+            tracing::error!("{target} was not touched; the restored copy is dropped");
+        })?;
+        Some(old)
+    } else {
+        pg.admin(&[format!("ALTER DATABASE {} RENAME TO {}", ident(&scratch), ident(target))], None)
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("cannot rename {scratch} to {target}"))?;
+        None
+    };
+    drop(undo_scratch);
+    match (&old, drop_old) {
+        (Some(o), true) => {
+            drop_database(pg, o).await?;
+            tracing::info!("Dropped the previous database ({o})");
+            Ok(None)
+        }
+        _ => Ok(old),
+    }
+}
+
+fn drop_statements(db: &str) -> Vec<String> {
+    vec![
+        format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {}",
+            literal(db)
+        ),
+        format!("DROP DATABASE IF EXISTS {}", ident(db)),
+    ]
+}
+
+/// `name`, or `name_2`, `name_3`... whichever no database has.
+async fn free_name(pg: &Postgres, name: &str) -> Result<String> {
+    for n in 1.. {
+        let candidate = if n == 1 { name.to_string() } else { derived_name(name, &format!("_{n}")) };
+        let sql = format!("SELECT 1 FROM pg_database WHERE datname = {}", literal(&candidate));
+        if pg.query(&pg.db.maintenance_db, &sql).await?.is_empty() {
+            return Ok(candidate);
+        }
+    }
+    unreachable!()
+}
+
+/// Step 4: close the target to new sessions, end its sessions, and rename both
+/// databases in one transaction. On failure the target is reopened as it was.
+async fn swap(pg: &Postgres, target: &str, scratch: &str, old: &str) -> Result<()> {
+    let (t, s, o) = (ident(target), ident(scratch), ident(old));
+    tracing::info!("Swapping: {target} -> {old}, {scratch} -> {target}...");
+    let reopen = format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS true");
+    let closed = match pg.admin(&[format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS false")], None).await {
+        Ok(_) => Some(cleanup::register(pg, vec![reopen.clone()])),
+        Err(e) => {
+            tracing::warn!("cannot close {target} to new connections ({}); ending its sessions anyway", e.stderr().trim());
+            None
+        }
+    };
+    let terminate = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
+        literal(target)
+    );
+    let rename = format!("BEGIN; ALTER DATABASE {t} RENAME TO {o}; ALTER DATABASE {s} RENAME TO {t}; COMMIT;");
+    let mut result = Err(anyhow!("not tried"));
+    for _ in 0..40 {
+        match pg.admin(&[&terminate, &rename], None).await {
+            Ok(_) => {
+                result = Ok(());
+                break;
+            }
+            Err(e) if e.stderr().contains("being accessed by other users") => {
+                result = Err(anyhow!(e));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                result = Err(anyhow!(e));
+                break;
+            }
+        }
+    }
+    if let Err(e) = result {
+        if closed.is_some() {
+            let _ = pg.admin(&[&reopen], None).await;
+        }
+        return Err(e.context(format!("cannot swap the restored copy in for {target}")));
+    }
+    drop(closed);
+    // The previous database stays reachable for inspection.
+    if let Err(e) = pg.admin(&[format!("ALTER DATABASE {o} WITH ALLOW_CONNECTIONS true")], None).await {
+        tracing::warn!("cannot reopen {old} to connections: {}", e.stderr().trim());
+    }
+    Ok(())
+}
+
+/// `--in-place`: the seed's drop-and-recreate, for servers where creating a
+/// second database is not allowed, made safer by a backup taken first.
+async fn in_place(
+    cfg: &Config,
+    store: &Store,
+    pg: &Postgres,
+    source: &Source,
+    checked: &Checked,
+    target: &str,
+    target_exists: bool,
+) -> Result<()> {
+    let safety = if target_exists {
+        let mut scfg = cfg.clone();
+        scfg.db.name = target.to_string();
+        if target != cfg.db.name {
+            scfg.prefix = target.to_string();
+        }
+        let spg = Postgres::new(scfg.db.clone());
+        let _lock = store.lock("restore --in-place (safety backup)")?;
+        let label = format!("pre_restore_{}", Local::now().format("%Y%m%d_%H%M%S"));
+        tracing::info!("Taking a safety backup of {target} first...");
+        let (path, _, size) = backup::take(&scfg, store, &spg, &mut BackupTarget::named(&label)).await?;
+        tracing::info!("Safety backup: {} ({})", path.display(), human_size(size));
+        Some(path)
+    } else {
+        None
+    };
+    let undo_hint = match &safety {
+        Some(p) => format!(
+            "The safety backup taken before is {}: restore it with `kbackup restore --file {} --in-place --yes`",
+            p.display(),
+            p.display()
+        ),
+        None => String::new(),
+    };
+    let result = async {
+        if target_exists {
+            tracing::info!("Dropping {target}...");
+            drop_database(pg, target).await?;
+        }
+        create_database(pg, target, &checked.summary).await?;
+        restore_and_check(cfg, pg, source, checked, target).await
+    }
+    .await;
+    if let Err(e) = result {
+        return Err(e.context(format!("in-place restore of {target} failed. {undo_hint}")));
+    }
+    if let Some(p) = safety {
+        tracing::info!("The safety backup of the previous {target} is {}", p.display());
+    }
+    Ok(())
+}
+
+/// When stdin is a terminal, the operator types the database name (or RESTORE)
+/// after seeing what will be replaced. Without a terminal, --yes is required.
+fn confirm(cfg: &Config, target: &str, e: &Existing, source: &Source) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(format!(
+            "restoring over the existing database {target} needs --yes when stdin is not a terminal \
+             (nothing was changed; try --dry-run to see the plan)"
+        )));
+    }
+    let mut err = std::io::stderr().lock();
+    if cfg.production {
+        writeln!(err, "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!")?;
+        writeln!(err, "!!  WARNING: PRODUCTION ENVIRONMENT DETECTED (ENVIRONMENT=production)")?;
+        writeln!(err, "!!  You are about to restore database: {target}")?;
+        writeln!(err, "!!  This will REPLACE its data with the backup's.")?;
+        writeln!(err, "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!")?;
+    }
+    writeln!(err, "\nDatabase {target} exists and will be replaced:")?;
+    writeln!(err, "  size {}, {} tables, {} open connections (they will be ended)", human_size(e.size), e.tables, e.connections)?;
+    writeln!(err, "  with backup {}{}", source.shown, source.time.map(|t| format!(" taken {}", t.format("%Y-%m-%d %H:%M:%S %:z"))).unwrap_or_default())?;
+    writeln!(err, "  The current database is kept as {target}_pre_restore_<time> unless --drop-old or --in-place.")?;
+    write!(err, "Type the database name ({target}) or RESTORE to continue, anything else aborts: ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    let answer = answer.trim();
+    if answer == target || answer == "RESTORE" {
+        Ok(())
+    } else {
+        bail!("restore aborted at the prompt; nothing was changed")
+    }
+}
+
+fn rows_text(tables: &[TableData]) -> String {
+    match tables.iter().map(|t| t.rows).sum::<Option<u64>>() {
+        Some(n) => format!("{n} rows"),
+        None => "row counts unknown (archive compressed inside, no manifest)".to_string(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_plan(
+    cfg: &Config,
+    args: &RestoreArgs,
+    pg: &Postgres,
+    source: &Source,
+    checked: &Checked,
+    target: &str,
+    existing: Option<&Existing>,
+    missing_roles: &[String],
+) {
+    let now = Local::now();
+    println!("Dry run: nothing will be changed.");
+    println!(
+        "Backup:   {}{} ({}, manifest: {})",
+        source.shown,
+        source.time.map(|t| format!(" taken {} ({} ago)", t.format("%Y-%m-%d %H:%M:%S %:z"), list::age(t, Utc::now()))).unwrap_or_default(),
+        human_size(std::fs::metadata(&source.path).map(|m| m.len()).unwrap_or(0)),
+        if source.manifest.is_some() { "yes" } else { "no" }
+    );
+    println!("Checked:  complete archive, {}; {} tables, {}", checked.checksum, checked.summary.tables.len(), rows_text(&checked.expected));
+    match existing {
+        Some(e) => println!(
+            "Target:   {target} exists ({}, {} tables, {} connections) and would be replaced{}",
+            human_size(e.size),
+            e.tables,
+            e.connections,
+            if args.yes { "" } else { " after confirmation (--yes when not on a terminal)" }
+        ),
+        None => println!("Target:   {target} does not exist; it would be created"),
+    }
+    if missing_roles.is_empty() {
+        println!("Roles:    all {} roles the backup uses exist", checked.summary.roles.len());
+    } else if args.with_globals {
+        println!("Roles:    would create {} from {}", missing_roles.join(", "), source.globals.as_ref().map(|g| g.display().to_string()).unwrap_or("(no globals)".into()));
+    } else {
+        println!("Roles:    MISSING {}: the restore would stop here (--with-globals creates them)", missing_roles.join(", "));
+    }
+    let decompress = if dump::is_zstd(&source.path) { "zstd-decompressed " } else { "" };
+    let into = |db: &str| format!("{} < {decompress}{}", pg.pg_restore(db), source.path.display());
+    println!("Steps:");
+    if args.in_place {
+        let mut n = 1;
+        if existing.is_some() {
+            println!("  {n}. safety backup of {target} to {}/named/", cfg.backup_dir.display());
+            n += 1;
+            println!("  {n}. end {target}'s sessions; DROP DATABASE {}", ident(target));
+            n += 1;
+        }
+        println!("  {n}. {}", create_database_sql(target, &checked.summary, true, true));
+        println!("  {}. {}", n + 1, into(target));
+        println!("  {}. check every table and its row count against the backup", n + 2);
+    } else {
+        let scratch = derived_name(target, &format!("_kbrestore_{}_{}", now.format("%Y%m%d%H%M%S"), std::process::id()));
+        println!("  1. {}", create_database_sql(&scratch, &checked.summary, true, true));
+        println!("  2. {}", into(&scratch));
+        println!("  3. check every table and its row count against the backup (on failure: drop {scratch}, stop)");
+        if existing.is_some() {
+            let old = derived_name(target, &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")));
+            println!("  4. ALTER DATABASE {} WITH ALLOW_CONNECTIONS false; end its sessions", ident(target));
+            println!("  5. in one transaction: ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}", ident(target), ident(&old), ident(&scratch), ident(target));
+            if args.drop_old {
+                println!("  6. DROP DATABASE {}", ident(&old));
+            } else {
+                println!("  6. keep {old} (drop it later with: dropdb {old})");
+            }
+        } else {
+            println!("  4. ALTER DATABASE {} RENAME TO {}", ident(&scratch), ident(target));
+        }
+    }
+}
+
+fn report(source: &Source, checked: &Checked, target: &str, old: Option<&str>, dropped: bool, took: Duration) {
+    let (tables, rows) = (checked.expected.len(), checked.expected.iter().map(|t| t.rows).sum::<Option<u64>>());
+    println!("Restore complete in {:.1}s.", took.as_secs_f64());
+    println!(
+        "  Backup:   {}{}",
+        source.shown,
+        source.time.map(|t| format!(" (taken {}, {} ago)", t.format("%Y-%m-%d %H:%M:%S %:z"), list::age(t, Utc::now()))).unwrap_or_default()
+    );
+    println!(
+        "  Restored: {target}: {tables} tables, {}",
+        match rows {
+            Some(n) => format!("{n} rows, every table's count equal to the backup's"),
+            None => "every table present (row counts unknown for this backup)".to_string(),
+        }
+    );
+    match old {
+        Some(o) => println!("  Previous: kept as {o}; when you no longer need it: dropdb {o}"),
+        None if dropped => println!("  Previous: dropped (--drop-old)"),
+        None => {}
+    }
+    tracing::info!("Restore of {target} from {} complete", source.shown);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_names_fit_63_bytes_on_char_boundaries() {
+        let long = "é".repeat(40); // 80 bytes
+        let n = derived_name(&long, "_pre_restore_20251226_080102");
+        assert!(n.len() <= 63, "{} bytes", n.len());
+        assert!(n.ends_with("_pre_restore_20251226_080102"));
+        assert_eq!(derived_name("kairon", "_x"), "kairon_x");
+    }
+
+    #[test]
+    fn create_database_keeps_encoding_locale_and_owner() {
+        let mut s: Summary = serde_json::from_value(serde_json::json!({
+            "format_version": "1.14.0", "compression": "none", "database": "app", "server_version": null,
+            "pg_dump_version": null, "toc_entries": 0, "objects": {}, "tables": [], "large_objects": 0, "archive_bytes": 0
+        }))
+        .unwrap();
+        s.database_entries.create = Some(
+            "CREATE DATABASE app WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8';".into(),
+        );
+        s.database_entries.owner = Some("App Owner".into());
+        assert_eq!(
+            create_database_sql("app_x", &s, true, true),
+            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8' OWNER = \"App Owner\""
+        );
+        assert_eq!(create_database_sql("app_x", &s, false, false), "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8'");
+    }
+
+    #[test]
+    fn database_statements_are_retargeted() {
+        assert_eq!(retarget("COMMENT ON DATABASE app IS 'x';", "app", "app_new"), "COMMENT ON DATABASE \"app_new\" IS 'x';");
+        assert_eq!(retarget("GRANT CONNECT ON DATABASE \"My DB\" TO r;", "My DB", "s"), "GRANT CONNECT ON DATABASE \"s\" TO r;");
+        assert_eq!(retarget("ALTER DATABASE apple SET x = 1;", "app", "s"), "ALTER DATABASE apple SET x = 1;");
+    }
+
+    #[test]
+    fn role_statements_pick_only_missing_roles() {
+        let g = "CREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER PASSWORD 'x';\nCREATE ROLE app_owner;\n\
+                 ALTER ROLE app_owner WITH NOSUPERUSER LOGIN;\nGRANT app_owner TO \"Reader\" GRANTED BY postgres;\n\
+                 CREATE ROLE \"Reader\";\nGRANT pg_read_all_data TO app_owner GRANTED BY postgres;\n";
+        let got = role_statements(g, &["app_owner".to_string(), "Reader".to_string()]);
+        assert_eq!(
+            got,
+            [
+                "CREATE ROLE app_owner;",
+                "ALTER ROLE app_owner WITH NOSUPERUSER LOGIN;",
+                "GRANT app_owner TO \"Reader\" GRANTED BY postgres;",
+                "CREATE ROLE \"Reader\";",
+                "GRANT pg_read_all_data TO app_owner GRANTED BY postgres;",
+            ]
+        );
+    }
+}
