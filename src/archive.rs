@@ -333,10 +333,14 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
             }
             // Settings (ALTER DATABASE ... SET) are tagged with the bare name.
             "DATABASE PROPERTIES" => {
-                database_entries.properties.extend(defn.clone().filter(|d| !d.trim().is_empty()));
+                database_entries
+                    .properties
+                    .extend(defn.clone().filter(|d| !d.trim().is_empty()));
             }
             "COMMENT" | "ACL" | "SECURITY LABEL" if on_database => {
-                database_entries.properties.extend(defn.clone().filter(|d| !d.trim().is_empty()));
+                database_entries
+                    .properties
+                    .extend(defn.clone().filter(|d| !d.trim().is_empty()));
             }
             _ => {}
         }
@@ -432,7 +436,12 @@ pub fn acl_roles(sql: &str) -> Vec<String> {
     while i < words.len() {
         let w = words[i].to_ascii_uppercase();
         let starts_list = (w == "TO" || w == "FROM")
-            || ((w == "BY" || w == "ROLE") && i > 0 && matches!(words[i - 1].to_ascii_uppercase().as_str(), "GRANTED" | "FOR"));
+            || ((w == "BY" || w == "ROLE")
+                && i > 0
+                && matches!(
+                    words[i - 1].to_ascii_uppercase().as_str(),
+                    "GRANTED" | "FOR"
+                ));
         if starts_list {
             i += 1;
             while i < words.len() {
@@ -639,7 +648,18 @@ mod tests {
                    GRANT ALL ON SCHEMA s TO reader WITH GRANT OPTION;\n\
                    ALTER DEFAULT PRIVILEGES FOR ROLE owner1 IN SCHEMA s GRANT SELECT ON TABLES TO Reporting;\n\
                    GRANT UPDATE ON TABLE t TO x GRANTED BY boss;\nCOMMENT ON TABLE t IS 'grant to nobody';";
-        assert_eq!(acl_roles(sql), ["app_user", "Weird \"Role", "reader", "owner1", "reporting", "x", "boss"]);
+        assert_eq!(
+            acl_roles(sql),
+            [
+                "app_user",
+                "Weird \"Role",
+                "reader",
+                "owner1",
+                "reporting",
+                "x",
+                "boss"
+            ]
+        );
     }
 
     #[test]

@@ -19,13 +19,19 @@ struct Action {
 static PENDING: Mutex<Vec<Action>> = Mutex::new(Vec::new());
 static NEXT: Mutex<u64> = Mutex::new(0);
 
-/// Removes its action from the registry when dropped (the step completed or was undone).
-#[must_use]
+/// A registered undo action. It stays registered until [`done`](Registered::done):
+/// dropping it (as an interrupt drops the command's future) keeps it, so that
+/// `run_pending` finds it.
+#[must_use = "call done() once the step is over or undone"]
 pub struct Registered(u64);
 
-impl Drop for Registered {
-    fn drop(&mut self) {
-        PENDING.lock().unwrap_or_else(|e| e.into_inner()).retain(|a| a.id != self.0);
+impl Registered {
+    /// The step is over (or was undone on the normal path): forget the action.
+    pub fn done(self) {
+        PENDING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|a| a.id != self.0);
     }
 }
 
@@ -34,17 +40,28 @@ impl Drop for Registered {
 pub fn register(pg: &Postgres, statements: Vec<String>) -> Registered {
     let mut n = NEXT.lock().unwrap_or_else(|e| e.into_inner());
     *n += 1;
-    PENDING.lock().unwrap_or_else(|e| e.into_inner()).push(Action { id: *n, pg: pg.clone(), statements });
+    PENDING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Action {
+            id: *n,
+            pg: pg.clone(),
+            statements,
+        });
     Registered(*n)
 }
 
 /// Runs every registered undo action, newest first. Called after an interrupt.
 pub async fn run_pending() {
-    let actions: Vec<Action> = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
+    let actions: Vec<Action> =
+        std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
     for a in actions.into_iter().rev() {
         let what = a.statements.join("; ");
         tracing::warn!("Interrupted: undoing: {what}");
-        if let Err(e) = a.pg.admin(&a.statements, Some(Duration::from_secs(30))).await {
+        if let Err(e) =
+            a.pg.admin(&a.statements, Some(Duration::from_secs(30)))
+                .await
+        {
             tracing::error!("could not undo ({what}): {e:#}");
         }
     }

@@ -496,7 +496,9 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         port,
         container: values.string("database.container"),
         bin_dir: values.string("database.bin_dir").map(|d| cwd.join(d)),
-        maintenance_db: values.string("database.maintenance_db").unwrap_or_else(|| "postgres".into()),
+        maintenance_db: values
+            .string("database.maintenance_db")
+            .unwrap_or_else(|| "postgres".into()),
     };
 
     let dir = values

@@ -102,7 +102,10 @@ pub fn read_back(path: &std::path::Path) -> Result<(Summary, String)> {
         }
     }
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hashing = Hashing { inner: BufReader::with_capacity(1 << 20, file), hasher: Sha256::new() };
+    let mut hashing = Hashing {
+        inner: BufReader::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+    };
     let summary = if is_zstd(path) {
         let decoder = zstd::Decoder::new(&mut hashing).context("not a zstd stream")?;
         archive::scan(BufReader::with_capacity(1 << 18, decoder))?

@@ -63,7 +63,9 @@ fn main() -> ExitCode {
         let interrupted = |kind, signal: &str| {
             Err(anyhow::Error::new(error::Coded {
                 kind,
-                message: format!("{signal}: stopped; partial work was undone and nothing was kept from this run"),
+                message: format!(
+                    "{signal}: stopped; partial work was undone and nothing was kept from this run"
+                ),
             }))
         };
         let result = tokio::select! {
@@ -73,7 +75,10 @@ fn main() -> ExitCode {
         };
         // The command's future is gone now: its children are killed and its
         // temporary files removed. What it did on the server is undone here.
-        if result.as_ref().is_err_and(|e| matches!(exit_kind(e), ExitKind::Interrupted | ExitKind::Terminated)) {
+        if result
+            .as_ref()
+            .is_err_and(|e| matches!(exit_kind(e), ExitKind::Interrupted | ExitKind::Terminated))
+        {
             cleanup::run_pending().await;
         }
         result

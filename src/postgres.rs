@@ -84,7 +84,9 @@ impl Postgres {
                     c = c.arg("-i");
                 }
                 if let Some(p) = &self.db.password {
-                    c = c.args(["-e", "PGPASSWORD"]).secret_env("PGPASSWORD", p.expose());
+                    c = c
+                        .args(["-e", "PGPASSWORD"])
+                        .secret_env("PGPASSWORD", p.expose());
                 }
                 c.arg(container).arg(name).label(name)
             }
@@ -132,13 +134,28 @@ impl Postgres {
     /// separated by the ASCII unit separator, stopping at the first error.
     pub fn psql_on(&self, db: &str, sql: &str) -> Cmd {
         self.tool("psql")
-            .args(["-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-F",
+                "\x1f",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
             .args(["--dbname", db])
     }
 
     /// Runs `sql` in `db` and returns its rows.
     pub async fn query(&self, db: &str, sql: &str) -> Result<Vec<Vec<String>>> {
-        let out = self.psql_on(db, sql).output(Some(QUERY_TIMEOUT)).await.map_err(|e| self.connect_error(e))?;
+        let out = self
+            .psql_on(db, sql)
+            .output(Some(QUERY_TIMEOUT))
+            .await
+            .map_err(|e| self.connect_error(e))?;
         Ok(String::from_utf8_lossy(&out)
             .lines()
             .filter(|l| !l.is_empty())
@@ -149,17 +166,26 @@ impl Postgres {
     /// Runs statements on the maintenance database (POSTGRES_MAINTENANCE_DB,
     /// default `postgres`), each in its own transaction (CREATE/DROP DATABASE
     /// cannot share one): databases are created, renamed and dropped from there.
-    pub async fn admin<S: AsRef<str>>(&self, statements: &[S], timeout: Option<Duration>) -> Result<Vec<u8>, ProcessError> {
-        let mut cmd = self.tool("psql").args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+    pub async fn admin<S: AsRef<str>>(
+        &self,
+        statements: &[S],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, ProcessError> {
+        let mut cmd = self
+            .tool("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
         for s in statements {
             cmd = cmd.args(["-c", s.as_ref()]);
         }
-        cmd.args(["--dbname", &self.db.maintenance_db]).output(timeout.or(Some(QUERY_TIMEOUT))).await
+        cmd.args(["--dbname", &self.db.maintenance_db])
+            .output(timeout.or(Some(QUERY_TIMEOUT)))
+            .await
     }
 
     /// `pg_restore` reading an archive on stdin into `db`, stopping at the first error.
     pub fn pg_restore(&self, db: &str) -> Cmd {
-        self.tool_stdin("pg_restore").args(["--exit-on-error", "--dbname", db])
+        self.tool_stdin("pg_restore")
+            .args(["--exit-on-error", "--dbname", db])
     }
 
     /// Checks the container exists and runs (docker mode), with the seed's errors.

@@ -140,7 +140,11 @@ impl Cmd {
     /// Runs with stdout handed to `consume` on a blocking thread, as a plain
     /// blocking `File`. If the consumer fails the child is killed; if the child
     /// fails its error wins (it is the cause; the consumer saw a short stream).
-    pub async fn stream<T, F>(&self, timeout: Option<Duration>, consume: F) -> Result<T, StreamError>
+    pub async fn stream<T, F>(
+        &self,
+        timeout: Option<Duration>,
+        consume: F,
+    ) -> Result<T, StreamError>
     where
         T: Send + 'static,
         F: FnOnce(std::fs::File) -> anyhow::Result<T> + Send + 'static,
@@ -157,7 +161,11 @@ impl Cmd {
     /// Runs with stdin written by `produce` on a blocking thread (closing it ends
     /// the input); returns stdout. A failing producer kills the child; a child
     /// that fails first (the producer then sees a broken pipe) reports its error.
-    pub async fn feed<F>(&self, timeout: Option<Duration>, produce: F) -> Result<Vec<u8>, StreamError>
+    pub async fn feed<F>(
+        &self,
+        timeout: Option<Duration>,
+        produce: F,
+    ) -> Result<Vec<u8>, StreamError>
     where
         F: FnOnce(std::fs::File) -> anyhow::Result<()> + Send + 'static,
     {
@@ -177,7 +185,10 @@ impl Cmd {
         Ok(out.await.unwrap_or_default())
     }
 
-    fn blocking_file(&self, fd: std::io::Result<std::os::fd::OwnedFd>) -> Result<std::fs::File, ProcessError> {
+    fn blocking_file(
+        &self,
+        fd: std::io::Result<std::os::fd::OwnedFd>,
+    ) -> Result<std::fs::File, ProcessError> {
         let fd = fd.map_err(|e| self.spawn_err(e))?;
         set_blocking(&fd).map_err(|e| self.spawn_err(e))?;
         Ok(std::fs::File::from(fd))
@@ -231,7 +242,13 @@ impl Cmd {
     }
 
     /// Which error wins: ours when we killed the child for it, else the child's.
-    fn settle<T>(&self, status: ExitStatus, stderr: String, local: anyhow::Result<T>, killed: bool) -> Result<T, StreamError> {
+    fn settle<T>(
+        &self,
+        status: ExitStatus,
+        stderr: String,
+        local: anyhow::Result<T>,
+        killed: bool,
+    ) -> Result<T, StreamError> {
         match local {
             Err(e) if killed => Err(StreamError::Local(e)),
             Err(e) => {
@@ -307,8 +324,10 @@ impl fmt::Debug for Cmd {
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn set_blocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
@@ -509,14 +528,18 @@ mod feed_tests {
     #[tokio::test]
     async fn a_child_that_stops_reading_reports_its_own_error() {
         let e = Cmd::new("sh")
-            .args(["-c", "head -c 10 >/dev/null; echo restore broke >&2; exit 4"])
-            .feed(None, |mut f| {
-                loop {
-                    f.write_all(&[0u8; 65536])?;
-                }
+            .args([
+                "-c",
+                "head -c 10 >/dev/null; echo restore broke >&2; exit 4",
+            ])
+            .feed(None, |mut f| loop {
+                f.write_all(&[0u8; 65536])?;
             })
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("restore broke") && e.to_string().contains("exit code 4"), "{e}");
+        assert!(
+            e.to_string().contains("restore broke") && e.to_string().contains("exit code 4"),
+            "{e}"
+        );
     }
 }

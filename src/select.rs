@@ -31,21 +31,38 @@ pub enum Selection<'a> {
 
 /// Picks the backup. `backups` is the store's listing (newest first); only this
 /// database's files (`prefix`) are candidates, except for `--file`.
-pub fn select<'a>(backups: &'a [Backup], selector: &Selector, prefix: &str, root: &Path) -> Result<Selection<'a>, String> {
-    let ours: Vec<&Backup> = backups.iter().filter(|b| b.parsed.prefix == prefix).collect();
+pub fn select<'a>(
+    backups: &'a [Backup],
+    selector: &Selector,
+    prefix: &str,
+    root: &Path,
+) -> Result<Selection<'a>, String> {
+    let ours: Vec<&Backup> = backups
+        .iter()
+        .filter(|b| b.parsed.prefix == prefix)
+        .collect();
     let newest = |pred: &dyn Fn(&Backup) -> bool| {
-        ours.iter()
-            .copied()
-            .filter(|b| pred(b))
-            .max_by(|a, b| a.time.cmp(&b.time).then(b.tier.cmp(&a.tier)).then(b.rel_path.cmp(&a.rel_path)))
+        ours.iter().copied().filter(|b| pred(b)).max_by(|a, b| {
+            a.time
+                .cmp(&b.time)
+                .then(b.tier.cmp(&a.tier))
+                .then(b.rel_path.cmp(&a.rel_path))
+        })
     };
     let found = match selector {
         Selector::Latest => newest(&|_| true),
         Selector::LatestIn(tier) => newest(&|b| b.tier == *tier),
         Selector::At(t) => newest(&|b| b.time.with_timezone(&Utc) <= *t),
-        Selector::Name(name) => ours.iter().copied().find(|b| b.tier == Tier::Named && b.parsed.label == *name),
+        Selector::Name(name) => ours
+            .iter()
+            .copied()
+            .find(|b| b.tier == Tier::Named && b.parsed.label == *name),
         Selector::File(path) => {
-            let full = if path.is_absolute() { path.clone() } else { root.join(path) };
+            let full = if path.is_absolute() {
+                path.clone()
+            } else {
+                root.join(path)
+            };
             return Ok(match backups.iter().find(|b| b.path == full) {
                 Some(b) => Selection::Stored(b),
                 None => Selection::External(full),
@@ -55,9 +72,18 @@ pub fn select<'a>(backups: &'a [Backup], selector: &Selector, prefix: &str, root
     found.map(Selection::Stored).ok_or_else(|| {
         let what = match selector {
             Selector::Latest => format!("No backups of {prefix} found in {}", root.display()),
-            Selector::LatestIn(tier) => format!("No {tier} backups found in {}", root.join(tier.dir()).display()),
-            Selector::At(t) => format!("No backup of {prefix} taken at or before {}", t.to_rfc3339()),
-            Selector::Name(name) => format!("No named backup {name:?} in {}", root.join(Tier::Named.dir()).display()),
+            Selector::LatestIn(tier) => format!(
+                "No {tier} backups found in {}",
+                root.join(tier.dir()).display()
+            ),
+            Selector::At(t) => format!(
+                "No backup of {prefix} taken at or before {}",
+                t.to_rfc3339()
+            ),
+            Selector::Name(name) => format!(
+                "No named backup {name:?} in {}",
+                root.join(Tier::Named.dir()).display()
+            ),
             Selector::File(_) => unreachable!(),
         };
         format!("{what}. {}", existing(&ours))
@@ -113,12 +139,42 @@ mod tests {
 
     fn store() -> Vec<Backup> {
         vec![
-            b(Tier::Hourly, "kairon", "2025-12-26_07-00-01", "2025-12-26T07:00:01+00:00"),
-            b(Tier::Hourly, "kairon", "2025-12-26_06-00-01", "2025-12-26T06:00:01+00:00"),
-            b(Tier::Daily, "kairon", "2025-12-26", "2025-12-26T00:00:01+00:00"),
-            b(Tier::Daily, "kairon", "2025-12-25", "2025-12-25T00:00:01+00:00"),
-            b(Tier::Named, "kairon", "pre_migration", "2025-12-25T12:00:00+00:00"),
-            b(Tier::Hourly, "other", "2025-12-27_00-00-00", "2025-12-27T00:00:00+00:00"),
+            b(
+                Tier::Hourly,
+                "kairon",
+                "2025-12-26_07-00-01",
+                "2025-12-26T07:00:01+00:00",
+            ),
+            b(
+                Tier::Hourly,
+                "kairon",
+                "2025-12-26_06-00-01",
+                "2025-12-26T06:00:01+00:00",
+            ),
+            b(
+                Tier::Daily,
+                "kairon",
+                "2025-12-26",
+                "2025-12-26T00:00:01+00:00",
+            ),
+            b(
+                Tier::Daily,
+                "kairon",
+                "2025-12-25",
+                "2025-12-25T00:00:01+00:00",
+            ),
+            b(
+                Tier::Named,
+                "kairon",
+                "pre_migration",
+                "2025-12-25T12:00:00+00:00",
+            ),
+            b(
+                Tier::Hourly,
+                "other",
+                "2025-12-27_00-00-00",
+                "2025-12-27T00:00:00+00:00",
+            ),
         ]
     }
 
@@ -136,33 +192,65 @@ mod tests {
 
     #[test]
     fn latest_is_the_newest_of_this_database() {
-        assert_eq!(pick(Selector::Latest).unwrap(), "hourly/kairon_2025-12-26_07-00-01.dump.zst");
-        assert_eq!(pick(Selector::LatestIn(Tier::Daily)).unwrap(), "daily/kairon_2025-12-26.dump.zst");
+        assert_eq!(
+            pick(Selector::Latest).unwrap(),
+            "hourly/kairon_2025-12-26_07-00-01.dump.zst"
+        );
+        assert_eq!(
+            pick(Selector::LatestIn(Tier::Daily)).unwrap(),
+            "daily/kairon_2025-12-26.dump.zst"
+        );
     }
 
     #[test]
     fn a_tie_prefers_hourly_then_the_smaller_tier() {
         let mut s = store();
-        s.push(b(Tier::Weekly, "kairon", "2025-W52", "2025-12-26T07:00:01+00:00"));
+        s.push(b(
+            Tier::Weekly,
+            "kairon",
+            "2025-W52",
+            "2025-12-26T07:00:01+00:00",
+        ));
         let got = select(&s, &Selector::Latest, "kairon", Path::new("/s")).unwrap();
         assert!(matches!(got, Selection::Stored(b) if b.tier == Tier::Hourly));
     }
 
     #[test]
     fn at_picks_the_newest_taken_at_or_before() {
-        assert_eq!(pick(Selector::At(utc("2025-12-26T06:30:00Z"))).unwrap(), "hourly/kairon_2025-12-26_06-00-01.dump.zst");
-        assert_eq!(pick(Selector::At(utc("2025-12-26T06:00:01Z"))).unwrap(), "hourly/kairon_2025-12-26_06-00-01.dump.zst");
-        assert_eq!(pick(Selector::At(utc("2025-12-25T13:00:00Z"))).unwrap(), "named/kairon_pre_migration.dump.zst");
+        assert_eq!(
+            pick(Selector::At(utc("2025-12-26T06:30:00Z"))).unwrap(),
+            "hourly/kairon_2025-12-26_06-00-01.dump.zst"
+        );
+        assert_eq!(
+            pick(Selector::At(utc("2025-12-26T06:00:01Z"))).unwrap(),
+            "hourly/kairon_2025-12-26_06-00-01.dump.zst"
+        );
+        assert_eq!(
+            pick(Selector::At(utc("2025-12-25T13:00:00Z"))).unwrap(),
+            "named/kairon_pre_migration.dump.zst"
+        );
         let e = pick(Selector::At(utc("2025-01-01T00:00:00Z"))).unwrap_err();
-        assert!(e.starts_with("No backup of kairon taken at or before 2025-01-01T00:00:00+00:00"), "{e}");
+        assert!(
+            e.starts_with("No backup of kairon taken at or before 2025-01-01T00:00:00+00:00"),
+            "{e}"
+        );
     }
 
     #[test]
     fn no_match_says_what_exists() {
         let e = pick(Selector::LatestIn(Tier::Weekly)).unwrap_err();
-        assert!(e.starts_with("No weekly backups found in /s/weekly."), "{e}");
-        assert!(e.contains("hourly: 2 (newest hourly/kairon_2025-12-26_07-00-01.dump.zst"), "{e}");
-        assert!(e.contains("daily: 2") && e.contains("named: 1") && !e.contains("other"), "{e}");
+        assert!(
+            e.starts_with("No weekly backups found in /s/weekly."),
+            "{e}"
+        );
+        assert!(
+            e.contains("hourly: 2 (newest hourly/kairon_2025-12-26_07-00-01.dump.zst"),
+            "{e}"
+        );
+        assert!(
+            e.contains("daily: 2") && e.contains("named: 1") && !e.contains("other"),
+            "{e}"
+        );
         let e = pick(Selector::Name("nope".into())).unwrap_err();
         assert!(e.contains("No named backup \"nope\""), "{e}");
         let empty: Vec<Backup> = vec![];
@@ -172,11 +260,32 @@ mod tests {
 
     #[test]
     fn files_resolve_relative_to_the_store() {
-        assert_eq!(pick(Selector::File("hourly/kairon_2025-12-26_06-00-01.dump.zst".into())).unwrap(), "hourly/kairon_2025-12-26_06-00-01.dump.zst");
-        assert_eq!(pick(Selector::File("/s/daily/kairon_2025-12-25.dump.zst".into())).unwrap(), "daily/kairon_2025-12-25.dump.zst");
+        assert_eq!(
+            pick(Selector::File(
+                "hourly/kairon_2025-12-26_06-00-01.dump.zst".into()
+            ))
+            .unwrap(),
+            "hourly/kairon_2025-12-26_06-00-01.dump.zst"
+        );
+        assert_eq!(
+            pick(Selector::File("/s/daily/kairon_2025-12-25.dump.zst".into())).unwrap(),
+            "daily/kairon_2025-12-25.dump.zst"
+        );
         // Another database's file is still restorable by path.
-        assert_eq!(pick(Selector::File("hourly/other_2025-12-27_00-00-00.dump.zst".into())).unwrap(), "hourly/other_2025-12-27_00-00-00.dump.zst");
-        assert_eq!(pick(Selector::File("/mnt/x.dump".into())).unwrap(), "external /mnt/x.dump");
-        assert_eq!(pick(Selector::Name("pre_migration".into())).unwrap(), "named/kairon_pre_migration.dump.zst");
+        assert_eq!(
+            pick(Selector::File(
+                "hourly/other_2025-12-27_00-00-00.dump.zst".into()
+            ))
+            .unwrap(),
+            "hourly/other_2025-12-27_00-00-00.dump.zst"
+        );
+        assert_eq!(
+            pick(Selector::File("/mnt/x.dump".into())).unwrap(),
+            "external /mnt/x.dump"
+        );
+        assert_eq!(
+            pick(Selector::Name("pre_migration".into())).unwrap(),
+            "named/kairon_pre_migration.dump.zst"
+        );
     }
 }

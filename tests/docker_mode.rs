@@ -205,3 +205,49 @@ fn pg_dump_missing_in_the_container_is_named() {
         r.stderr()
     );
 }
+
+#[test]
+fn docker_mode_restore_swaps_in_the_backup() {
+    let d = engine();
+    d.postgres_container("kbt-restore2");
+    d.psql("kbt-restore2", "postgres", "CREATE DATABASE kairon");
+    d.psql("kbt-restore2", "kairon", SAMPLE_SQL);
+    let state = |d: &common::docker::Docker| {
+        d.psql("kbt-restore2", "kairon", "SELECT count(*) || ':' || md5(string_agg(x::text, ',' ORDER BY x::text)) FROM traces x")
+    };
+    let at_backup = state(d);
+    let mut kb = Kb::bare();
+    kb.set("CONTAINER_DB", "kbt-restore2")
+        .set("DB_NAME", "kairon")
+        .set("DB_USER", "postgres");
+    kb.ok(&["backup"]);
+    d.psql(
+        "kbt-restore2",
+        "kairon",
+        "DELETE FROM traces WHERE id % 2 = 0",
+    );
+    let r = kb.ok(&["restore", "--latest", "--yes"]);
+    assert!(
+        r.stdout().contains("Previous: kept as kairon_pre_restore_"),
+        "{}",
+        r.stdout()
+    );
+    assert_eq!(state(d), at_backup);
+    let dbs = d.psql(
+        "kbt-restore2",
+        "postgres",
+        "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database",
+    );
+    assert!(
+        dbs.contains("kairon_pre_restore_") && !dbs.contains("_kbrestore_"),
+        "{dbs}"
+    );
+    let old = dbs
+        .split(',')
+        .find(|n| n.starts_with("kairon_pre_restore_"))
+        .unwrap();
+    assert_eq!(
+        d.psql("kbt-restore2", old, "SELECT count(*) FROM traces"),
+        "1000"
+    );
+}

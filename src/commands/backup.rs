@@ -33,7 +33,12 @@ pub(crate) struct Target {
 impl Target {
     /// A named backup taken now (the safety backup before an in-place restore).
     pub(crate) fn named(name: &str) -> Target {
-        Target { tier: Tier::Named, label: name.to_string(), taken_at: Utc::now(), backfill: false }
+        Target {
+            tier: Tier::Named,
+            label: name.to_string(),
+            taken_at: Utc::now(),
+            backfill: false,
+        }
     }
 
     fn new(cfg: &Config, args: &BackupArgs) -> Result<Target> {
@@ -130,7 +135,12 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
 /// Takes one backup into `target`'s tier and publishes it (no tier copies, no
 /// rotation): the part shared with the safety backup of `restore --in-place`.
 /// Call with the store locked. Returns the dump's path, its stem and size.
-pub(crate) async fn take(cfg: &Config, store: &Store, pg: &Postgres, target: &mut Target) -> Result<(std::path::PathBuf, String, u64)> {
+pub(crate) async fn take(
+    cfg: &Config,
+    store: &Store,
+    pg: &Postgres,
+    target: &mut Target,
+) -> Result<(std::path::PathBuf, String, u64)> {
     let info = preflight(pg).await?;
     check_disk(cfg, store, &info)?;
 

@@ -69,7 +69,10 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let clock_start = Instant::now();
     let store = Store::new(cfg.backup_dir.clone());
     let source = choose(cfg, &store, args)?;
-    let target = args.target_db.clone().unwrap_or_else(|| cfg.db.name.clone());
+    let target = args
+        .target_db
+        .clone()
+        .unwrap_or_else(|| cfg.db.name.clone());
     check_name(&target)?;
     let pg = Postgres::new(cfg.db.clone());
 
@@ -88,7 +91,16 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let missing_roles = missing_roles(&pg, &checked.summary).await?;
 
     if args.dry_run {
-        print_plan(cfg, args, &pg, &source, &checked, &target, existing.as_ref(), &missing_roles);
+        print_plan(
+            cfg,
+            args,
+            &pg,
+            &source,
+            &checked,
+            &target,
+            existing.as_ref(),
+            &missing_roles,
+        );
         return Ok(());
     }
     if !missing_roles.is_empty() && !args.with_globals {
@@ -104,12 +116,37 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     }
 
     let old = if args.in_place {
-        in_place(cfg, &store, &pg, &source, &checked, &target, existing.is_some()).await?;
+        in_place(
+            cfg,
+            &store,
+            &pg,
+            &source,
+            &checked,
+            &target,
+            existing.is_some(),
+        )
+        .await?;
         None
     } else {
-        via_scratch(cfg, &pg, &source, &checked, &target, existing.is_some(), args.drop_old).await?
+        via_scratch(
+            cfg,
+            &pg,
+            &source,
+            &checked,
+            &target,
+            existing.is_some(),
+            args.drop_old,
+        )
+        .await?
     };
-    report(&source, &checked, &target, old.as_deref(), args.drop_old, clock_start.elapsed());
+    report(
+        &source,
+        &checked,
+        &target,
+        old.as_deref(),
+        args.drop_old,
+        clock_start.elapsed(),
+    );
     Ok(())
 }
 
@@ -136,11 +173,15 @@ fn selector(cfg: &Config, args: &RestoreArgs) -> Result<Selector> {
 fn choose(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> {
     let selector = selector(cfg, args)?;
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
-    let selection = select::select(&backups, &selector, &cfg.prefix, &store.root).map_err(|m| anyhow!(m))?;
+    let selection =
+        select::select(&backups, &selector, &cfg.prefix, &store.root).map_err(|m| anyhow!(m))?;
     Ok(match selection {
         Selection::Stored(b) => {
             if let Some(e) = &b.manifest_error {
-                tracing::warn!("The manifest of {} cannot be read ({e}); restoring without it", b.rel_path);
+                tracing::warn!(
+                    "The manifest of {} cannot be read ({e}); restoring without it",
+                    b.rel_path
+                );
             }
             Source {
                 path: b.path.clone(),
@@ -159,9 +200,16 @@ fn choose(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> {
                     store.root.display()
                 )));
             }
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let stem = naming::Format::split(&name).map(|(s, _)| s.to_string());
-            let sidecar = |ext: &str| stem.as_ref().map(|s| path.with_file_name(naming::sidecar(s, ext))).filter(|p| p.exists());
+            let sidecar = |ext: &str| {
+                stem.as_ref()
+                    .map(|s| path.with_file_name(naming::sidecar(s, ext)))
+                    .filter(|p| p.exists())
+            };
             let manifest = match sidecar(MANIFEST_EXT) {
                 Some(p) => Some(
                     serde_json::from_slice::<Manifest>(&std::fs::read(&p)?)
@@ -213,8 +261,11 @@ async fn check_file(source: &Source) -> Result<Checked> {
         }
         checksum = "checksum matches its manifest";
         // The manifest's counts are what pg_dump read; the archive must agree.
-        let in_archive: BTreeMap<(&str, &str), Option<u64>> =
-            summary.tables.iter().map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows)).collect();
+        let in_archive: BTreeMap<(&str, &str), Option<u64>> = summary
+            .tables
+            .iter()
+            .map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows))
+            .collect();
         for t in &m.archive.tables {
             let found = in_archive.get(&(t.schema.as_str(), t.name.as_str()));
             let agrees = match found {
@@ -238,17 +289,31 @@ async fn check_file(source: &Source) -> Result<Checked> {
     let from_manifest: BTreeMap<(String, String), Option<u64>> = source
         .manifest
         .iter()
-        .flat_map(|m| m.archive.tables.iter().map(|t| ((t.schema.clone(), t.name.clone()), t.rows)))
+        .flat_map(|m| {
+            m.archive
+                .tables
+                .iter()
+                .map(|t| ((t.schema.clone(), t.name.clone()), t.rows))
+        })
         .collect();
     let expected = summary
         .tables
         .iter()
         .map(|t| TableData {
-            rows: t.rows.or_else(|| from_manifest.get(&(t.schema.clone(), t.name.clone())).copied().flatten()),
+            rows: t.rows.or_else(|| {
+                from_manifest
+                    .get(&(t.schema.clone(), t.name.clone()))
+                    .copied()
+                    .flatten()
+            }),
             ..t.clone()
         })
         .collect();
-    Ok(Checked { summary, expected, checksum })
+    Ok(Checked {
+        summary,
+        expected,
+        checksum,
+    })
 }
 
 /// pg_restore cannot read archives written by a newer pg_dump.
@@ -273,7 +338,9 @@ async fn existing(pg: &Postgres, target: &str) -> Result<Option<Existing>> {
         literal(target)
     );
     let rows = pg.query(&pg.db.maintenance_db, &sql).await?;
-    let Some(row) = rows.first() else { return Ok(None) };
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
     let tables = pg
         .query(target, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                         WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema')")
@@ -298,7 +365,12 @@ async fn missing_roles(pg: &Postgres, summary: &Summary) -> Result<Vec<String>> 
         .into_iter()
         .filter_map(|r| r.into_iter().next())
         .collect();
-    Ok(summary.roles.iter().filter(|r| !have.contains(*r)).cloned().collect())
+    Ok(summary
+        .roles
+        .iter()
+        .filter(|r| !have.contains(*r))
+        .cloned()
+        .collect())
 }
 
 fn roles_message(missing: &[String], source: &Source) -> String {
@@ -321,11 +393,21 @@ fn roles_message(missing: &[String], source: &Source) -> String {
 /// Creates the missing roles (and their memberships) from the saved globals;
 /// roles that exist are left exactly as they are.
 async fn create_missing_roles(pg: &Postgres, source: &Source, missing: &[String]) -> Result<()> {
-    let Some(globals) = &source.globals else { bail!(roles_message(missing, source)) };
-    let text = std::fs::read_to_string(globals).with_context(|| format!("cannot read {}", globals.display()))?;
+    let Some(globals) = &source.globals else {
+        bail!(roles_message(missing, source))
+    };
+    let text = std::fs::read_to_string(globals)
+        .with_context(|| format!("cannot read {}", globals.display()))?;
     let statements = role_statements(&text, missing);
-    tracing::info!("Creating roles {} from {}", missing.join(", "), globals.display());
-    pg.admin(&statements, None).await.map_err(|e| anyhow!(e)).context("creating the missing roles")?;
+    tracing::info!(
+        "Creating roles {} from {}",
+        missing.join(", "),
+        globals.display()
+    );
+    pg.admin(&statements, None)
+        .await
+        .map_err(|e| anyhow!(e))
+        .context("creating the missing roles")?;
     Ok(())
 }
 
@@ -337,12 +419,18 @@ fn role_statements(globals: &str, roles: &[String]) -> Vec<String> {
         .lines()
         .filter(|line| {
             let words = archive::sql_words(line);
-            let upper: Vec<String> = words.iter().take(2).map(|w| w.to_ascii_uppercase()).collect();
+            let upper: Vec<String> = words
+                .iter()
+                .take(2)
+                .map(|w| w.to_ascii_uppercase())
+                .collect();
             match upper.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-                ["CREATE", "ROLE"] | ["ALTER", "ROLE"] => {
-                    words.get(2).is_some_and(|w| wanted.contains(archive::unquote(w).as_str()))
-                }
-                ["GRANT", _] => archive::acl_roles(line).first().is_some_and(|r| wanted.contains(r.as_str())),
+                ["CREATE", "ROLE"] | ["ALTER", "ROLE"] => words
+                    .get(2)
+                    .is_some_and(|w| wanted.contains(archive::unquote(w).as_str())),
+                ["GRANT", _] => archive::acl_roles(line)
+                    .first()
+                    .is_some_and(|r| wanted.contains(r.as_str())),
                 _ => false,
             }
         })
@@ -362,12 +450,24 @@ pub fn derived_name(base: &str, suffix: &str) -> String {
 
 /// CREATE DATABASE for a restore target: the archive's encoding and locale, and
 /// its owner when that role exists.
-fn create_database_sql(name: &str, summary: &Summary, owner_exists: bool, with_locale: bool) -> String {
+fn create_database_sql(
+    name: &str,
+    summary: &Summary,
+    owner_exists: bool,
+    with_locale: bool,
+) -> String {
     let mut sql = format!("CREATE DATABASE {} WITH TEMPLATE template0", ident(name));
     if let Some(create) = &summary.database_entries.create {
         let opts = create_options(create);
         let keys: &[&str] = if with_locale {
-            &["ENCODING", "LOCALE_PROVIDER", "LOCALE", "LC_COLLATE", "LC_CTYPE", "ICU_LOCALE"]
+            &[
+                "ENCODING",
+                "LOCALE_PROVIDER",
+                "LOCALE",
+                "LC_COLLATE",
+                "LC_CTYPE",
+                "ICU_LOCALE",
+            ]
         } else {
             &["ENCODING"]
         };
@@ -377,7 +477,12 @@ fn create_database_sql(name: &str, summary: &Summary, owner_exists: bool, with_l
             }
         }
     }
-    if let Some(owner) = summary.database_entries.owner.as_deref().filter(|_| owner_exists) {
+    if let Some(owner) = summary
+        .database_entries
+        .owner
+        .as_deref()
+        .filter(|_| owner_exists)
+    {
         sql.push_str(&format!(" OWNER = {}", ident(owner)));
     }
     sql
@@ -427,7 +532,9 @@ fn create_options(create: &str) -> BTreeMap<String, String> {
 
 /// Rewrites a statement on the archived database to name `new` instead.
 fn retarget(statement: &str, original: &str, new: &str) -> String {
-    let bare = original.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let bare = original
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     let mut out = statement.to_string();
     for form in [ident(original), original.to_string()] {
         if form == original && !bare {
@@ -438,7 +545,10 @@ fn retarget(statement: &str, original: &str, new: &str) -> String {
         let mut rest = out.as_str();
         while let Some(i) = rest.find(&needle) {
             let after = &rest[i + needle.len()..];
-            let ends_word = after.chars().next().is_none_or(|c| c.is_whitespace() || c == ';');
+            let ends_word = after
+                .chars()
+                .next()
+                .is_none_or(|c| c.is_whitespace() || c == ';');
             result.push_str(&rest[..i]);
             if ends_word {
                 result.push_str(&format!("DATABASE {}", ident(new)));
@@ -456,7 +566,10 @@ fn retarget(statement: &str, original: &str, new: &str) -> String {
 async fn create_database(pg: &Postgres, name: &str, summary: &Summary) -> Result<()> {
     let owner_exists = match &summary.database_entries.owner {
         Some(o) => !pg
-            .query(&pg.db.maintenance_db, &format!("SELECT 1 FROM pg_roles WHERE rolname = {}", literal(o)))
+            .query(
+                &pg.db.maintenance_db,
+                &format!("SELECT 1 FROM pg_roles WHERE rolname = {}", literal(o)),
+            )
             .await?
             .is_empty(),
         None => false,
@@ -465,8 +578,14 @@ async fn create_database(pg: &Postgres, name: &str, summary: &Summary) -> Result
     if let Err(e) = pg.admin(&[&sql], None).await {
         // The archive's locale may not exist on this server: fall back to the server's.
         let fallback = create_database_sql(name, summary, owner_exists, false);
-        tracing::warn!("{sql} failed ({}); creating it with the server's default locale", e.stderr().trim());
-        pg.admin(&[&fallback], None).await.map_err(|e| anyhow!(e)).with_context(|| format!("cannot create database {name}"))?;
+        tracing::warn!(
+            "{sql} failed ({}); creating it with the server's default locale",
+            e.stderr().trim()
+        );
+        pg.admin(&[&fallback], None)
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("cannot create database {name}"))?;
     }
     Ok(())
 }
@@ -486,14 +605,23 @@ async fn drop_database(pg: &Postgres, name: &str) -> Result<()> {
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => return Err(anyhow!(e)).with_context(|| format!("cannot drop database {name}")),
+            Err(e) => {
+                return Err(anyhow!(e)).with_context(|| format!("cannot drop database {name}"))
+            }
         }
     }
-    Err(anyhow!(last.expect("tried"))).with_context(|| format!("cannot drop database {name}: sessions keep connecting"))
+    Err(anyhow!(last.expect("tried")))
+        .with_context(|| format!("cannot drop database {name}: sessions keep connecting"))
 }
 
 /// Steps 2 and 3: restore into `db` and check it.
-async fn restore_and_check(cfg: &Config, pg: &Postgres, source: &Source, checked: &Checked, db: &str) -> Result<(usize, u64)> {
+async fn restore_and_check(
+    cfg: &Config,
+    pg: &Postgres,
+    source: &Source,
+    checked: &Checked,
+    db: &str,
+) -> Result<(usize, u64)> {
     tracing::info!("Restoring into {db}...");
     let path = source.path.clone();
     pg.pg_restore(db)
@@ -504,8 +632,13 @@ async fn restore_and_check(cfg: &Config, pg: &Postgres, source: &Source, checked
             StreamError::Local(l) => l.context("reading the backup failed"),
         })?;
     let original = checked.summary.database.clone().unwrap_or_default();
-    let properties: Vec<String> =
-        checked.summary.database_entries.properties.iter().map(|s| retarget(s, &original, db)).collect();
+    let properties: Vec<String> = checked
+        .summary
+        .database_entries
+        .properties
+        .iter()
+        .map(|s| retarget(s, &original, db))
+        .collect();
     if !properties.is_empty() {
         pg.admin(&properties, None)
             .await
@@ -542,24 +675,39 @@ async fn verify(pg: &Postgres, db: &str, expected: &[TableData]) -> Result<(usiz
         let sql = chunk
             .iter()
             .enumerate()
-            .map(|(i, t)| format!("SELECT {i}, count(*) FROM {}.{}", ident(&t.schema), ident(&t.name)))
+            .map(|(i, t)| {
+                format!(
+                    "SELECT {i}, count(*) FROM {}.{}",
+                    ident(&t.schema),
+                    ident(&t.name)
+                )
+            })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
         for row in pg.query(db, &sql).await? {
-            let (Some(i), Some(n)) = (row.first().and_then(|v| v.parse::<usize>().ok()), row.get(1).and_then(|v| v.parse::<u64>().ok())) else {
+            let (Some(i), Some(n)) = (
+                row.first().and_then(|v| v.parse::<usize>().ok()),
+                row.get(1).and_then(|v| v.parse::<u64>().ok()),
+            ) else {
                 bail!("unexpected answer while counting rows: {row:?}");
             };
             let t = &chunk[i];
             total += n;
             if let Some(want) = t.rows {
                 if want != n {
-                    mismatches.push(format!("{}.{}: restored {n}, backup {want}", t.schema, t.name));
+                    mismatches.push(format!(
+                        "{}.{}: restored {n}, backup {want}",
+                        t.schema, t.name
+                    ));
                 }
             }
         }
     }
     if !mismatches.is_empty() {
-        bail!("row counts differ from the backup's: {}", mismatches.join("; "));
+        bail!(
+            "row counts differ from the backup's: {}",
+            mismatches.join("; ")
+        );
     }
     Ok((expected.len(), total))
 }
@@ -575,7 +723,14 @@ async fn via_scratch(
     drop_old: bool,
 ) -> Result<Option<String>> {
     let now = Local::now();
-    let scratch = derived_name(target, &format!("_kbrestore_{}_{}", now.format("%Y%m%d%H%M%S"), std::process::id()));
+    let scratch = derived_name(
+        target,
+        &format!(
+            "_kbrestore_{}_{}",
+            now.format("%Y%m%d%H%M%S"),
+            std::process::id()
+        ),
+    );
     tracing::info!("Creating scratch database {scratch}...");
     create_database(pg, &scratch, &checked.summary).await?;
     let undo_scratch = cleanup::register(pg, drop_statements(&scratch));
@@ -583,24 +738,40 @@ async fn via_scratch(
         if let Err(d) = drop_database(pg, &scratch).await {
             tracing::error!("{d:#}; drop it by hand: dropdb {scratch}");
         }
-        drop(undo_scratch);
-        return Err(e.context(format!("the restore into a scratch database failed; {target} was not touched")));
+        undo_scratch.done();
+        return Err(e.context(format!(
+            "the restore into a scratch database failed; {target} was not touched"
+        )));
     }
 
     let old = if target_exists {
-        let old = free_name(pg, &derived_name(target, &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")))).await?;
+        let old = free_name(
+            pg,
+            &derived_name(
+                target,
+                &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")),
+            ),
+        )
+        .await?;
         swap(pg, target, &scratch, &old).await.inspect_err(|_| {
             tracing::error!("{target} was not touched; the restored copy is dropped");
         })?;
         Some(old)
     } else {
-        pg.admin(&[format!("ALTER DATABASE {} RENAME TO {}", ident(&scratch), ident(target))], None)
-            .await
-            .map_err(|e| anyhow!(e))
-            .with_context(|| format!("cannot rename {scratch} to {target}"))?;
+        pg.admin(
+            &[format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                ident(&scratch),
+                ident(target)
+            )],
+            None,
+        )
+        .await
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("cannot rename {scratch} to {target}"))?;
         None
     };
-    drop(undo_scratch);
+    undo_scratch.done();
     match (&old, drop_old) {
         (Some(o), true) => {
             drop_database(pg, o).await?;
@@ -624,8 +795,15 @@ fn drop_statements(db: &str) -> Vec<String> {
 /// `name`, or `name_2`, `name_3`... whichever no database has.
 async fn free_name(pg: &Postgres, name: &str) -> Result<String> {
     for n in 1.. {
-        let candidate = if n == 1 { name.to_string() } else { derived_name(name, &format!("_{n}")) };
-        let sql = format!("SELECT 1 FROM pg_database WHERE datname = {}", literal(&candidate));
+        let candidate = if n == 1 {
+            name.to_string()
+        } else {
+            derived_name(name, &format!("_{n}"))
+        };
+        let sql = format!(
+            "SELECT 1 FROM pg_database WHERE datname = {}",
+            literal(&candidate)
+        );
         if pg.query(&pg.db.maintenance_db, &sql).await?.is_empty() {
             return Ok(candidate);
         }
@@ -639,10 +817,19 @@ async fn swap(pg: &Postgres, target: &str, scratch: &str, old: &str) -> Result<(
     let (t, s, o) = (ident(target), ident(scratch), ident(old));
     tracing::info!("Swapping: {target} -> {old}, {scratch} -> {target}...");
     let reopen = format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS true");
-    let closed = match pg.admin(&[format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS false")], None).await {
+    let closed = match pg
+        .admin(
+            &[format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS false")],
+            None,
+        )
+        .await
+    {
         Ok(_) => Some(cleanup::register(pg, vec![reopen.clone()])),
         Err(e) => {
-            tracing::warn!("cannot close {target} to new connections ({}); ending its sessions anyway", e.stderr().trim());
+            tracing::warn!(
+                "cannot close {target} to new connections ({}); ending its sessions anyway",
+                e.stderr().trim()
+            );
             None
         }
     };
@@ -650,7 +837,9 @@ async fn swap(pg: &Postgres, target: &str, scratch: &str, old: &str) -> Result<(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
         literal(target)
     );
-    let rename = format!("BEGIN; ALTER DATABASE {t} RENAME TO {o}; ALTER DATABASE {s} RENAME TO {t}; COMMIT;");
+    let rename = format!(
+        "BEGIN; ALTER DATABASE {t} RENAME TO {o}; ALTER DATABASE {s} RENAME TO {t}; COMMIT;"
+    );
     let mut result = Err(anyhow!("not tried"));
     for _ in 0..40 {
         match pg.admin(&[&terminate, &rename], None).await {
@@ -669,14 +858,23 @@ async fn swap(pg: &Postgres, target: &str, scratch: &str, old: &str) -> Result<(
         }
     }
     if let Err(e) = result {
-        if closed.is_some() {
+        if let Some(undo) = closed {
             let _ = pg.admin(&[&reopen], None).await;
+            undo.done();
         }
         return Err(e.context(format!("cannot swap the restored copy in for {target}")));
     }
-    drop(closed);
+    if let Some(undo) = closed {
+        undo.done();
+    }
     // The previous database stays reachable for inspection.
-    if let Err(e) = pg.admin(&[format!("ALTER DATABASE {o} WITH ALLOW_CONNECTIONS true")], None).await {
+    if let Err(e) = pg
+        .admin(
+            &[format!("ALTER DATABASE {o} WITH ALLOW_CONNECTIONS true")],
+            None,
+        )
+        .await
+    {
         tracing::warn!("cannot reopen {old} to connections: {}", e.stderr().trim());
     }
     Ok(())
@@ -703,7 +901,8 @@ async fn in_place(
         let _lock = store.lock("restore --in-place (safety backup)")?;
         let label = format!("pre_restore_{}", Local::now().format("%Y%m%d_%H%M%S"));
         tracing::info!("Taking a safety backup of {target} first...");
-        let (path, _, size) = backup::take(&scfg, store, &spg, &mut BackupTarget::named(&label)).await?;
+        let (path, _, size) =
+            backup::take(&scfg, store, &spg, &mut BackupTarget::named(&label)).await?;
         tracing::info!("Safety backup: {} ({})", path.display(), human_size(size));
         Some(path)
     } else {
@@ -730,7 +929,10 @@ async fn in_place(
         return Err(e.context(format!("in-place restore of {target} failed. {undo_hint}")));
     }
     if let Some(p) = safety {
-        tracing::info!("The safety backup of the previous {target} is {}", p.display());
+        tracing::info!(
+            "The safety backup of the previous {target} is {}",
+            p.display()
+        );
     }
     Ok(())
 }
@@ -746,17 +948,43 @@ fn confirm(cfg: &Config, target: &str, e: &Existing, source: &Source) -> Result<
     }
     let mut err = std::io::stderr().lock();
     if cfg.production {
-        writeln!(err, "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!")?;
-        writeln!(err, "!!  WARNING: PRODUCTION ENVIRONMENT DETECTED (ENVIRONMENT=production)")?;
+        writeln!(
+            err,
+            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+        )?;
+        writeln!(
+            err,
+            "!!  WARNING: PRODUCTION ENVIRONMENT DETECTED (ENVIRONMENT=production)"
+        )?;
         writeln!(err, "!!  You are about to restore database: {target}")?;
         writeln!(err, "!!  This will REPLACE its data with the backup's.")?;
-        writeln!(err, "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!")?;
+        writeln!(
+            err,
+            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+        )?;
     }
     writeln!(err, "\nDatabase {target} exists and will be replaced:")?;
-    writeln!(err, "  size {}, {} tables, {} open connections (they will be ended)", human_size(e.size), e.tables, e.connections)?;
-    writeln!(err, "  with backup {}{}", source.shown, source.time.map(|t| format!(" taken {}", t.format("%Y-%m-%d %H:%M:%S %:z"))).unwrap_or_default())?;
+    writeln!(
+        err,
+        "  size {}, {} tables, {} open connections (they will be ended)",
+        human_size(e.size),
+        e.tables,
+        e.connections
+    )?;
+    writeln!(
+        err,
+        "  with backup {}{}",
+        source.shown,
+        source
+            .time
+            .map(|t| format!(" taken {}", t.format("%Y-%m-%d %H:%M:%S %:z")))
+            .unwrap_or_default()
+    )?;
     writeln!(err, "  The current database is kept as {target}_pre_restore_<time> unless --drop-old or --in-place.")?;
-    write!(err, "Type the database name ({target}) or RESTORE to continue, anything else aborts: ")?;
+    write!(
+        err,
+        "Type the database name ({target}) or RESTORE to continue, anything else aborts: "
+    )?;
     err.flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
@@ -791,50 +1019,126 @@ fn print_plan(
     println!(
         "Backup:   {}{} ({}, manifest: {})",
         source.shown,
-        source.time.map(|t| format!(" taken {} ({} ago)", t.format("%Y-%m-%d %H:%M:%S %:z"), list::age(t, Utc::now()))).unwrap_or_default(),
-        human_size(std::fs::metadata(&source.path).map(|m| m.len()).unwrap_or(0)),
-        if source.manifest.is_some() { "yes" } else { "no" }
+        source
+            .time
+            .map(|t| format!(
+                " taken {} ({} ago)",
+                t.format("%Y-%m-%d %H:%M:%S %:z"),
+                list::age(t, Utc::now())
+            ))
+            .unwrap_or_default(),
+        human_size(
+            std::fs::metadata(&source.path)
+                .map(|m| m.len())
+                .unwrap_or(0)
+        ),
+        if source.manifest.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
     );
-    println!("Checked:  complete archive, {}; {} tables, {}", checked.checksum, checked.summary.tables.len(), rows_text(&checked.expected));
+    println!(
+        "Checked:  complete archive, {}; {} tables, {}",
+        checked.checksum,
+        checked.summary.tables.len(),
+        rows_text(&checked.expected)
+    );
     match existing {
         Some(e) => println!(
             "Target:   {target} exists ({}, {} tables, {} connections) and would be replaced{}",
             human_size(e.size),
             e.tables,
             e.connections,
-            if args.yes { "" } else { " after confirmation (--yes when not on a terminal)" }
+            if args.yes {
+                ""
+            } else {
+                " after confirmation (--yes when not on a terminal)"
+            }
         ),
         None => println!("Target:   {target} does not exist; it would be created"),
     }
     if missing_roles.is_empty() {
-        println!("Roles:    all {} roles the backup uses exist", checked.summary.roles.len());
+        println!(
+            "Roles:    all {} roles the backup uses exist",
+            checked.summary.roles.len()
+        );
     } else if args.with_globals {
-        println!("Roles:    would create {} from {}", missing_roles.join(", "), source.globals.as_ref().map(|g| g.display().to_string()).unwrap_or("(no globals)".into()));
+        println!(
+            "Roles:    would create {} from {}",
+            missing_roles.join(", "),
+            source
+                .globals
+                .as_ref()
+                .map(|g| g.display().to_string())
+                .unwrap_or("(no globals)".into())
+        );
     } else {
-        println!("Roles:    MISSING {}: the restore would stop here (--with-globals creates them)", missing_roles.join(", "));
+        println!(
+            "Roles:    MISSING {}: the restore would stop here (--with-globals creates them)",
+            missing_roles.join(", ")
+        );
     }
-    let decompress = if dump::is_zstd(&source.path) { "zstd-decompressed " } else { "" };
-    let into = |db: &str| format!("{} < {decompress}{}", pg.pg_restore(db), source.path.display());
+    let decompress = if dump::is_zstd(&source.path) {
+        "zstd-decompressed "
+    } else {
+        ""
+    };
+    let into = |db: &str| {
+        format!(
+            "{} < {decompress}{}",
+            pg.pg_restore(db),
+            source.path.display()
+        )
+    };
     println!("Steps:");
     if args.in_place {
         let mut n = 1;
         if existing.is_some() {
-            println!("  {n}. safety backup of {target} to {}/named/", cfg.backup_dir.display());
+            println!(
+                "  {n}. safety backup of {target} to {}/named/",
+                cfg.backup_dir.display()
+            );
             n += 1;
-            println!("  {n}. end {target}'s sessions; DROP DATABASE {}", ident(target));
+            println!(
+                "  {n}. end {target}'s sessions; DROP DATABASE {}",
+                ident(target)
+            );
             n += 1;
         }
-        println!("  {n}. {}", create_database_sql(target, &checked.summary, true, true));
+        println!(
+            "  {n}. {}",
+            create_database_sql(target, &checked.summary, true, true)
+        );
         println!("  {}. {}", n + 1, into(target));
-        println!("  {}. check every table and its row count against the backup", n + 2);
+        println!(
+            "  {}. check every table and its row count against the backup",
+            n + 2
+        );
     } else {
-        let scratch = derived_name(target, &format!("_kbrestore_{}_{}", now.format("%Y%m%d%H%M%S"), std::process::id()));
-        println!("  1. {}", create_database_sql(&scratch, &checked.summary, true, true));
+        let scratch = derived_name(
+            target,
+            &format!(
+                "_kbrestore_{}_{}",
+                now.format("%Y%m%d%H%M%S"),
+                std::process::id()
+            ),
+        );
+        println!(
+            "  1. {}",
+            create_database_sql(&scratch, &checked.summary, true, true)
+        );
         println!("  2. {}", into(&scratch));
         println!("  3. check every table and its row count against the backup (on failure: drop {scratch}, stop)");
         if existing.is_some() {
-            let old = derived_name(target, &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")));
-            println!("  4. ALTER DATABASE {} WITH ALLOW_CONNECTIONS false; end its sessions", ident(target));
+            let old = derived_name(
+                target,
+                &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")),
+            );
+            println!(
+                "  4. ALTER DATABASE {} WITH ALLOW_CONNECTIONS false; end its sessions",
+                ident(target)
+            );
             println!("  5. in one transaction: ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}", ident(target), ident(&old), ident(&scratch), ident(target));
             if args.drop_old {
                 println!("  6. DROP DATABASE {}", ident(&old));
@@ -842,18 +1146,39 @@ fn print_plan(
                 println!("  6. keep {old} (drop it later with: dropdb {old})");
             }
         } else {
-            println!("  4. ALTER DATABASE {} RENAME TO {}", ident(&scratch), ident(target));
+            println!(
+                "  4. ALTER DATABASE {} RENAME TO {}",
+                ident(&scratch),
+                ident(target)
+            );
         }
     }
 }
 
-fn report(source: &Source, checked: &Checked, target: &str, old: Option<&str>, dropped: bool, took: Duration) {
-    let (tables, rows) = (checked.expected.len(), checked.expected.iter().map(|t| t.rows).sum::<Option<u64>>());
+fn report(
+    source: &Source,
+    checked: &Checked,
+    target: &str,
+    old: Option<&str>,
+    dropped: bool,
+    took: Duration,
+) {
+    let (tables, rows) = (
+        checked.expected.len(),
+        checked.expected.iter().map(|t| t.rows).sum::<Option<u64>>(),
+    );
     println!("Restore complete in {:.1}s.", took.as_secs_f64());
     println!(
         "  Backup:   {}{}",
         source.shown,
-        source.time.map(|t| format!(" (taken {}, {} ago)", t.format("%Y-%m-%d %H:%M:%S %:z"), list::age(t, Utc::now()))).unwrap_or_default()
+        source
+            .time
+            .map(|t| format!(
+                " (taken {}, {} ago)",
+                t.format("%Y-%m-%d %H:%M:%S %:z"),
+                list::age(t, Utc::now())
+            ))
+            .unwrap_or_default()
     );
     println!(
         "  Restored: {target}: {tables} tables, {}",
@@ -898,14 +1223,26 @@ mod tests {
             create_database_sql("app_x", &s, true, true),
             "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8' OWNER = \"App Owner\""
         );
-        assert_eq!(create_database_sql("app_x", &s, false, false), "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8'");
+        assert_eq!(
+            create_database_sql("app_x", &s, false, false),
+            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8'"
+        );
     }
 
     #[test]
     fn database_statements_are_retargeted() {
-        assert_eq!(retarget("COMMENT ON DATABASE app IS 'x';", "app", "app_new"), "COMMENT ON DATABASE \"app_new\" IS 'x';");
-        assert_eq!(retarget("GRANT CONNECT ON DATABASE \"My DB\" TO r;", "My DB", "s"), "GRANT CONNECT ON DATABASE \"s\" TO r;");
-        assert_eq!(retarget("ALTER DATABASE apple SET x = 1;", "app", "s"), "ALTER DATABASE apple SET x = 1;");
+        assert_eq!(
+            retarget("COMMENT ON DATABASE app IS 'x';", "app", "app_new"),
+            "COMMENT ON DATABASE \"app_new\" IS 'x';"
+        );
+        assert_eq!(
+            retarget("GRANT CONNECT ON DATABASE \"My DB\" TO r;", "My DB", "s"),
+            "GRANT CONNECT ON DATABASE \"s\" TO r;"
+        );
+        assert_eq!(
+            retarget("ALTER DATABASE apple SET x = 1;", "app", "s"),
+            "ALTER DATABASE apple SET x = 1;"
+        );
     }
 
     #[test]

@@ -1,0 +1,616 @@
+//! `kbackup restore` against a real PostgreSQL cluster: the drill, and every way
+//! it must refuse or stop without touching the target.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Many kinds of objects, as the restore drill asks.
+const DRILL_SQL: &str = r#"
+DO $$ BEGIN CREATE ROLE drill_owner LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE drill_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+CREATE EXTENSION citext;
+CREATE SCHEMA app AUTHORIZATION drill_owner;
+CREATE SCHEMA "Weird Schema";
+CREATE SCHEMA données;
+CREATE TABLE app.items (id serial PRIMARY KEY, name citext NOT NULL, tags text[], doc jsonb, blob bytea,
+                        price numeric(30,10), made timestamptz, updated int DEFAULT 0);
+INSERT INTO app.items (name, tags, doc, blob, price, made)
+  SELECT 'Item ' || g || E'\ttab\\back', ARRAY['a' || g, NULL, 'é'], jsonb_build_object('g', g, 'nested', jsonb_build_array(g, 'x')),
+         decode(md5(g::text), 'hex'), g * 1.0000000001, timestamptz '2025-01-01' + g * interval '1 hour'
+  FROM generate_series(1, 500) g;
+INSERT INTO app.items (name, tags, doc, blob, price, made) VALUES (E'multi\nline', '{}', 'null', '', NULL, NULL);
+CREATE TABLE app.lines (id bigserial PRIMARY KEY, item_id int NOT NULL REFERENCES app.items(id), qty int CHECK (qty > 0));
+INSERT INTO app.lines (item_id, qty) SELECT 1 + g % 500, 1 + g % 9 FROM generate_series(1, 1500) g;
+CREATE TABLE "Weird Schema"."Mixed Case ""Table""" ("Ünïcödé col" text, "select" int);
+INSERT INTO "Weird Schema"."Mixed Case ""Table""" VALUES ('ä', 1), ('日本語', 2), (NULL, NULL);
+CREATE TABLE données.résumé (id int, texte text);
+INSERT INTO données.résumé SELECT g, 'ligne ' || g FROM generate_series(1, 30) g;
+CREATE TABLE app.events (id bigint, at date NOT NULL, payload text) PARTITION BY RANGE (at);
+CREATE TABLE app.events_2025_01 PARTITION OF app.events FOR VALUES FROM ('2025-01-01') TO ('2025-02-01');
+CREATE TABLE app.events_2025_02 PARTITION OF app.events FOR VALUES FROM ('2025-02-01') TO ('2025-03-01');
+CREATE TABLE app.events_other PARTITION OF app.events DEFAULT;
+INSERT INTO app.events SELECT g, date '2025-01-01' + (g % 80), 'p' || g FROM generate_series(1, 800) g;
+CREATE SEQUENCE app.counter START 100;
+SELECT nextval('app.counter') FROM generate_series(1, 7);
+CREATE VIEW app.expensive AS SELECT id, name FROM app.items WHERE price > 250;
+CREATE MATERIALIZED VIEW app.item_count AS SELECT count(*) AS n FROM app.items;
+CREATE FUNCTION app.touch() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN NEW.updated := NEW.updated + 1; RETURN NEW; END $f$;
+CREATE TRIGGER items_touch BEFORE UPDATE ON app.items FOR EACH ROW EXECUTE FUNCTION app.touch();
+SELECT lo_from_bytea(0, convert_to('first large object', 'UTF8'));
+SELECT lo_from_bytea(0, decode(repeat('00ff', 5000), 'hex'));
+COMMENT ON TABLE app.items IS 'Things we sell';
+COMMENT ON COLUMN app.items.price IS 'in euros';
+ALTER TABLE app.items OWNER TO drill_owner;
+ALTER TABLE app.lines OWNER TO drill_owner;
+GRANT SELECT ON app.items TO drill_reader;
+GRANT USAGE ON SCHEMA app TO drill_reader;
+"#;
+
+/// Everything the drill compares besides table contents.
+fn extras(c: &Cluster, db: &str) -> Vec<String> {
+    [
+        "SELECT last_value || '/' || is_called FROM app.counter",
+        "SELECT count(*) || '/' || md5(string_agg(md5(lo_get(oid)), ',' ORDER BY md5(lo_get(oid)))) FROM pg_largeobject_metadata",
+        "SELECT obj_description('app.items'::regclass, 'pg_class')",
+        "SELECT col_description('app.items'::regclass, 8)",
+        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'app.items'::regclass",
+        "SELECT has_table_privilege('drill_reader', 'app.items', 'SELECT')::text",
+        "SELECT extversion IS NOT NULL FROM pg_extension WHERE extname = 'citext'",
+        "SELECT n FROM app.item_count",
+        "SELECT count(*) FROM app.expensive",
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'items_touch'",
+        "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'app'",
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'app.events'::regclass",
+    ]
+    .iter()
+    .map(|q| c.psql(db, q))
+    .collect()
+}
+
+fn drill_db(hint: &str) -> String {
+    let c = cluster();
+    let db = c.new_db(hint);
+    c.psql(&db, DRILL_SQL);
+    db
+}
+
+fn databases() -> BTreeSet<String> {
+    cluster()
+        .psql("postgres", "SELECT datname FROM pg_database")
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Scratch databases kbackup made for restores of `db` (tests share the cluster).
+fn scratch_dbs(db: &str) -> Vec<String> {
+    databases()
+        .into_iter()
+        .filter(|d| d.starts_with(&format!("{db}_kbrestore_")))
+        .collect()
+}
+
+#[test]
+fn restore_drill_puts_back_exactly_what_was_backed_up() {
+    let c = cluster();
+    let db = drill_db("drill");
+    c.psql(
+        &db,
+        &format!("COMMENT ON DATABASE {db} IS 'drill database'"),
+    );
+    let fp = c.fingerprint(&db);
+    let ex = extras(c, &db);
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+
+    // Change everything after the backup.
+    c.psql(
+        &db,
+        "UPDATE app.items SET price = 0 WHERE id < 100; DELETE FROM app.lines WHERE id % 2 = 0; \
+                 INSERT INTO données.résumé VALUES (999, 'après'); SELECT nextval('app.counter'); \
+                 SELECT lo_unlink(min(oid)) FROM pg_largeobject_metadata; DROP VIEW app.expensive; \
+                 COMMENT ON TABLE app.items IS 'changed'",
+    );
+    assert_ne!(c.fingerprint(&db), fp);
+
+    let r = kb.ok(&["restore", "--latest", "--yes"]);
+    let out = r.stdout();
+    assert!(out.contains("Restore complete"), "{out}");
+    assert!(
+        out.contains(&format!("Restored: {db}: "))
+            && out.contains("every table's count equal to the backup's"),
+        "{out}"
+    );
+    let old = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Previous: kept as "))
+        .expect("old db named")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(old.starts_with(&format!("{db}_pre_restore_")), "{old}");
+
+    assert_eq!(
+        c.fingerprint(&db),
+        fp,
+        "table contents differ from the state at backup time"
+    );
+    assert_eq!(
+        extras(c, &db),
+        ex,
+        "sequences, large objects, comments, owners, privileges..."
+    );
+    assert_eq!(c.psql(&db, &format!("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{db}'")), "drill database");
+    // The trigger works in the restored copy.
+    c.psql(&db, "UPDATE app.items SET name = name WHERE id = 1");
+    assert_eq!(
+        c.psql(&db, "SELECT updated FROM app.items WHERE id = 1"),
+        "1"
+    );
+    // The previous database is kept, with the changes.
+    assert_eq!(c.psql(&old, "SELECT count(*) FROM données.résumé"), "31");
+    assert!(scratch_dbs(&db).is_empty(), "{:?}", scratch_dbs(&db));
+}
+
+#[test]
+fn restore_into_another_database_leaves_the_source_alone() {
+    let c = cluster();
+    let db = c.sample_db("other_src");
+    let fp = c.fingerprint(&db);
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    c.psql(&db, "DELETE FROM traces");
+    let target = format!("{db}_copy");
+    let r = kb.ok(&["restore", "--latest", "--target-db", &target]);
+    assert!(!r.stdout().contains("Previous:"), "{}", r.stdout());
+    assert_eq!(c.fingerprint(&target), fp);
+    assert_eq!(
+        c.psql(&db, "SELECT count(*) FROM traces"),
+        "0",
+        "the source was touched"
+    );
+}
+
+#[test]
+fn a_corrupted_or_truncated_backup_is_refused_and_nothing_changes() {
+    let c = cluster();
+    let db = c.sample_db("corrupt");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    c.psql(&db, "INSERT INTO events (kind) VALUES ('after backup')");
+    let fp = c.fingerprint(&db);
+    let before = databases();
+    let file = kb.store.join(&kb.dumps("hourly")[0]);
+
+    // One flipped byte in the middle: the checksum no longer matches.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let r = kb.run(&["restore", "--file", &kb.dumps("hourly")[0], "--yes"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains("is corrupted") && r.stderr().contains("Refusing to restore"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(c.fingerprint(&db), fp);
+    assert_eq!(databases(), before);
+
+    // A truncated copy without a manifest: the archive itself is incomplete.
+    let cut = kb.home.path().join("cut.dump.zst");
+    bytes[mid] ^= 0x01;
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let r = kb.run(&["restore", "--file", cut.to_str().unwrap(), "--yes"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains("is not a readable, complete archive"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(c.fingerprint(&db), fp);
+    assert_eq!(databases(), before);
+
+    // A manifest whose row counts disagree with the data.
+    let manifest = file.with_file_name(
+        file.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".dump.zst", ".manifest.json"),
+    );
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    std::fs::write(&file, &bytes).unwrap(); // the good file again
+    let t = m["archive"]["tables"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|t| t["name"] == "events")
+        .unwrap();
+    t["rows"] = serde_json::json!(1999);
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    let r = kb.run(&["restore", "--latest", "--yes"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr()
+            .contains("events has 1999 rows but the archive holds 2000"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(databases(), before);
+}
+
+/// Polls for the pg_restore kbackup started into a scratch database.
+fn wait_for_pg_restore() -> u32 {
+    wait_for(30, "pg_restore running", || {
+        processes_matching("--dbname")
+            .into_iter()
+            .find(|(_, a)| a.contains("pg_restore") && a.contains("_kbrestore_"))
+            .map(|(p, _)| p)
+    })
+}
+
+fn big_db(hint: &str) -> String {
+    let c = cluster();
+    let db = c.new_db(hint);
+    c.psql(&db, "CREATE TABLE big (id int, filler text); \
+                 INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 400000) g");
+    db
+}
+
+#[test]
+fn a_restore_killed_midway_leaves_the_target_untouched() {
+    let c = cluster();
+    let db = big_db("killed");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    c.psql(&db, "DELETE FROM big WHERE id > 10");
+    let fp = c.fingerprint(&db);
+    let child = kb
+        .command(&["restore", "--latest", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = wait_for_pg_restore();
+    run_ok(Command::new("kill").args(["-KILL", &pid.to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("pg_restore failed") && err.contains(&format!("{db} was not touched")),
+        "{err}"
+    );
+    assert_eq!(c.fingerprint(&db), fp);
+    assert!(
+        scratch_dbs(&db).is_empty(),
+        "scratch left behind: {:?}",
+        scratch_dbs(&db)
+    );
+}
+
+#[test]
+fn ctrl_c_during_a_restore_removes_the_scratch_database() {
+    let c = cluster();
+    let db = big_db("sigint_restore");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    c.psql(&db, "DELETE FROM big WHERE id > 10");
+    let fp = c.fingerprint(&db);
+    let child = kb
+        .command(&["restore", "--latest", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_pg_restore();
+    run_ok(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(c.fingerprint(&db), fp);
+    assert!(
+        scratch_dbs(&db).is_empty(),
+        "scratch left behind: {:?}\n{err}",
+        scratch_dbs(&db)
+    );
+    assert_eq!(
+        c.psql(
+            "postgres",
+            &format!("SELECT datallowconn FROM pg_database WHERE datname = '{db}'")
+        ),
+        "t"
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing_and_non_terminals_need_yes() {
+    let c = cluster();
+    let db = c.sample_db("dryrestore");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    c.psql(&db, "DELETE FROM traces WHERE id < 100");
+    let fp = c.fingerprint(&db);
+    let before = databases();
+    let r = kb.ok(&["restore", "--latest", "--dry-run"]);
+    let out = r.stdout();
+    for want in [
+        "Dry run: nothing will be changed.",
+        "checksum matches its manifest",
+        "CREATE DATABASE",
+        "pg_restore",
+        "RENAME TO",
+        "would be replaced",
+    ] {
+        assert!(out.contains(want), "{want} missing from:\n{out}");
+    }
+    assert_eq!(
+        databases(),
+        before,
+        "a dry run created or dropped a database"
+    );
+    assert_eq!(c.fingerprint(&db), fp);
+
+    let r = kb.run(&["restore", "--latest"]);
+    assert_eq!(r.code(), 2, "{}", r.all());
+    assert!(
+        r.stderr()
+            .contains("needs --yes when stdin is not a terminal"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(databases(), before);
+    assert_eq!(c.fingerprint(&db), fp);
+}
+
+/// Runs kbackup on a real pseudo-terminal (util-linux `script`), typing `answer`.
+fn on_terminal(kb: &Kb, args: &[&str], answer: &str) -> (i32, String) {
+    let cmdline = std::iter::once(env!("CARGO_BIN_EXE_kbackup").to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cmd = kb.command(&[]);
+    let mut child = Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .env_clear()
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .current_dir(cmd.get_current_dir().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux script");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(format!("{answer}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn on_a_terminal_the_operator_types_the_name() {
+    let c = cluster();
+    let db = c.sample_db("prompt");
+    let mut kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    c.psql(&db, "DELETE FROM traces");
+    kb.set("ENVIRONMENT", "production");
+    let (code, screen) = on_terminal(&kb, &["restore", "--latest"], "no thanks");
+    assert_eq!(code, 1, "{screen}");
+    assert!(
+        screen.contains("PRODUCTION ENVIRONMENT DETECTED")
+            && screen.contains(&format!("Database {db} exists and will be replaced")),
+        "{screen}"
+    );
+    assert!(screen.contains("aborted"), "{screen}");
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM traces"), "0");
+    let (code, screen) = on_terminal(&kb, &["restore", "--latest"], &db);
+    assert_eq!(code, 0, "{screen}");
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM traces"), "2000");
+}
+
+#[test]
+fn no_match_says_what_exists() {
+    let db = cluster().new_db("nomatch");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let r = kb.run(&["restore", "--latest-monthly", "--yes"]);
+    assert_eq!(r.code(), 1);
+    let monthly = kb.store.join("monthly");
+    assert!(
+        r.stderr().contains(&format!(
+            "No monthly backups found in {}",
+            monthly.display()
+        )),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        r.stderr().contains("hourly: 1 (newest hourly/"),
+        "{}",
+        r.stderr()
+    );
+    let r = kb.run(&["restore", "--file", "hourly/nope.dump.zst", "--yes"]);
+    assert_eq!(r.code(), 2);
+    assert!(r.stderr().contains("no such backup file"), "{}", r.stderr());
+    let r = kb.run(&["restore", "--latest", "--latest-daily"]);
+    assert_eq!(r.code(), 2, "clap refuses two selectors");
+}
+
+#[test]
+fn at_and_name_pick_the_right_backup() {
+    let c = cluster();
+    let db = c.new_db("at");
+    c.psql(&db, "CREATE TABLE t (x int)");
+    let kb = Kb::direct(&db);
+    for (n, time) in [
+        (1, "2025-06-01T10:00:00Z"),
+        (2, "2025-06-01T11:00:00Z"),
+        (3, "2025-06-01T12:00:00Z"),
+    ] {
+        c.psql(&db, &format!("INSERT INTO t VALUES ({n})"));
+        kb.ok(&["backup", "--time", time]);
+    }
+    c.psql(&db, "INSERT INTO t VALUES (4)");
+    kb.ok(&["backup", "--name", "four"]);
+    kb.ok(&[
+        "restore",
+        "--at",
+        "2025-06-01T11:30:00Z",
+        "--yes",
+        "--drop-old",
+    ]);
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "2");
+    kb.ok(&["restore", "--name", "four", "--yes", "--drop-old"]);
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "4");
+    assert!(
+        !databases()
+            .iter()
+            .any(|d| d.starts_with(&format!("{db}_pre_restore_"))),
+        "--drop-old left {:?}",
+        databases()
+    );
+}
+
+#[test]
+fn seed_era_dump_files_restore() {
+    let c = cluster();
+    let db = c.sample_db("seedfile");
+    let fp = c.fingerprint(&db);
+    let kb = Kb::direct(&db);
+    std::fs::create_dir_all(kb.store.join("hourly")).unwrap();
+    let rel = format!("hourly/{db}_2025-12-26_05-00-01.dump");
+    run_ok(
+        Command::new(pg_bin().join("pg_dump"))
+            .args([
+                "-Fc",
+                "-h",
+                c.socket.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-f",
+            ])
+            .arg(kb.store.join(&rel))
+            .arg(&db),
+    );
+    let target = format!("{db}_fromseed");
+    let r = kb.ok(&["restore", "--file", &rel, "--target-db", &target]);
+    assert!(r.stdout().contains("row counts unknown"), "{}", r.stdout());
+    assert!(
+        r.stderr()
+            .contains("no manifest to check the checksum against"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(c.fingerprint(&target), fp);
+}
+
+#[test]
+fn in_place_takes_a_safety_backup_first() {
+    let c = cluster();
+    let db = c.sample_db("inplace");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let at_backup = c.fingerprint(&db);
+    c.psql(&db, "DELETE FROM traces WHERE id > 5");
+    let changed = c.fingerprint(&db);
+    let r = kb.ok(&["restore", "--latest", "--in-place", "--yes"]);
+    assert!(r.stderr().contains("Safety backup: "), "{}", r.stderr());
+    assert_eq!(c.fingerprint(&db), at_backup);
+    assert!(!databases()
+        .iter()
+        .any(|d| d.starts_with(&format!("{db}_pre_restore_"))));
+    // The safety backup holds the state just before the restore.
+    let named = kb.dumps("named");
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert!(
+        named[0].starts_with(&format!("named/{db}_pre_restore_")),
+        "{named:?}"
+    );
+    let check = c.new_db("inplace_check");
+    manual_restore(&kb.store.join(&named[0]), &check);
+    assert_eq!(c.fingerprint(&check), changed);
+}
+
+#[test]
+fn missing_roles_are_reported_first_and_with_globals_creates_them() {
+    let c = cluster();
+    let db = c.new_db("roles");
+    c.psql("postgres", "DO $$ BEGIN CREATE ROLE gone_owner LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$");
+    c.psql(&db, "CREATE TABLE owned (x int); INSERT INTO owned VALUES (1); ALTER TABLE owned OWNER TO gone_owner");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    c.psql("postgres", &format!("DROP DATABASE {db}"));
+    c.psql("postgres", "DROP ROLE gone_owner");
+    let before = databases();
+    let r = kb.run(&["restore", "--latest", "--yes"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr()
+            .contains("roles that do not exist on this server: gone_owner"),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        r.stderr().contains("psql -d postgres -f ") && r.stderr().contains(".globals.sql"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(
+        databases(),
+        before,
+        "something changed before the roles were reported"
+    );
+    kb.ok(&["restore", "--latest", "--yes", "--with-globals"]);
+    assert_eq!(
+        c.psql(
+            &db,
+            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'owned'"
+        ),
+        "gone_owner"
+    );
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM owned"), "1");
+}
+
+#[test]
+fn list_marks_manifests_and_counts_tiers() {
+    let db = cluster().new_db("listing");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    std::fs::write(
+        kb.store
+            .join(format!("hourly/{db}_2020-01-01_00-00-00.dump")),
+        b"seed-era",
+    )
+    .unwrap();
+    let r = kb.ok(&["list"]);
+    let out = r.stdout();
+    assert!(out.contains("MANIFEST"), "{out}");
+    let seed_line = out
+        .lines()
+        .find(|l| l.contains("2020-01-01_00-00-00.dump"))
+        .unwrap();
+    assert!(seed_line.contains(" no "), "{seed_line}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(".dump.zst") && l.contains(" yes ")),
+        "{out}"
+    );
+    assert!(out.contains("Hourly: 2, Daily: 1, Weekly: 1"), "{out}");
+}
