@@ -79,17 +79,20 @@ fn drill_db(hint: &str) -> String {
     db
 }
 
-fn databases() -> BTreeSet<String> {
+/// The databases whose names start with `db` (tests share the cluster, so
+/// each looks only at its own).
+fn databases(db: &str) -> BTreeSet<String> {
     cluster()
         .psql("postgres", "SELECT datname FROM pg_database")
         .lines()
+        .filter(|d| d.starts_with(db))
         .map(String::from)
         .collect()
 }
 
 /// Scratch databases kbackup made for restores of `db` (tests share the cluster).
 fn scratch_dbs(db: &str) -> Vec<String> {
-    databases()
+    databases(db)
         .into_iter()
         .filter(|d| d.starts_with(&format!("{db}_kbrestore_")))
         .collect()
@@ -185,7 +188,7 @@ fn a_corrupted_or_truncated_backup_is_refused_and_nothing_changes() {
     kb.ok(&["backup"]);
     c.psql(&db, "INSERT INTO events (kind) VALUES ('after backup')");
     let fp = c.fingerprint(&db);
-    let before = databases();
+    let before = databases(&db);
     let file = kb.store.join(&kb.dumps("hourly")[0]);
 
     // One flipped byte in the middle: the checksum no longer matches.
@@ -201,7 +204,7 @@ fn a_corrupted_or_truncated_backup_is_refused_and_nothing_changes() {
         r.stderr()
     );
     assert_eq!(c.fingerprint(&db), fp);
-    assert_eq!(databases(), before);
+    assert_eq!(databases(&db), before);
 
     // A truncated copy without a manifest: the archive itself is incomplete.
     let cut = kb.home.path().join("cut.dump.zst");
@@ -215,7 +218,7 @@ fn a_corrupted_or_truncated_backup_is_refused_and_nothing_changes() {
         r.stderr()
     );
     assert_eq!(c.fingerprint(&db), fp);
-    assert_eq!(databases(), before);
+    assert_eq!(databases(&db), before);
 
     // A manifest whose row counts disagree with the data.
     let manifest = file.with_file_name(
@@ -243,15 +246,16 @@ fn a_corrupted_or_truncated_backup_is_refused_and_nothing_changes() {
         "{}",
         r.stderr()
     );
-    assert_eq!(databases(), before);
+    assert_eq!(databases(&db), before);
 }
 
-/// Polls for the pg_restore kbackup started into a scratch database.
-fn wait_for_pg_restore() -> u32 {
+/// Polls for the pg_restore kbackup started into a scratch database for `db`.
+fn wait_for_pg_restore(db: &str) -> u32 {
+    let scratch = format!("{db}_kbrestore_");
     wait_for(30, "pg_restore running", || {
-        processes_matching("--dbname")
+        processes_matching(&scratch)
             .into_iter()
-            .find(|(_, a)| a.contains("pg_restore") && a.contains("_kbrestore_"))
+            .find(|(_, a)| a.contains("pg_restore"))
             .map(|(p, _)| p)
     })
 }
@@ -264,21 +268,46 @@ fn big_db(hint: &str) -> String {
     db
 }
 
-#[test]
-fn a_restore_killed_midway_leaves_the_target_untouched() {
+/// A restore of a database large enough to interrupt, under way.
+struct SlowRestore {
+    db: String,
+    /// The target's content before the restore started.
+    before: std::collections::BTreeMap<String, (u64, String)>,
+    child: std::process::Child,
+    /// Keeps the store alive while the restore reads it.
+    _kb: Kb,
+}
+
+fn start_slow_restore(hint: &str) -> SlowRestore {
     let c = cluster();
-    let db = big_db("killed");
+    let db = big_db(hint);
     let kb = Kb::direct(&db);
     kb.ok(&["backup"]);
     c.psql(&db, "DELETE FROM big WHERE id > 10");
-    let fp = c.fingerprint(&db);
+    let before = c.fingerprint(&db);
     let child = kb
         .command(&["restore", "--latest", "--yes"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = wait_for_pg_restore();
+    SlowRestore {
+        db,
+        before,
+        child,
+        _kb: kb,
+    }
+}
+
+#[test]
+fn a_restore_killed_midway_leaves_the_target_untouched() {
+    let SlowRestore {
+        db,
+        before: fp,
+        child,
+        _kb,
+    } = start_slow_restore("killed");
+    let pid = wait_for_pg_restore(&db);
     run_ok(Command::new("kill").args(["-KILL", &pid.to_string()]));
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -287,7 +316,7 @@ fn a_restore_killed_midway_leaves_the_target_untouched() {
         err.contains("pg_restore failed") && err.contains(&format!("{db} was not touched")),
         "{err}"
     );
-    assert_eq!(c.fingerprint(&db), fp);
+    assert_eq!(cluster().fingerprint(&db), fp);
     assert!(
         scratch_dbs(&db).is_empty(),
         "scratch left behind: {:?}",
@@ -297,31 +326,25 @@ fn a_restore_killed_midway_leaves_the_target_untouched() {
 
 #[test]
 fn ctrl_c_during_a_restore_removes_the_scratch_database() {
-    let c = cluster();
-    let db = big_db("sigint_restore");
-    let kb = Kb::direct(&db);
-    kb.ok(&["backup"]);
-    c.psql(&db, "DELETE FROM big WHERE id > 10");
-    let fp = c.fingerprint(&db);
-    let child = kb
-        .command(&["restore", "--latest", "--yes"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_pg_restore();
+    let SlowRestore {
+        db,
+        before: fp,
+        child,
+        _kb,
+    } = start_slow_restore("sigint_restore");
+    wait_for_pg_restore(&db);
     run_ok(Command::new("kill").args(["-INT", &child.id().to_string()]));
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
-    assert_eq!(c.fingerprint(&db), fp);
+    assert_eq!(cluster().fingerprint(&db), fp);
     assert!(
         scratch_dbs(&db).is_empty(),
         "scratch left behind: {:?}\n{err}",
         scratch_dbs(&db)
     );
     assert_eq!(
-        c.psql(
+        cluster().psql(
             "postgres",
             &format!("SELECT datallowconn FROM pg_database WHERE datname = '{db}'")
         ),
@@ -337,7 +360,7 @@ fn dry_run_changes_nothing_and_non_terminals_need_yes() {
     kb.ok(&["backup"]);
     c.psql(&db, "DELETE FROM traces WHERE id < 100");
     let fp = c.fingerprint(&db);
-    let before = databases();
+    let before = databases(&db);
     let r = kb.ok(&["restore", "--latest", "--dry-run"]);
     let out = r.stdout();
     for want in [
@@ -351,7 +374,7 @@ fn dry_run_changes_nothing_and_non_terminals_need_yes() {
         assert!(out.contains(want), "{want} missing from:\n{out}");
     }
     assert_eq!(
-        databases(),
+        databases(&db),
         before,
         "a dry run created or dropped a database"
     );
@@ -365,7 +388,7 @@ fn dry_run_changes_nothing_and_non_terminals_need_yes() {
         "{}",
         r.stderr()
     );
-    assert_eq!(databases(), before);
+    assert_eq!(databases(&db), before);
     assert_eq!(c.fingerprint(&db), fp);
 }
 
@@ -480,11 +503,11 @@ fn at_and_name_pick_the_right_backup() {
     kb.ok(&["restore", "--name", "four", "--yes", "--drop-old"]);
     assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "4");
     assert!(
-        !databases()
+        !databases(&db)
             .iter()
             .any(|d| d.starts_with(&format!("{db}_pre_restore_"))),
         "--drop-old left {:?}",
-        databases()
+        databases(&db)
     );
 }
 
@@ -533,7 +556,7 @@ fn in_place_takes_a_safety_backup_first() {
     let r = kb.ok(&["restore", "--latest", "--in-place", "--yes"]);
     assert!(r.stderr().contains("Safety backup: "), "{}", r.stderr());
     assert_eq!(c.fingerprint(&db), at_backup);
-    assert!(!databases()
+    assert!(!databases(&db)
         .iter()
         .any(|d| d.starts_with(&format!("{db}_pre_restore_"))));
     // The safety backup holds the state just before the restore.
@@ -558,7 +581,7 @@ fn missing_roles_are_reported_first_and_with_globals_creates_them() {
     kb.ok(&["backup"]);
     c.psql("postgres", &format!("DROP DATABASE {db}"));
     c.psql("postgres", "DROP ROLE gone_owner");
-    let before = databases();
+    let before = databases(&db);
     let r = kb.run(&["restore", "--latest", "--yes"]);
     assert_eq!(r.code(), 1, "{}", r.all());
     assert!(
@@ -573,7 +596,7 @@ fn missing_roles_are_reported_first_and_with_globals_creates_them() {
         r.stderr()
     );
     assert_eq!(
-        databases(),
+        databases(&db),
         before,
         "something changed before the roles were reported"
     );

@@ -448,6 +448,26 @@ pub fn derived_name(base: &str, suffix: &str) -> String {
     format!("{}{suffix}", &base[..end])
 }
 
+/// The scratch database a restore of `target` goes into first.
+fn scratch_name(target: &str, now: DateTime<Local>) -> String {
+    derived_name(
+        target,
+        &format!(
+            "_kbrestore_{}_{}",
+            now.format("%Y%m%d%H%M%S"),
+            std::process::id()
+        ),
+    )
+}
+
+/// The name the replaced database is kept under.
+fn old_name(target: &str, now: DateTime<Local>) -> String {
+    derived_name(
+        target,
+        &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")),
+    )
+}
+
 /// CREATE DATABASE for a restore target: the archive's encoding and locale, and
 /// its owner when that role exists.
 fn create_database_sql(
@@ -723,14 +743,7 @@ async fn via_scratch(
     drop_old: bool,
 ) -> Result<Option<String>> {
     let now = Local::now();
-    let scratch = derived_name(
-        target,
-        &format!(
-            "_kbrestore_{}_{}",
-            now.format("%Y%m%d%H%M%S"),
-            std::process::id()
-        ),
-    );
+    let scratch = scratch_name(target, now);
     tracing::info!("Creating scratch database {scratch}...");
     create_database(pg, &scratch, &checked.summary).await?;
     let undo_scratch = cleanup::register(pg, drop_statements(&scratch));
@@ -745,14 +758,7 @@ async fn via_scratch(
     }
 
     let old = if target_exists {
-        let old = free_name(
-            pg,
-            &derived_name(
-                target,
-                &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")),
-            ),
-        )
-        .await?;
+        let old = free_name(pg, &old_name(target, now)).await?;
         swap(pg, target, &scratch, &old).await.inspect_err(|_| {
             tracing::error!("{target} was not touched; the restored copy is dropped");
         })?;
@@ -1116,14 +1122,7 @@ fn print_plan(
             n + 2
         );
     } else {
-        let scratch = derived_name(
-            target,
-            &format!(
-                "_kbrestore_{}_{}",
-                now.format("%Y%m%d%H%M%S"),
-                std::process::id()
-            ),
-        );
+        let scratch = scratch_name(target, now);
         println!(
             "  1. {}",
             create_database_sql(&scratch, &checked.summary, true, true)
@@ -1131,10 +1130,7 @@ fn print_plan(
         println!("  2. {}", into(&scratch));
         println!("  3. check every table and its row count against the backup (on failure: drop {scratch}, stop)");
         if existing.is_some() {
-            let old = derived_name(
-                target,
-                &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")),
-            );
+            let old = old_name(target, now);
             println!(
                 "  4. ALTER DATABASE {} WITH ALLOW_CONNECTIONS false; end its sessions",
                 ident(target)
