@@ -104,7 +104,7 @@ fn restore_drill_puts_back_exactly_what_was_backed_up() {
     let db = drill_db("drill");
     c.psql(
         &db,
-        &format!("COMMENT ON DATABASE {db} IS 'drill database'"),
+        &format!("COMMENT ON DATABASE {db} IS 'drill database'; ALTER DATABASE {db} OWNER TO drill_owner"),
     );
     let fp = c.fingerprint(&db);
     let ex = extras(c, &db);
@@ -149,7 +149,10 @@ fn restore_drill_puts_back_exactly_what_was_backed_up() {
         ex,
         "sequences, large objects, comments, owners, privileges..."
     );
-    assert_eq!(c.psql(&db, &format!("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{db}'")), "drill database");
+    assert_eq!(
+        c.psql(&db, &format!("SELECT shobj_description(oid, 'pg_database') || '/' || pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{db}'")),
+        "drill database/drill_owner"
+    );
     // The trigger works in the restored copy.
     c.psql(&db, "UPDATE app.items SET name = name WHERE id = 1");
     assert_eq!(
