@@ -63,6 +63,11 @@ pub enum Command {
     List(ListArgs),
     /// Restore a backup: checked, restored into a scratch database, verified, then swapped in.
     Restore(RestoreArgs),
+    /// Prove backups restorable: checksum and archive read (--quick), or a test
+    /// restore into a temporary database with the full set of checks.
+    Verify(VerifyArgs),
+    /// Health for monitoring: newest backup per tier, last run, last verification; exit 1 when unhealthy.
+    Status(StatusArgs),
     /// Apply the retention policy on its own.
     Rotate(RotateArgs),
     /// Print the effective settings and where each came from (secrets redacted).
@@ -160,4 +165,42 @@ pub struct RestoreArgs {
     /// Create the roles the backup needs and the server lacks, from the globals saved with it.
     #[arg(long)]
     pub with_globals: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("which").multiple(false).args(["path", "latest", "all", "tier"])))]
+pub struct VerifyArgs {
+    /// A backup file: absolute, or relative to BACKUP_DIR.
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// The newest backup (the default).
+    #[arg(long)]
+    pub latest: bool,
+    /// Every backup in the store (tier copies of one file are checked once).
+    #[arg(long)]
+    pub all: bool,
+    /// Every backup in one tier.
+    #[arg(long, value_enum)]
+    pub tier: Option<crate::naming::Tier>,
+    /// Checksum and a full read of the archive only: no test restore.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Run the test restore on this server instead: HOST[:PORT] or a socket
+    /// directory (also BACKUP_VERIFY_HOST / BACKUP_VERIFY_PORT).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Unhealthy when the newest backup is older than this (default BACKUP_MAX_AGE,
+    /// else twice BACKUP_INTERVAL).
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<String>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -85,6 +85,22 @@ pub const SETTINGS: &[Spec] = &[
         doc: "zstd level for the dump (1-19; 1 measured smaller and faster than 3 on the reference data)." },
     Spec { key: "backup.timeout", env: &["BACKUP_TIMEOUT"], default: None, secret: false,
         doc: "Give up on a pg_dump that runs longer than this (e.g. 2h, 90m; unset: no limit)." },
+    Spec { key: "backup.interval", env: &["BACKUP_INTERVAL"], default: Some("1h"), secret: false,
+        doc: "How often backups are expected (the cron schedule): status's default --max-age is twice this." },
+    Spec { key: "backup.max_age", env: &["BACKUP_MAX_AGE"], default: None, secret: false,
+        doc: "status is unhealthy when the newest backup is older than this (default: twice BACKUP_INTERVAL)." },
+    Spec { key: "backup.metrics_file", env: &["BACKUP_METRICS_FILE"], default: None, secret: false,
+        doc: "Prometheus textfile (node_exporter's textfile collector, a .prom file) rewritten after every backup and verify." },
+    Spec { key: "verify.host", env: &["BACKUP_VERIFY_HOST"], default: None, secret: false,
+        doc: "Verify on a separate server (host or socket directory) instead of the backed-up one." },
+    Spec { key: "verify.port", env: &["BACKUP_VERIFY_PORT"], default: None, secret: false,
+        doc: "Port of the verification server (default 5432)." },
+    Spec { key: "verify.user", env: &["BACKUP_VERIFY_USER"], default: None, secret: false,
+        doc: "Role on the verification server (default: DB_USER)." },
+    Spec { key: "verify.password", env: &["BACKUP_VERIFY_PASSWORD"], default: None, secret: true,
+        doc: "Password on the verification server (never the production one by default)." },
+    Spec { key: "verify.container", env: &["BACKUP_VERIFY_CONTAINER"], default: None, secret: false,
+        doc: "Verify inside this Docker container instead (docker exec)." },
     Spec { key: "log.debug", env: &["DEBUG"], default: Some("false"), secret: false,
         doc: "Verbose logs, including every child command line (true/false)." },
     Spec { key: "log.format", env: &["BACKUP_LOG_FORMAT"], default: Some("text"), secret: false,
@@ -192,6 +208,11 @@ pub struct Config {
     pub debug: bool,
     /// ENVIRONMENT=production (or prod): restores warn loudly before replacing data.
     pub production: bool,
+    /// The age past which status is unhealthy (default twice BACKUP_INTERVAL).
+    pub max_age: Duration,
+    pub metrics_file: Option<PathBuf>,
+    /// A separate server for `verify` (None: the backed-up server).
+    pub verify_server: Option<DbConfig>,
     /// Every setting with its resolved value and source, for `kbackup config`.
     pub resolved: Vec<(&'static Spec, Option<Raw>)>,
 }
@@ -574,6 +595,34 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         })?
         .unwrap_or(LogFormat::Text);
 
+    let duration = |key: &str| {
+        values.parse(key, "a duration such as 90m, 1h or 2d", |s| {
+            humantime::parse_duration(s).ok().filter(|d| !d.is_zero())
+        })
+    };
+    let interval = duration("backup.interval")?.unwrap_or(Duration::from_secs(3600));
+    let max_age = duration("backup.max_age")?.unwrap_or(interval * 2);
+    let metrics_file = values.string("backup.metrics_file").map(|f| cwd.join(f));
+    let verify_port = values.parse("verify.port", "a TCP port number (1-65535)", |s| {
+        s.parse::<u16>().ok().filter(|p| *p > 0)
+    })?;
+    let verify_host = values.string("verify.host");
+    let verify_container = values.string("verify.container");
+    let verify_server = (verify_host.is_some()
+        || verify_container.is_some()
+        || verify_port.is_some())
+    .then(|| DbConfig {
+        name: db.name.clone(),
+        user: values
+            .string("verify.user")
+            .unwrap_or_else(|| db.user.clone()),
+        password: values.string("verify.password").map(Secret),
+        host: verify_host,
+        port: verify_port.unwrap_or(5432),
+        container: verify_container,
+        bin_dir: db.bin_dir.clone(),
+        maintenance_db: db.maintenance_db.clone(),
+    });
     let production = values
         .string("restore.environment")
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "production" | "prod"));
@@ -605,6 +654,9 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         log_format,
         debug,
         production,
+        max_age,
+        metrics_file,
+        verify_server,
         resolved,
     })
 }

@@ -1,6 +1,7 @@
 //! kbackup: parse, load settings, start logging, dispatch, map errors to exit codes.
 
 mod archive;
+mod checks;
 mod cleanup;
 mod cli;
 mod clock;
@@ -10,11 +11,14 @@ mod dump;
 mod error;
 mod logging;
 mod manifest;
+mod metrics;
 mod naming;
+mod notify;
 mod postgres;
 mod process;
 mod retention;
 mod select;
+mod state;
 mod store;
 
 use std::process::ExitCode;
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Command::Backup(a) => !a.dry_run,
         Command::Rotate(a) => !a.dry_run,
         Command::Restore(a) => !a.dry_run,
+        Command::Verify(_) => true,
         _ => false,
     };
     let log_dir = writes_store.then_some(cfg.backup_dir.as_path());
@@ -99,6 +104,8 @@ async fn dispatch(command: &Command, cfg: &config::Config) -> anyhow::Result<()>
         Command::List(a) => commands::list::run(cfg, a),
         Command::Restore(a) => commands::restore::run(cfg, a).await,
         Command::Rotate(a) => commands::rotate::run(cfg, a),
+        Command::Verify(a) => commands::verify::run(cfg, a).await,
+        Command::Status(a) => commands::status::run(cfg, a),
         Command::Config(a) => commands::config::run(cfg, a),
     }
 }

@@ -66,6 +66,63 @@ pub struct GlobalsInfo {
     pub role_passwords: bool,
 }
 
+/// `<stem>.verify.json`: when a backup was last verified, how, and what each check found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    #[serde(with = "rfc3339")]
+    pub verified_at: DateTime<FixedOffset>,
+    pub quick: bool,
+    pub passed: bool,
+    /// The SHA-256 of the file that was verified.
+    pub sha256: String,
+    /// The server the test restore ran on (full verification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    pub duration_ms: u64,
+    pub checks: Vec<Check>,
+}
+
+/// `<stem>.verify.json`: the last full and the last quick verification (a quick
+/// check never erases what a full one proved).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verifications {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<Verification>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quick: Option<Verification>,
+}
+
+impl Verifications {
+    /// The one to show: a full verification when there is one, else the quick.
+    pub fn best(&self) -> Option<&Verification> {
+        self.full.as_ref().or(self.quick.as_ref())
+    }
+
+    pub fn with(mut self, v: Verification) -> Self {
+        if v.quick {
+            self.quick = Some(v);
+        } else {
+            self.full = Some(v);
+        }
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
 impl Manifest {
     pub fn total_rows(&self) -> Option<u64> {
         self.archive.tables.iter().map(|t| t.rows).sum()

@@ -106,6 +106,10 @@ impl Format {
 
 pub const MANIFEST_EXT: &str = "manifest.json";
 pub const GLOBALS_EXT: &str = "globals.sql";
+/// The record of the last verification of a dump.
+pub const VERIFY_EXT: &str = "verify.json";
+/// Every sidecar a dump can have.
+pub const SIDECARS: [&str; 3] = [MANIFEST_EXT, GLOBALS_EXT, VERIFY_EXT];
 
 pub fn sidecar(stem: &str, ext: &str) -> String {
     format!("{stem}.{ext}")

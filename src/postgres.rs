@@ -63,6 +63,18 @@ impl Postgres {
         }
     }
 
+    /// The server alone, without the database: `localhost:5432`, `container pg`.
+    pub fn describe_server(&self) -> String {
+        match &self.db.container {
+            Some(c) => format!("container {c}"),
+            None => format!(
+                "{}:{}",
+                self.db.host.as_deref().unwrap_or("local socket"),
+                self.db.port
+            ),
+        }
+    }
+
     /// A client tool, run locally or inside the container, with the connection
     /// settings every tool shares. `--no-password` makes a missing password an
     /// error instead of a prompt that would hang cron.

@@ -134,6 +134,7 @@ mod tests {
             time: DateTime::parse_from_rfc3339(time).unwrap(),
             manifest: None,
             manifest_error: None,
+            verification: Default::default(),
         }
     }
 

@@ -17,8 +17,10 @@ use chrono::{DateTime, FixedOffset, Local};
 use tempfile::NamedTempFile;
 
 use crate::error::locked;
-use crate::manifest::Manifest;
-use crate::naming::{self, Calendar, Format, Parsed, Tier, GLOBALS_EXT, MANIFEST_EXT};
+use crate::manifest::{Manifest, Verification, Verifications};
+use crate::naming::{
+    self, Calendar, Format, Parsed, Tier, GLOBALS_EXT, MANIFEST_EXT, SIDECARS, VERIFY_EXT,
+};
 
 const LOCK_FILE: &str = ".kbackup.lock";
 const PARTIAL_PREFIX: &str = ".kbackup-";
@@ -42,6 +44,8 @@ pub struct Backup {
     pub manifest: Option<Manifest>,
     /// Why a manifest that exists could not be read.
     pub manifest_error: Option<String>,
+    /// The last full and quick verifications.
+    pub verification: Verifications,
 }
 
 impl Backup {
@@ -56,6 +60,44 @@ impl Backup {
             .map(|m| m.database.as_str())
             .unwrap_or(&self.parsed.prefix)
     }
+}
+
+/// A backup file outside the store's listing (`--file /mnt/elsewhere/x.dump.zst`),
+/// with its manifest and globals when they sit beside it.
+pub struct LooseFile {
+    pub manifest: Option<Manifest>,
+    pub globals: Option<PathBuf>,
+}
+
+/// Opens a loose backup file; `what` names the input for the error (`--file X`).
+pub fn loose_file(path: &Path, what: &str, root: &Path) -> Result<LooseFile> {
+    if !path.is_file() {
+        return Err(crate::error::usage(format!(
+            "{what}: no such backup file; give a path relative to BACKUP_DIR ({}) or an absolute one (see `kbackup list`)",
+            root.display()
+        )));
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = Format::split(&name).map(|(s, _)| s.to_string());
+    let sidecar = |ext: &str| {
+        stem.as_ref()
+            .map(|s| path.with_file_name(naming::sidecar(s, ext)))
+            .filter(|p| p.exists())
+    };
+    let manifest = match sidecar(MANIFEST_EXT) {
+        Some(p) => Some(
+            serde_json::from_slice::<Manifest>(&fs::read(&p)?)
+                .with_context(|| format!("cannot read the manifest {}", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok(LooseFile {
+        manifest,
+        globals: sidecar(GLOBALS_EXT),
+    })
 }
 
 /// Holds the store's lock until dropped; the kernel releases it when the process
@@ -106,8 +148,20 @@ impl Store {
 
     /// Takes the store's lock, or fails at once (exit 3) naming the holder.
     pub fn lock(&self, command: &str) -> Result<StoreLock> {
+        self.lock_file(&self.root.join(LOCK_FILE), command)
+    }
+
+    /// Serializes verifications without blocking backups (a long verify must
+    /// never make the hourly backup skip).
+    pub fn verify_lock(&self) -> Result<StoreLock> {
+        let dir = self.root.join(crate::state::STATE_DIR);
+        create_private_dir(&dir)?;
+        self.lock_file(&dir.join("verify.lock"), "verify")
+    }
+
+    fn lock_file(&self, path: &Path, command: &str) -> Result<StoreLock> {
         self.ensure_root()?;
-        let path = self.root.join(LOCK_FILE);
+        let path = path.to_path_buf();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -160,7 +214,7 @@ impl Store {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let partial = name.starts_with(PARTIAL_PREFIX) && name.ends_with(PARTIAL_SUFFIX);
-                let orphan = [MANIFEST_EXT, GLOBALS_EXT].iter().any(|ext| {
+                let orphan = SIDECARS.iter().any(|ext| {
                     name.strip_suffix(ext)
                         .and_then(|s| s.strip_suffix('.'))
                         .is_some_and(|stem| {
@@ -209,6 +263,11 @@ impl Store {
                 let path = entry.path();
                 let manifest_path =
                     path.with_file_name(naming::sidecar(&parsed.stem, MANIFEST_EXT));
+                let verification =
+                    fs::read(path.with_file_name(naming::sidecar(&parsed.stem, VERIFY_EXT)))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or_default();
                 let (manifest, manifest_error) = match fs::read(&manifest_path) {
                     Ok(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
                         Ok(m) => (Some(m), None),
@@ -234,6 +293,7 @@ impl Store {
                     time,
                     manifest,
                     manifest_error,
+                    verification,
                 });
             }
         }
@@ -254,6 +314,7 @@ impl Store {
             Format::Custom.ext(),
             MANIFEST_EXT,
             GLOBALS_EXT,
+            VERIFY_EXT,
         ]
         .iter()
         .any(|ext| dir.join(format!("{stem}.{ext}")).exists())
@@ -330,11 +391,21 @@ impl Store {
         Ok(dir.join(naming::sidecar(stem, format.ext())))
     }
 
+    /// Records a verification beside `b` and every tier copy of the same file
+    /// (hard links share an inode: verifying one verified them all).
+    pub fn record_verification(&self, copies: &[&Backup], v: &Verification) -> Result<()> {
+        for b in copies {
+            let json = serde_json::to_vec_pretty(&b.verification.clone().with(v.clone()))?;
+            write_replace(&b.sidecar(VERIFY_EXT), &json)?;
+        }
+        Ok(())
+    }
+
     /// Deletes a dump and its sidecars (dump first: a sidecar without its dump is
     /// ignored by every reader).
     pub fn delete(&self, b: &Backup) -> Result<()> {
         fs::remove_file(&b.path).with_context(|| format!("cannot delete {}", b.path.display()))?;
-        for ext in [MANIFEST_EXT, GLOBALS_EXT] {
+        for ext in SIDECARS {
             match fs::remove_file(b.sidecar(ext)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     return Err(e)
@@ -424,6 +495,28 @@ pub fn write_new(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist_noclobber(path)
         .map_err(|e| anyhow!(e.error))
         .with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(())
+}
+
+/// Replaces `path` atomically (temporary file in the same folder, fsync,
+/// rename): for state and metrics files, never for backups.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_replace_mode(path, bytes, 0o600)
+}
+
+/// [`write_replace`] with the given permissions (a metrics file is read by
+/// node_exporter, another user).
+pub fn write_replace_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().context("a file in a folder")?;
+    create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut tmp = temp_in(dir)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!(e.error))
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

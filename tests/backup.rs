@@ -760,21 +760,7 @@ fn seed_era_files_are_listed_and_rotated() {
         ("daily", "2025-12-26"),
         ("weekly", "2025-W52"),
     ] {
-        std::fs::create_dir_all(kb.store.join(tier)).unwrap();
-        let out = kb.store.join(format!("{tier}/{db}_{name}.dump"));
-        run_ok(
-            Command::new(pg_bin().join("pg_dump"))
-                .args([
-                    "-Fc",
-                    "-h",
-                    c.socket.to_str().unwrap(),
-                    "-U",
-                    "postgres",
-                    "-f",
-                ])
-                .arg(&out)
-                .arg(&db),
-        );
+        seed_dump(&kb, &db, &format!("{tier}/{db}_{name}.dump"));
     }
     let list = kb.list_json();
     assert_eq!(list.len(), 4);

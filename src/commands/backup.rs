@@ -20,6 +20,7 @@ use crate::postgres::{Postgres, ServerInfo};
 use crate::process::{ProcessError, StreamError};
 use crate::retention;
 use crate::store::{human_size, Staged, Store};
+use crate::{metrics, notify, state};
 
 /// Where a backup goes: its tier and label (the hourly time, or the --name).
 pub(crate) struct Target {
@@ -83,6 +84,19 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
     }
 
     let _lock = store.lock("backup")?;
+    let started = cfg.calendar.zone.local_time(Utc::now());
+    let result = job(cfg, &store, &pg, &mut target).await;
+    record(cfg, &store, started, &result).await;
+    result.map(|_| ())
+}
+
+/// The job under the lock: take, place, rotate. Returns the dump and its size.
+async fn job(
+    cfg: &Config,
+    store: &Store,
+    pg: &Postgres,
+    target: &mut Target,
+) -> Result<(std::path::PathBuf, u64)> {
     tracing::info!("Starting backup...");
     for p in store.remove_leftovers()? {
         tracing::warn!(
@@ -100,7 +114,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         )));
     }
 
-    let (path, stem, size) = take(cfg, &store, &pg, &mut target).await?;
+    let (path, stem, size) = take(cfg, store, pg, target).await?;
     tracing::info!("Dump created: {} ({})", path.display(), human_size(size));
 
     if target.tier == Tier::Hourly {
@@ -121,7 +135,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
     let now = Utc::now().max(target.taken_at);
     let decisions = rotate::plan(cfg, &backups, now);
-    rotate::apply(&store, &decisions)?;
+    rotate::apply(store, &decisions)?;
 
     let after = store.scan(&cfg.calendar, &cfg.prefix)?;
     tracing::info!(
@@ -129,7 +143,55 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         human_size(store.disk_usage()),
         list::tier_counts(&after)
     );
-    Ok(())
+    Ok((path, size))
+}
+
+/// Keeps the run's outcome for `status` and the metrics file, and raises the
+/// alert when it failed. A failure to record is logged, never hides the result.
+async fn record(
+    cfg: &Config,
+    store: &Store,
+    started: chrono::DateTime<chrono::FixedOffset>,
+    result: &Result<(std::path::PathBuf, u64)>,
+) {
+    let finished = cfg.calendar.zone.local_time(Utc::now());
+    let previous = state::last_backup(&store.root);
+    let run = state::BackupRun {
+        database: cfg.db.name.clone(),
+        started_at: started,
+        finished_at: finished,
+        ok: result.is_ok(),
+        error: result.as_ref().err().map(|e| format!("{e:#}")),
+        path: result.as_ref().ok().map(|(p, _)| {
+            p.strip_prefix(&store.root)
+                .unwrap_or(p)
+                .display()
+                .to_string()
+        }),
+        size_bytes: result.as_ref().ok().map(|(_, s)| *s),
+        last_success_at: if result.is_ok() {
+            Some(finished)
+        } else {
+            previous.and_then(|p| p.last_success_at)
+        },
+    };
+    if let Err(e) = state::record_backup(&store.root, &run) {
+        tracing::warn!("cannot record the run's result for `kbackup status`: {e:#}");
+    }
+    if let Err(e) = metrics::update(cfg, store) {
+        tracing::warn!("cannot write the metrics file: {e:#}");
+    }
+    if let Err(e) = result {
+        notify::alert(
+            cfg,
+            notify::Alert {
+                kind: notify::Kind::Backup,
+                title: format!("Backup of {} failed", cfg.db.name),
+                body: format!("{e:#}"),
+            },
+        )
+        .await;
+    }
 }
 
 /// Takes one backup into `target`'s tier and publishes it (no tier copies, no
@@ -408,5 +470,6 @@ fn hypothetical(
         time: cfg.calendar.zone.local_time(target.taken_at),
         manifest: None,
         manifest_error: None,
+        verification: Default::default(),
     }
 }

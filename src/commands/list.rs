@@ -31,6 +31,9 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                     "manifest": b.manifest.is_some(),
                     "name": if b.tier == Tier::Named { Some(&b.parsed.label) } else { None },
                     "rows": b.manifest.as_ref().and_then(|m| m.total_rows()),
+                    "verified": b.verification.best().map(|v| json!({
+                        "at": v.verified_at.to_rfc3339(), "passed": v.passed, "quick": v.quick,
+                    })),
                 })
             })
             .collect();
@@ -43,8 +46,8 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
         println!("  (none)");
     } else {
         println!(
-            "{:8} {:25} {:>6} {:>7}  {:8}  FILE",
-            "TIER", "TIME", "AGE", "SIZE", "MANIFEST"
+            "{:8} {:25} {:>6} {:>7}  {:8}  {:14}  FILE",
+            "TIER", "TIME", "AGE", "SIZE", "MANIFEST", "VERIFIED"
         );
         for b in &shown {
             let manifest = match (&b.manifest, &b.manifest_error) {
@@ -52,13 +55,26 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                 (None, Some(_)) => "unreadable",
                 (None, None) => "no",
             };
+            let verified = match b.verification.best() {
+                Some(v) => format!(
+                    "{} {}",
+                    match (v.passed, v.quick) {
+                        (true, true) => "quick",
+                        (true, false) => "full",
+                        (false, _) => "FAILED",
+                    },
+                    age(v.verified_at, now)
+                ),
+                None => "-".to_string(),
+            };
             println!(
-                "{:8} {:25} {:>6} {:>7}  {:8}  {}",
+                "{:8} {:25} {:>6} {:>7}  {:8}  {:14}  {}",
                 b.tier.dir(),
                 b.time.format("%Y-%m-%d %H:%M:%S %:z").to_string(),
                 age(b.time, now),
                 human_size(b.size),
                 manifest,
+                verified,
                 b.rel_path
             );
         }

@@ -5,3 +5,5 @@ pub mod config;
 pub mod list;
 pub mod restore;
 pub mod rotate;
+pub mod status;
+pub mod verify;

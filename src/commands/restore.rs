@@ -22,6 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, FixedOffset, Local, Utc};
 
 use crate::archive::{self, Summary, TableData};
+use crate::checks;
 use crate::cleanup;
 use crate::cli::RestoreArgs;
 use crate::clock;
@@ -31,11 +32,11 @@ use crate::config::Config;
 use crate::dump;
 use crate::error::usage;
 use crate::manifest::Manifest;
-use crate::naming::{self, Tier, GLOBALS_EXT, MANIFEST_EXT};
+use crate::naming::{Tier, GLOBALS_EXT};
 use crate::postgres::{ident, literal, version_major, Postgres};
 use crate::process::StreamError;
 use crate::select::{self, Selection, Selector};
-use crate::store::{human_size, Store};
+use crate::store::{human_size, loose_file, Store};
 
 /// PostgreSQL's limit on identifier length, in bytes.
 const MAX_IDENT: usize = 63;
@@ -192,37 +193,13 @@ fn choose(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> {
             }
         }
         Selection::External(path) => {
-            if !path.is_file() {
-                return Err(usage(format!(
-                    "--file {}: no such backup file; give a path relative to BACKUP_DIR ({}) or an absolute one \
-                     (see `kbackup list`)",
-                    path.display(),
-                    store.root.display()
-                )));
-            }
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let stem = naming::Format::split(&name).map(|(s, _)| s.to_string());
-            let sidecar = |ext: &str| {
-                stem.as_ref()
-                    .map(|s| path.with_file_name(naming::sidecar(s, ext)))
-                    .filter(|p| p.exists())
-            };
-            let manifest = match sidecar(MANIFEST_EXT) {
-                Some(p) => Some(
-                    serde_json::from_slice::<Manifest>(&std::fs::read(&p)?)
-                        .with_context(|| format!("cannot read the manifest {}", p.display()))?,
-                ),
-                None => None,
-            };
+            let loose = loose_file(&path, &format!("--file {}", path.display()), &store.root)?;
             Source {
-                time: manifest.as_ref().map(|m| m.started_at),
+                time: loose.manifest.as_ref().map(|m| m.started_at),
                 shown: path.display().to_string(),
-                globals: sidecar(GLOBALS_EXT),
+                globals: loose.globals,
                 path,
-                manifest,
+                manifest: loose.manifest,
             }
         }
     })
@@ -583,7 +560,7 @@ fn retarget(statement: &str, original: &str, new: &str) -> String {
     out
 }
 
-async fn create_database(pg: &Postgres, name: &str, summary: &Summary) -> Result<()> {
+pub(crate) async fn create_database(pg: &Postgres, name: &str, summary: &Summary) -> Result<()> {
     let owner_exists = match &summary.database_entries.owner {
         Some(o) => !pg
             .query(
@@ -611,7 +588,7 @@ async fn create_database(pg: &Postgres, name: &str, summary: &Summary) -> Result
 }
 
 /// Terminates other sessions, then drops the database (retrying while they exit).
-async fn drop_database(pg: &Postgres, name: &str) -> Result<()> {
+pub(crate) async fn drop_database(pg: &Postgres, name: &str) -> Result<()> {
     let mut last = None;
     for _ in 0..40 {
         let terminate = format!(
@@ -671,65 +648,27 @@ async fn restore_and_check(
 
 /// Every table present, with the backup's row count. Returns (tables, rows).
 async fn verify(pg: &Postgres, db: &str, expected: &[TableData]) -> Result<(usize, u64)> {
-    let present: BTreeSet<(String, String)> = pg
-        .query(
-            db,
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r','p','m','f')",
-        )
-        .await?
-        .into_iter()
-        .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.clone())))
-        .collect();
-    let missing: Vec<String> = expected
+    let counts = checks::row_counts(pg, db, expected).await?;
+    let mismatches: Vec<String> = expected
         .iter()
-        .filter(|t| !present.contains(&(t.schema.clone(), t.name.clone())))
-        .map(|t| format!("{}.{}", t.schema, t.name))
+        .zip(&counts)
+        .filter(|(t, n)| t.rows.is_some_and(|want| want != **n))
+        .map(|(t, n)| {
+            format!(
+                "{}.{}: restored {n}, backup {}",
+                t.schema,
+                t.name,
+                t.rows.unwrap_or_default()
+            )
+        })
         .collect();
-    if !missing.is_empty() {
-        bail!("tables missing after the restore: {}", missing.join(", "));
-    }
-    let mut total = 0u64;
-    let mut mismatches = Vec::new();
-    for chunk in expected.chunks(200) {
-        let sql = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                format!(
-                    "SELECT {i}, count(*) FROM {}.{}",
-                    ident(&t.schema),
-                    ident(&t.name)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
-        for row in pg.query(db, &sql).await? {
-            let (Some(i), Some(n)) = (
-                row.first().and_then(|v| v.parse::<usize>().ok()),
-                row.get(1).and_then(|v| v.parse::<u64>().ok()),
-            ) else {
-                bail!("unexpected answer while counting rows: {row:?}");
-            };
-            let t = &chunk[i];
-            total += n;
-            if let Some(want) = t.rows {
-                if want != n {
-                    mismatches.push(format!(
-                        "{}.{}: restored {n}, backup {want}",
-                        t.schema, t.name
-                    ));
-                }
-            }
-        }
-    }
     if !mismatches.is_empty() {
         bail!(
             "row counts differ from the backup's: {}",
             mismatches.join("; ")
         );
     }
-    Ok((expected.len(), total))
+    Ok((expected.len(), counts.iter().sum()))
 }
 
 /// Steps 2-4 through a scratch database. Returns the kept old database's name.
@@ -788,7 +727,7 @@ async fn via_scratch(
     }
 }
 
-fn drop_statements(db: &str) -> Vec<String> {
+pub(crate) fn drop_statements(db: &str) -> Vec<String> {
     vec![
         format!(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {}",

@@ -93,6 +93,12 @@ pub fn cluster() -> &'static Cluster {
     C.get_or_init(start_cluster)
 }
 
+/// Another server, for what must run away from the first (verification).
+pub fn second_cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(start_cluster)
+}
+
 fn start_cluster() -> Cluster {
     let bin = pg_bin();
     let dir = tempfile::Builder::new()
@@ -257,6 +263,48 @@ CREATE VIEW recent AS SELECT * FROM events ORDER BY id DESC LIMIT 5;
 SELECT lo_from_bytea(0, 'large object payload');
 "#;
 
+/// Many kinds of objects, as the restore drill asks.
+pub const DRILL_SQL: &str = r#"
+DO $$ BEGIN CREATE ROLE drill_owner LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE drill_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+CREATE EXTENSION citext;
+CREATE SCHEMA app AUTHORIZATION drill_owner;
+CREATE SCHEMA "Weird Schema";
+CREATE SCHEMA données;
+CREATE TABLE app.items (id serial PRIMARY KEY, name citext NOT NULL, tags text[], doc jsonb, blob bytea,
+                        price numeric(30,10), made timestamptz, updated int DEFAULT 0);
+INSERT INTO app.items (name, tags, doc, blob, price, made)
+  SELECT 'Item ' || g || E'\ttab\\back', ARRAY['a' || g, NULL, 'é'], jsonb_build_object('g', g, 'nested', jsonb_build_array(g, 'x')),
+         decode(md5(g::text), 'hex'), g * 1.0000000001, timestamptz '2025-01-01' + g * interval '1 hour'
+  FROM generate_series(1, 500) g;
+INSERT INTO app.items (name, tags, doc, blob, price, made) VALUES (E'multi\nline', '{}', 'null', '', NULL, NULL);
+CREATE TABLE app.lines (id bigserial PRIMARY KEY, item_id int NOT NULL REFERENCES app.items(id), qty int CHECK (qty > 0));
+INSERT INTO app.lines (item_id, qty) SELECT 1 + g % 500, 1 + g % 9 FROM generate_series(1, 1500) g;
+CREATE TABLE "Weird Schema"."Mixed Case ""Table""" ("Ünïcödé col" text, "select" int);
+INSERT INTO "Weird Schema"."Mixed Case ""Table""" VALUES ('ä', 1), ('日本語', 2), (NULL, NULL);
+CREATE TABLE données.résumé (id int, texte text);
+INSERT INTO données.résumé SELECT g, 'ligne ' || g FROM generate_series(1, 30) g;
+CREATE TABLE app.events (id bigint, at date NOT NULL, payload text) PARTITION BY RANGE (at);
+CREATE TABLE app.events_2025_01 PARTITION OF app.events FOR VALUES FROM ('2025-01-01') TO ('2025-02-01');
+CREATE TABLE app.events_2025_02 PARTITION OF app.events FOR VALUES FROM ('2025-02-01') TO ('2025-03-01');
+CREATE TABLE app.events_other PARTITION OF app.events DEFAULT;
+INSERT INTO app.events SELECT g, date '2025-01-01' + (g % 80), 'p' || g FROM generate_series(1, 800) g;
+CREATE SEQUENCE app.counter START 100;
+SELECT nextval('app.counter') FROM generate_series(1, 7);
+CREATE VIEW app.expensive AS SELECT id, name FROM app.items WHERE price > 250;
+CREATE MATERIALIZED VIEW app.item_count AS SELECT count(*) AS n FROM app.items;
+CREATE FUNCTION app.touch() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN NEW.updated := NEW.updated + 1; RETURN NEW; END $f$;
+CREATE TRIGGER items_touch BEFORE UPDATE ON app.items FOR EACH ROW EXECUTE FUNCTION app.touch();
+SELECT lo_from_bytea(0, convert_to('first large object', 'UTF8'));
+SELECT lo_from_bytea(0, decode(repeat('00ff', 5000), 'hex'));
+COMMENT ON TABLE app.items IS 'Things we sell';
+COMMENT ON COLUMN app.items.price IS 'in euros';
+ALTER TABLE app.items OWNER TO drill_owner;
+ALTER TABLE app.lines OWNER TO drill_owner;
+GRANT SELECT ON app.items TO drill_reader;
+GRANT USAGE ON SCHEMA app TO drill_reader;
+"#;
+
 /// One test's world: a store folder and the environment kbackup runs with.
 pub struct Kb {
     pub home: tempfile::TempDir,
@@ -391,6 +439,26 @@ impl Run {
     pub fn all(&self) -> String {
         format!("--- stdout\n{}--- stderr\n{}", self.stdout(), self.stderr())
     }
+}
+
+/// Writes what the seed's backup.sh wrote: `pg_dump -Fc` of `db` at `rel` in the store.
+pub fn seed_dump(kb: &Kb, db: &str, rel: &str) {
+    let c = cluster();
+    let out = kb.store.join(rel);
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    run_ok(
+        Command::new(pg_bin().join("pg_dump"))
+            .args([
+                "-Fc",
+                "-h",
+                c.socket.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-f",
+            ])
+            .arg(&out)
+            .arg(db),
+    );
 }
 
 /// Restores a kbackup file by hand, as the README documents:

@@ -1,0 +1,188 @@
+//! `kbackup status`: what monitoring asks at any hour. Exit 0 when healthy; 1
+//! when the newest backup is older than the max age, the last run failed, the
+//! last verification failed, or there is no backup at all.
+
+use anyhow::Result;
+use chrono::{DateTime, FixedOffset, Utc};
+use serde_json::json;
+
+use crate::cli::StatusArgs;
+use crate::commands::list::age;
+use crate::config::Config;
+use crate::error::{usage, Coded, ExitKind};
+use crate::manifest::Verification;
+use crate::naming::Tier;
+use crate::state;
+use crate::store::{human_size, Store};
+
+pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
+    let max_age = match &args.max_age {
+        Some(s) => humantime::parse_duration(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                usage(format!(
+                    "--max-age {s:?}: expected a duration such as 2h or 90m"
+                ))
+            })?,
+        None => cfg.max_age,
+    };
+    let store = Store::new(cfg.backup_dir.clone());
+    let now = Utc::now();
+    let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
+    let ours: Vec<_> = backups
+        .iter()
+        .filter(|b| b.parsed.prefix == cfg.prefix)
+        .collect();
+    let last_run = state::last_backup(&store.root);
+    let last_verify = state::last_verify(&store.root);
+    let free = store.free_space().ok();
+
+    let mut problems = Vec::new();
+    let newest = ours.iter().max_by_key(|b| b.time);
+    match newest {
+        None => problems.push(format!(
+            "no backups of {} in {}",
+            cfg.db.name,
+            store.root.display()
+        )),
+        Some(b) => {
+            let age_secs = (now - b.time.with_timezone(&Utc)).num_seconds();
+            if age_secs > max_age.as_secs() as i64 {
+                problems.push(format!(
+                    "the newest backup ({}) is {} old, more than the max age {}",
+                    b.rel_path,
+                    age(b.time, now),
+                    humantime::format_duration(max_age)
+                ));
+            }
+        }
+    }
+    if let Some(run) = last_run.as_ref().filter(|r| !r.ok) {
+        problems.push(format!(
+            "the last backup run failed at {}: {}",
+            run.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
+            run.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    if let Some(v) = last_verify.as_ref().filter(|v| !v.ok) {
+        problems.push(format!(
+            "the last verification failed at {}: {}",
+            v.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
+            v.failed.join("; ")
+        ));
+    }
+
+    let verified = |v: Option<&Verification>| match v {
+        Some(v) => format!(
+            "{} {} {} ago",
+            if v.passed { "passed" } else { "FAILED" },
+            if v.quick { "quick" } else { "full" },
+            age(v.verified_at, now)
+        ),
+        None => "never verified".to_string(),
+    };
+    let when = |t: DateTime<FixedOffset>| {
+        format!(
+            "{} ({} ago)",
+            t.format("%Y-%m-%d %H:%M:%S %:z"),
+            age(t, now)
+        )
+    };
+
+    if args.json {
+        let tiers: serde_json::Map<String, serde_json::Value> = Tier::ALL
+            .iter()
+            .map(|t| {
+                let newest = ours.iter().filter(|b| b.tier == *t).max_by_key(|b| b.time);
+                (
+                    t.dir().to_string(),
+                    match newest {
+                        Some(b) => json!({
+                            "path": b.rel_path, "time": b.time.to_rfc3339(),
+                            "age_seconds": (now - b.time.with_timezone(&Utc)).num_seconds(),
+                            "size_bytes": b.size, "verification": b.verification.best(),
+                            "count": ours.iter().filter(|x| x.tier == *t).count(),
+                        }),
+                        None => serde_json::Value::Null,
+                    },
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "healthy": problems.is_empty(),
+                "problems": problems,
+                "database": cfg.db.name,
+                "store": store.root,
+                "max_age_seconds": max_age.as_secs(),
+                "newest": tiers,
+                "last_run": last_run,
+                "last_verify": last_verify,
+                "offsite_sync": null,
+                "disk_free_bytes": free,
+            }))?
+        );
+    } else {
+        println!(
+            "kbackup status for {} (store {})",
+            cfg.db.name,
+            store.root.display()
+        );
+        println!("Newest backup per tier:");
+        for t in Tier::ALL {
+            match ours.iter().filter(|b| b.tier == t).max_by_key(|b| b.time) {
+                Some(b) => println!(
+                    "  {:8} {:>6} old  {:>6}  {}  ({})",
+                    t.dir(),
+                    age(b.time, now),
+                    human_size(b.size),
+                    b.rel_path,
+                    verified(b.verification.best())
+                ),
+                None => println!("  {:8} none", t.dir()),
+            }
+        }
+        match &last_run {
+            Some(r) if r.ok => println!("Last backup run: succeeded at {}", when(r.finished_at)),
+            Some(r) => println!(
+                "Last backup run: FAILED at {}: {}",
+                when(r.finished_at),
+                r.error.as_deref().unwrap_or("")
+            ),
+            None => println!("Last backup run: none recorded"),
+        }
+        match &last_verify {
+            Some(v) => println!(
+                "Last verification: {} ({}, {} backups) at {}",
+                if v.ok { "passed" } else { "FAILED" },
+                if v.quick { "quick" } else { "full" },
+                v.checked.len(),
+                when(v.finished_at)
+            ),
+            None => println!("Last verification: none (run `kbackup verify`)"),
+        }
+        println!("Off-site sync: not configured");
+        if let Some(f) = free {
+            println!("Disk free in BACKUP_DIR: {}", human_size(f));
+        }
+        println!("Max age: {}", humantime::format_duration(max_age));
+        if problems.is_empty() {
+            println!("Health: OK");
+        } else {
+            println!("Health: UNHEALTHY");
+            for p in &problems {
+                println!("  - {p}");
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::Error::new(Coded {
+            kind: ExitKind::Failure,
+            message: format!("unhealthy: {}", problems.join("; ")),
+        }))
+    }
+}

@@ -1,0 +1,646 @@
+//! `kbackup verify`: "a backup you have never restored is not a backup".
+//!
+//! Quick: the checksum against the manifest and a full read of the archive
+//! (every block, every table's rows counted), compared with the manifest.
+//! Full (the default): that, then a test restore into a temporary database on
+//! the configured server or a separate verification server, and the Kaizen
+//! seed's checks, each reported pass/fail/skip with numbers. The temporary
+//! database is always dropped: on success, on failure, on Ctrl-C.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use chrono::Local;
+use serde::Serialize;
+
+use crate::archive::Summary;
+use crate::checks::{self, ObjectCounts};
+use crate::cleanup;
+use crate::cli::VerifyArgs;
+use crate::commands::restore::{create_database, derived_name, drop_database, drop_statements};
+use crate::config::{Config, DbConfig};
+use crate::dump;
+use crate::error::{usage, Coded, ExitKind};
+use crate::manifest::{Check, Manifest, Outcome, Verification};
+use crate::naming::GLOBALS_EXT;
+use crate::postgres::Postgres;
+use crate::store::{human_size, loose_file, Backup, Store};
+use crate::{metrics, notify, state};
+
+/// One file to verify, with every tier copy that shares it.
+struct Subject<'a> {
+    path: PathBuf,
+    shown: String,
+    manifest: Option<Manifest>,
+    globals: Option<PathBuf>,
+    copies: Vec<&'a Backup>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    path: String,
+    copies: Vec<String>,
+    #[serde(flatten)]
+    verification: Verification,
+}
+
+pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
+    let store = Store::new(cfg.backup_dir.clone());
+    let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
+    let subjects = choose(cfg, &store, &backups, args)?;
+    let server = server(cfg, args)?;
+    let _lock = store.verify_lock()?;
+
+    let mut reports = Vec::new();
+    for s in &subjects {
+        tracing::info!(
+            "Verifying {} ({})...",
+            s.shown,
+            if args.quick { "quick" } else { "full" }
+        );
+        let v = verify_one(cfg, &server, s, args.quick).await;
+        if !s.copies.is_empty() {
+            if let Err(e) = store.record_verification(&s.copies, &v) {
+                tracing::warn!("cannot record the verification of {}: {e:#}", s.shown);
+            }
+        }
+        if !args.json {
+            print_report(s, &v);
+        }
+        reports.push(Report {
+            path: s.shown.clone(),
+            copies: s.copies.iter().map(|b| b.rel_path.clone()).collect(),
+            verification: v,
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.verification.passed)
+        .map(|r| {
+            let names: Vec<&str> = r
+                .verification
+                .checks
+                .iter()
+                .filter(|c| c.outcome == Outcome::Fail)
+                .map(|c| c.name.as_str())
+                .collect();
+            format!("{} ({})", r.path, names.join(", "))
+        })
+        .collect();
+    let run = state::VerifyRun {
+        finished_at: Local::now().fixed_offset(),
+        ok: failed.is_empty(),
+        quick: args.quick,
+        checked: reports.iter().map(|r| r.path.clone()).collect(),
+        failed: failed.clone(),
+    };
+    if let Err(e) = state::record_verify(&store.root, &run) {
+        tracing::warn!("cannot record the verification for `kbackup status`: {e:#}");
+    }
+    if let Err(e) = metrics::update(cfg, &store) {
+        tracing::warn!("cannot write the metrics file: {e:#}");
+    }
+    if failed.is_empty() {
+        tracing::info!(
+            "All integrity checks passed: {} backup(s) can be used for restore",
+            reports.len()
+        );
+        return Ok(());
+    }
+    let message = format!(
+        "{} of {} backup(s) failed verification: {}",
+        failed.len(),
+        reports.len(),
+        failed.join("; ")
+    );
+    notify::alert(
+        cfg,
+        notify::Alert {
+            kind: notify::Kind::Verify,
+            title: format!("Verification of {} backups failed", cfg.db.name),
+            body: message.clone(),
+        },
+    )
+    .await;
+    Err(anyhow::Error::new(Coded {
+        kind: ExitKind::Failure,
+        message,
+    }))
+}
+
+fn choose<'a>(
+    cfg: &Config,
+    store: &Store,
+    backups: &'a [Backup],
+    args: &VerifyArgs,
+) -> Result<Vec<Subject<'a>>> {
+    let ours = || backups.iter().filter(|b| b.parsed.prefix == cfg.prefix);
+    let picked: Vec<&Backup> = if args.all {
+        ours().collect()
+    } else if let Some(tier) = args.tier {
+        ours().filter(|b| b.tier == tier).collect()
+    } else if let Some(path) = &args.path {
+        let full = if path.is_absolute() {
+            path.clone()
+        } else {
+            store.root.join(path)
+        };
+        match backups.iter().find(|b| b.path == full) {
+            Some(b) => vec![b],
+            None => {
+                let loose = loose_file(&full, &full.display().to_string(), &store.root)?;
+                return Ok(vec![Subject {
+                    shown: full.display().to_string(),
+                    path: full,
+                    manifest: loose.manifest,
+                    globals: loose.globals,
+                    copies: vec![],
+                }]);
+            }
+        }
+    } else {
+        match crate::select::select(
+            backups,
+            &crate::select::Selector::Latest,
+            &cfg.prefix,
+            &store.root,
+        ) {
+            Ok(crate::select::Selection::Stored(b)) => vec![b],
+            _ => vec![],
+        }
+    };
+    if picked.is_empty() {
+        return Err(anyhow!(
+            "no backups to verify in {}. {}",
+            store.root.display(),
+            crate::select::existing(&ours().collect::<Vec<_>>())
+        ));
+    }
+    // Tier copies are hard links of one file: verify each file once.
+    let mut by_file: Vec<(u64, u64)> = Vec::new();
+    let mut groups: HashMap<(u64, u64), Vec<&Backup>> = HashMap::new();
+    for b in picked {
+        let key = std::fs::metadata(&b.path)
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or((0, by_file.len() as u64));
+        if !groups.contains_key(&key) {
+            by_file.push(key);
+        }
+        groups.entry(key).or_default().push(b);
+    }
+    // Include every copy of a chosen file, so all of them record the result.
+    for b in backups {
+        if let Ok(m) = std::fs::metadata(&b.path) {
+            if let Some(g) = groups.get_mut(&(m.dev(), m.ino())) {
+                if !g.iter().any(|x| x.path == b.path) {
+                    g.push(b);
+                }
+            }
+        }
+    }
+    Ok(by_file
+        .into_iter()
+        .map(|key| {
+            let copies = groups.remove(&key).unwrap_or_default();
+            let first = copies[0];
+            Subject {
+                path: first.path.clone(),
+                shown: first.rel_path.clone(),
+                manifest: first.manifest.clone(),
+                globals: Some(first.sidecar(GLOBALS_EXT)).filter(|p| p.exists()),
+                copies,
+            }
+        })
+        .collect())
+}
+
+/// The server the test restore runs on: --server, else BACKUP_VERIFY_*, else the backed-up one.
+fn server(cfg: &Config, args: &VerifyArgs) -> Result<Postgres> {
+    let mut db: DbConfig = cfg.verify_server.clone().unwrap_or_else(|| cfg.db.clone());
+    if let Some(s) = &args.server {
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) if !s.starts_with('/') => (
+                h.to_string(),
+                p.parse().map_err(|_| {
+                    usage(format!(
+                        "--server {s:?}: the port must be a number, as in db.example.com:5432"
+                    ))
+                })?,
+            ),
+            _ => (s.clone(), db.port),
+        };
+        db.host = Some(host);
+        db.port = port;
+        db.container = None;
+        if cfg.verify_server.is_none() {
+            // Another server: the production password is not sent to it.
+            db.password = None;
+        }
+    }
+    Ok(Postgres::new(db))
+}
+
+fn check(name: &str, outcome: Outcome, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.to_string(),
+        outcome,
+        detail: detail.into(),
+    }
+}
+
+fn pass_fail(name: &str, ok: bool, detail: impl Into<String>) -> Check {
+    check(name, if ok { Outcome::Pass } else { Outcome::Fail }, detail)
+}
+
+async fn verify_one(cfg: &Config, server: &Postgres, s: &Subject<'_>, quick: bool) -> Verification {
+    let started = Instant::now();
+    let mut checks = Vec::new();
+    let path = s.path.clone();
+    let read = tokio::task::spawn_blocking(move || dump::read_back(&path)).await;
+    let (summary, sha) = match read {
+        Ok(Ok(v)) => (Some(v.0), v.1),
+        Ok(Err(e)) => {
+            checks.push(check("archive readable", Outcome::Fail, format!("{e:#}")));
+            (None, String::new())
+        }
+        Err(e) => {
+            checks.push(check("archive readable", Outcome::Fail, e.to_string()));
+            (None, String::new())
+        }
+    };
+    match &s.manifest {
+        Some(m) if !sha.is_empty() => checks.insert(
+            0,
+            pass_fail(
+                "checksum",
+                m.file.sha256 == sha,
+                if m.file.sha256 == sha {
+                    format!("sha256 {} matches the manifest", &sha[..12])
+                } else {
+                    format!("sha256 {sha} but the manifest records {}", m.file.sha256)
+                },
+            ),
+        ),
+        Some(_) => checks.insert(
+            0,
+            check(
+                "checksum",
+                Outcome::Fail,
+                "the file could not be read to the end",
+            ),
+        ),
+        None => checks.insert(
+            0,
+            check("checksum", Outcome::Skip, "no manifest (seed-era backup)"),
+        ),
+    }
+    if let Some(summary) = &summary {
+        checks.push(check(
+            "archive readable",
+            Outcome::Pass,
+            format!(
+                "complete archive (format {}): {} TOC entries, {} tables, {}",
+                summary.format_version,
+                summary.toc_entries,
+                summary.tables.len(),
+                match summary.tables.iter().map(|t| t.rows).sum::<Option<u64>>() {
+                    Some(n) => format!("{n} rows"),
+                    None => "rows not countable (compressed inside)".to_string(),
+                }
+            ),
+        ));
+        checks.push(manifest_agrees(s.manifest.as_ref(), summary));
+    }
+    checks.push(globals_check(s));
+
+    let mut server_name = None;
+    if !quick {
+        match &summary {
+            Some(summary) => {
+                server_name = Some(server.describe_server());
+                full_checks(cfg, server, s, summary, &mut checks).await;
+            }
+            None => checks.push(check(
+                "test restore",
+                Outcome::Skip,
+                "the archive cannot be read",
+            )),
+        }
+    }
+    Verification {
+        verified_at: Local::now().fixed_offset(),
+        quick,
+        passed: checks.iter().all(|c| c.outcome != Outcome::Fail),
+        sha256: sha,
+        server: server_name,
+        duration_ms: started.elapsed().as_millis() as u64,
+        checks,
+    }
+}
+
+/// The manifest's tables and row counts, against what the archive holds.
+fn manifest_agrees(manifest: Option<&Manifest>, summary: &Summary) -> Check {
+    let Some(m) = manifest else {
+        return check("manifest matches archive", Outcome::Skip, "no manifest");
+    };
+    let in_archive: HashMap<(&str, &str), Option<u64>> = summary
+        .tables
+        .iter()
+        .map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows))
+        .collect();
+    let mut problems = Vec::new();
+    for t in &m.archive.tables {
+        match in_archive.get(&(t.schema.as_str(), t.name.as_str())) {
+            None => problems.push(format!("{}.{} missing from the archive", t.schema, t.name)),
+            Some(rows) if rows.is_some() && t.rows.is_some() && *rows != t.rows => {
+                problems.push(format!(
+                    "{}.{}: manifest {} rows, archive {}",
+                    t.schema,
+                    t.name,
+                    t.rows.unwrap_or_default(),
+                    rows.unwrap_or_default()
+                ))
+            }
+            _ => {}
+        }
+    }
+    if m.archive.tables.len() != summary.tables.len() {
+        problems.push(format!(
+            "manifest lists {} tables, archive {}",
+            m.archive.tables.len(),
+            summary.tables.len()
+        ));
+    }
+    if problems.is_empty() {
+        pass_fail(
+            "manifest matches archive",
+            true,
+            format!("{} tables, same row counts", summary.tables.len()),
+        )
+    } else {
+        pass_fail("manifest matches archive", false, problems.join("; "))
+    }
+}
+
+fn globals_check(s: &Subject<'_>) -> Check {
+    let (Some(m), Some(g)) = (&s.manifest, &s.globals) else {
+        return check(
+            "globals checksum",
+            Outcome::Skip,
+            "no manifest or no globals file",
+        );
+    };
+    match std::fs::read(g) {
+        Ok(bytes) => {
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            pass_fail(
+                "globals checksum",
+                sha == m.globals.sha256,
+                if sha == m.globals.sha256 {
+                    "matches the manifest".to_string()
+                } else {
+                    format!("sha256 {sha} but the manifest records {}", m.globals.sha256)
+                },
+            )
+        }
+        Err(e) => check(
+            "globals checksum",
+            Outcome::Fail,
+            format!("{}: {e}", g.display()),
+        ),
+    }
+}
+
+/// The test restore and the checks on the restored copy.
+async fn full_checks(
+    cfg: &Config,
+    pg: &Postgres,
+    s: &Subject<'_>,
+    summary: &Summary,
+    checks: &mut Vec<Check>,
+) {
+    let base = summary
+        .database
+        .clone()
+        .unwrap_or_else(|| cfg.db.name.clone());
+    let temp = derived_name(
+        &base,
+        &format!(
+            "_kbverify_{}_{}",
+            Local::now().format("%Y%m%d%H%M%S"),
+            std::process::id()
+        ),
+    );
+    if let Err(e) = create_database(pg, &temp, summary).await {
+        checks.push(check(
+            "test restore",
+            Outcome::Fail,
+            format!("cannot create {temp} on {}: {e:#}", pg.describe_server()),
+        ));
+        return;
+    }
+    let undo = cleanup::register(pg, drop_statements(&temp));
+    let started = Instant::now();
+    let path = s.path.clone();
+    let restored = pg
+        .pg_restore(&temp)
+        .args(["--no-owner", "--no-privileges"])
+        .feed(cfg.timeout, move |stdin| dump::write_archive(&path, stdin))
+        .await;
+    match restored {
+        Ok(_) => {
+            checks.push(check(
+                "test restore",
+                Outcome::Pass,
+                format!(
+                    "into {temp} on {} in {:.1}s",
+                    pg.describe_server(),
+                    started.elapsed().as_secs_f64()
+                ),
+            ));
+            if let Err(e) = restored_checks(pg, &temp, s, summary, checks).await {
+                checks.push(check(
+                    "checks on the restored copy",
+                    Outcome::Fail,
+                    format!("{e:#}"),
+                ));
+            }
+        }
+        Err(e) => checks.push(check("test restore", Outcome::Fail, format!("{e:#}"))),
+    }
+    match drop_database(pg, &temp).await {
+        Ok(()) => undo.done(),
+        Err(e) => {
+            tracing::error!("{e:#}; drop it by hand: dropdb {temp}");
+            undo.done();
+        }
+    }
+}
+
+async fn restored_checks(
+    pg: &Postgres,
+    db: &str,
+    s: &Subject<'_>,
+    summary: &Summary,
+    checks: &mut Vec<Check>,
+) -> Result<()> {
+    let want = ObjectCounts::expected(&summary.objects);
+    let got = checks::object_counts(pg, db).await?;
+    let counted = |name: &str, got: u64, want: u64| {
+        pass_fail(
+            name,
+            got == want,
+            format!("{got} restored, {want} in the archive"),
+        )
+    };
+    checks.push(counted("tables", got.tables, want.tables));
+    checks.push(counted("sequences", got.sequences, want.sequences));
+    checks.push(counted("indexes", got.indexes, want.indexes));
+    checks.push(pass_fail(
+        "constraints",
+        got.keys == want.keys && got.foreign_keys == want.foreign_keys,
+        format!(
+            "{} primary/unique/exclusion and {} foreign keys restored; {} and {} in the archive",
+            got.keys, got.foreign_keys, want.keys, want.foreign_keys
+        ),
+    ));
+
+    // Exact rows: the manifest's counts (what pg_dump read), else the archive's own.
+    let (expected, source) = match &s.manifest {
+        Some(m) => (m.archive.tables.clone(), "the manifest"),
+        None => (summary.tables.clone(), "the archive"),
+    };
+    if expected.iter().all(|t| t.rows.is_none()) {
+        checks.push(check(
+            "row counts",
+            Outcome::Skip,
+            "no exact counts (seed-era backup compressed inside, no manifest)",
+        ));
+    } else {
+        match checks::row_counts(pg, db, &expected).await {
+            Ok(counts) => {
+                let diffs: Vec<String> = expected
+                    .iter()
+                    .zip(&counts)
+                    .filter(|(t, n)| t.rows.is_some_and(|w| w != **n))
+                    .map(|(t, n)| {
+                        format!(
+                            "{}.{}: restored {n}, {source} {}",
+                            t.schema,
+                            t.name,
+                            t.rows.unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                let total: u64 = counts.iter().sum();
+                checks.push(if diffs.is_empty() {
+                    pass_fail(
+                        "row counts",
+                        true,
+                        format!(
+                            "{} tables, {total} rows, each equal to {source}",
+                            expected.len()
+                        ),
+                    )
+                } else {
+                    pass_fail("row counts", false, diffs.join("; "))
+                });
+            }
+            Err(e) => checks.push(check("row counts", Outcome::Fail, format!("{e:#}"))),
+        }
+    }
+
+    let (n_fk, orphans) = checks::orphans(pg, db).await?;
+    checks.push(pass_fail(
+        "foreign keys hold",
+        orphans.is_empty(),
+        if orphans.is_empty() {
+            format!("{n_fk} foreign keys checked, no orphan rows")
+        } else {
+            orphans
+                .iter()
+                .map(|(fk, n)| format!("{fk}: {n} orphan rows"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    ));
+    let (n_seq, behind) = checks::sequences_behind(pg, db).await?;
+    checks.push(pass_fail(
+        "sequences not behind",
+        behind.is_empty(),
+        if behind.is_empty() {
+            format!("{n_seq} column sequences checked, none behind its column's max")
+        } else {
+            behind
+                .iter()
+                .map(|(s, last, max)| format!("{s} at {last} but its column holds {max}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    ));
+    let los = checks::scalar(pg, db, "SELECT count(*) FROM pg_largeobject_metadata").await?;
+    checks.push(pass_fail(
+        "large objects",
+        los == summary.large_objects,
+        format!("{los} restored, {} in the archive", summary.large_objects),
+    ));
+    let size = checks::scalar(pg, db, "SELECT pg_database_size(current_database())").await?;
+    checks.push(match &s.manifest {
+        Some(m) if m.database_size_bytes > 0 => {
+            let ratio = size as f64 / m.database_size_bytes as f64;
+            pass_fail(
+                "restored size",
+                (0.2..=5.0).contains(&ratio),
+                format!(
+                    "{} restored vs {} at backup ({ratio:.2}x; sane is 0.2x to 5x)",
+                    human_size(size),
+                    human_size(m.database_size_bytes)
+                ),
+            )
+        }
+        _ => check(
+            "restored size",
+            Outcome::Skip,
+            format!(
+                "{} restored; no manifest size to compare with",
+                human_size(size)
+            ),
+        ),
+    });
+    Ok(())
+}
+
+fn print_report(s: &Subject<'_>, v: &Verification) {
+    println!(
+        "{} ({}{})",
+        s.shown,
+        if v.quick { "quick" } else { "full" },
+        v.server
+            .as_ref()
+            .map(|x| format!(", test restore on {x}"))
+            .unwrap_or_default()
+    );
+    for c in &v.checks {
+        let tag = match c.outcome {
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::Skip => "skip",
+        };
+        println!("  {tag}  {:26} {}", c.name, c.detail);
+    }
+    if v.passed {
+        println!(
+            "  => all checks passed: the backup is valid and can be used for restore ({:.1}s)\n",
+            v.duration_ms as f64 / 1000.0
+        );
+    } else {
+        println!("  => FAILED: do not rely on this backup\n");
+    }
+}

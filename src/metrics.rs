@@ -1,0 +1,122 @@
+//! The Prometheus textfile: node_exporter's textfile collector convention (a
+//! `.prom` file in its directory, replaced atomically). Rewritten whole after
+//! every backup and verify from the state records and the store, so it always
+//! shows the latest of each.
+//!
+//! The Kaizen seed's alert, in these names:
+//! `time() - kbackup_last_success_timestamp_seconds{database="kaizen_studio"} > 86400`.
+
+use std::fmt::Write;
+
+use anyhow::Result;
+
+use crate::config::Config;
+use crate::naming::Tier;
+use crate::state;
+use crate::store::{write_replace_mode, Store};
+
+/// Rewrites the metrics file, when one is configured.
+pub fn update(cfg: &Config, store: &Store) -> Result<()> {
+    let Some(path) = &cfg.metrics_file else {
+        return Ok(());
+    };
+    write_replace_mode(path, render(cfg, store).as_bytes(), 0o644)
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(cfg: &Config, store: &Store) -> String {
+    let db = format!("database=\"{}\"", escape(&cfg.db.name));
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let ts = |t: chrono::DateTime<chrono::FixedOffset>| t.timestamp_millis() as f64 / 1000.0;
+    if let Some(run) = state::last_backup(&store.root) {
+        if let Some(t) = run.last_success_at {
+            metric(
+                "kbackup_last_success_timestamp_seconds",
+                "When the last successful backup finished (Unix time).",
+                &[(db.clone(), ts(t))],
+            );
+        }
+        metric(
+            "kbackup_last_run_timestamp_seconds",
+            "When the last backup run finished, successful or not.",
+            &[(db.clone(), ts(run.finished_at))],
+        );
+        metric(
+            "kbackup_last_run_success",
+            "1 when the last backup run succeeded, else 0.",
+            &[(db.clone(), if run.ok { 1.0 } else { 0.0 })],
+        );
+        let secs = (run.finished_at - run.started_at).num_milliseconds() as f64 / 1000.0;
+        metric(
+            "kbackup_last_duration_seconds",
+            "How long the last backup run took.",
+            &[(db.clone(), secs)],
+        );
+        if let Some(size) = run.size_bytes {
+            metric(
+                "kbackup_last_size_bytes",
+                "Size of the last backup written.",
+                &[(db.clone(), size as f64)],
+            );
+        }
+    }
+    if let Ok(backups) = store.scan(&cfg.calendar, &cfg.prefix) {
+        let ours: Vec<_> = backups
+            .iter()
+            .filter(|b| b.parsed.prefix == cfg.prefix)
+            .collect();
+        let per_tier: Vec<(String, f64)> = Tier::ALL
+            .iter()
+            .map(|t| {
+                (
+                    format!("{db},tier=\"{}\"", t.dir()),
+                    ours.iter().filter(|b| b.tier == *t).count() as f64,
+                )
+            })
+            .collect();
+        metric(
+            "kbackup_backups",
+            "Backups in the store, per tier.",
+            &per_tier,
+        );
+        if let Some(newest) = ours.iter().map(|b| b.time).max() {
+            metric(
+                "kbackup_newest_backup_timestamp_seconds",
+                "When the newest backup in the store was taken.",
+                &[(db.clone(), ts(newest))],
+            );
+        }
+    }
+    if let Some(v) = state::last_verify(&store.root) {
+        metric(
+            "kbackup_last_verify_timestamp_seconds",
+            "When the last verification finished.",
+            &[(db.clone(), ts(v.finished_at))],
+        );
+        metric(
+            "kbackup_last_verify_success",
+            "1 when every backup the last verification checked passed, else 0.",
+            &[(db.clone(), if v.ok { 1.0 } else { 0.0 })],
+        );
+    }
+    if let Ok(free) = store.free_space() {
+        metric(
+            "kbackup_store_free_bytes",
+            "Free space in BACKUP_DIR.",
+            &[(db.clone(), free as f64)],
+        );
+    }
+    out
+}

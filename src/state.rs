@@ -1,0 +1,76 @@
+//! What the last runs did, for `status` and the metrics file.
+//!
+//! Each command writes only its own record (`BACKUP_DIR/.kbackup/last-backup.json`,
+//! `last-verify.json`), atomically, so a backup and a verify finishing together
+//! never lose each other's result.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use chrono::{DateTime, FixedOffset};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::store::write_replace;
+
+pub const STATE_DIR: &str = ".kbackup";
+
+/// The last `kbackup backup` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupRun {
+    pub database: String,
+    pub started_at: DateTime<FixedOffset>,
+    pub finished_at: DateTime<FixedOffset>,
+    pub ok: bool,
+    /// The error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The backup written, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// When the last successful backup finished (kept across failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<DateTime<FixedOffset>>,
+}
+
+/// The last `kbackup verify` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyRun {
+    pub finished_at: DateTime<FixedOffset>,
+    pub ok: bool,
+    pub quick: bool,
+    /// Backups checked, and the ones that failed with their failed checks.
+    pub checked: Vec<String>,
+    #[serde(default)]
+    pub failed: Vec<String>,
+}
+
+fn path(root: &Path, name: &str) -> PathBuf {
+    root.join(STATE_DIR).join(name)
+}
+
+fn read<T: DeserializeOwned>(root: &Path, name: &str) -> Option<T> {
+    let bytes = std::fs::read(path(root, name)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn write<T: Serialize>(root: &Path, name: &str, value: &T) -> Result<()> {
+    write_replace(&path(root, name), &serde_json::to_vec_pretty(value)?)
+}
+
+pub fn last_backup(root: &Path) -> Option<BackupRun> {
+    read(root, "last-backup.json")
+}
+
+pub fn record_backup(root: &Path, run: &BackupRun) -> Result<()> {
+    write(root, "last-backup.json", run)
+}
+
+pub fn last_verify(root: &Path) -> Option<VerifyRun> {
+    read(root, "last-verify.json")
+}
+
+pub fn record_verify(root: &Path, run: &VerifyRun) -> Result<()> {
+    write(root, "last-verify.json", run)
+}
