@@ -68,6 +68,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Health for monitoring: newest backup per tier, last run, last verification; exit 1 when unhealthy.
     Status(StatusArgs),
+    /// Off-site copies on their own: upload what the remote lacks, apply retention there.
+    Sync,
+    /// Alert channels: `--test` sends a test message to every configured channel.
+    Notify(NotifyArgs),
     /// Apply the retention policy on its own.
     Rotate(RotateArgs),
     /// Print the effective settings and where each came from (secrets redacted).
@@ -89,6 +93,9 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// List the off-site copies (RCLONE_REMOTE_NAME) instead of the local store.
+    #[arg(long)]
+    pub remote: bool,
     /// Only this tier.
     #[arg(long, value_enum)]
     pub tier: Option<crate::naming::Tier>,
@@ -117,11 +124,15 @@ pub struct ConfigArgs {
 #[derive(Debug, Args)]
 #[command(group(
     ArgGroup::new("which")
-        .required(true)
         .multiple(false)
         .args(["latest", "latest_daily", "latest_weekly", "latest_monthly", "file", "at", "name"])
 ))]
 pub struct RestoreArgs {
+    /// Restore from the off-site copies: `--remote PATH` (e.g. hourly/kairon_2025-12-26_05-00-01.dump),
+    /// or `--remote` with --latest, --latest-daily, --at... The file is downloaded into
+    /// the store, checked against the remote manifest, restored, and removed.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
+    pub remote: Option<String>,
     /// The newest backup of any tier.
     #[arg(long)]
     pub latest: bool,
@@ -203,4 +214,11 @@ pub struct StatusArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// Send a test message to every configured channel and report each.
+    #[arg(long)]
+    pub test: bool,
 }

@@ -101,6 +101,54 @@ pub const SETTINGS: &[Spec] = &[
         doc: "Password on the verification server (never the production one by default)." },
     Spec { key: "verify.container", env: &["BACKUP_VERIFY_CONTAINER"], default: None, secret: false,
         doc: "Verify inside this Docker container instead (docker exec)." },
+    Spec { key: "remote.name", env: &["RCLONE_REMOTE_NAME"], default: None, secret: false,
+        doc: "rclone remote for off-site copies (gdrive, s3, ...); unset: no off-site sync." },
+    Spec { key: "remote.path", env: &["RCLONE_REMOTE_PATH"], default: Some(""), secret: false,
+        doc: "Folder on the remote that mirrors the store's layout (the seed's kairon-backups)." },
+    Spec { key: "remote.config", env: &["RCLONE_CONFIG"], default: None, secret: false,
+        doc: "rclone config file (default: rclone's own, ~/.config/rclone/rclone.conf)." },
+    Spec { key: "remote.flags", env: &["RCLONE_FLAGS"], default: None, secret: false,
+        doc: "Extra rclone flags, shell-quoted (e.g. --s3-no-head --transfers 2)." },
+    Spec { key: "notify.timeout", env: &["BACKUP_NOTIFY_TIMEOUT"], default: Some("10s"), secret: false,
+        doc: "Time budget per alert channel, retry included; a channel that is down never delays a job longer." },
+    Spec { key: "notify.ntfy_url", env: &["NTFY_URL"], default: Some("https://ntfy.sh"), secret: false,
+        doc: "ntfy server." },
+    Spec { key: "notify.ntfy_topic", env: &["NTFY_TOPIC"], default: None, secret: false,
+        doc: "ntfy topic; set to send ntfy alerts." },
+    Spec { key: "notify.ntfy_token", env: &["NTFY_TOKEN"], default: None, secret: true,
+        doc: "ntfy access token (Authorization: Bearer)." },
+    Spec { key: "notify.ntfy_priority", env: &["NTFY_PRIORITY"], default: Some("high"), secret: false,
+        doc: "ntfy priority of failure alerts (min, low, default, high, urgent)." },
+    Spec { key: "notify.ntfy_tags", env: &["NTFY_TAGS"], default: Some("warning,floppy_disk"), secret: false,
+        doc: "ntfy tags of failure alerts, comma-separated." },
+    Spec { key: "notify.ntfy_on_success", env: &["NTFY_ON_SUCCESS"], default: Some("false"), secret: false,
+        doc: "Also send ntfy a message after each successful backup." },
+    Spec { key: "notify.slack_webhook_url", env: &["SLACK_WEBHOOK_URL"], default: None, secret: true,
+        doc: "Slack incoming webhook for alerts." },
+    Spec { key: "notify.slack_on_success", env: &["SLACK_ON_SUCCESS"], default: Some("false"), secret: false,
+        doc: "Also post to Slack after each successful backup (size and duration, as the Kaizen seed)." },
+    Spec { key: "notify.email_recipient", env: &["BACKUP_EMAIL_RECIPIENT"], default: None, secret: false,
+        doc: "Email alerts to this address (comma-separated for several)." },
+    Spec { key: "notify.email_from", env: &["BACKUP_EMAIL_FROM"], default: None, secret: false,
+        doc: "Sender address (default kbackup@<host name>)." },
+    Spec { key: "notify.smtp_host", env: &["BACKUP_SMTP_HOST"], default: Some("localhost"), secret: false,
+        doc: "SMTP server." },
+    Spec { key: "notify.smtp_port", env: &["BACKUP_SMTP_PORT"], default: Some("25"), secret: false,
+        doc: "SMTP port (587 for STARTTLS submission, 465 for TLS)." },
+    Spec { key: "notify.smtp_tls", env: &["BACKUP_SMTP_TLS"], default: Some("none"), secret: false,
+        doc: "none (a local relay, like the seed's `mail`), starttls or tls." },
+    Spec { key: "notify.smtp_user", env: &["BACKUP_SMTP_USER"], default: None, secret: false,
+        doc: "SMTP login." },
+    Spec { key: "notify.smtp_password", env: &["BACKUP_SMTP_PASSWORD"], default: None, secret: true,
+        doc: "SMTP password." },
+    Spec { key: "notify.email_on_success", env: &["BACKUP_EMAIL_ON_SUCCESS"], default: Some("false"), secret: false,
+        doc: "Also email after each successful backup." },
+    Spec { key: "notify.webhook_url", env: &["BACKUP_WEBHOOK_URL"], default: None, secret: true,
+        doc: "POST a JSON event here on failures." },
+    Spec { key: "notify.webhook_on_success", env: &["BACKUP_WEBHOOK_ON_SUCCESS"], default: Some("false"), secret: false,
+        doc: "Also POST successes to the webhook." },
+    Spec { key: "notify.healthcheck_url", env: &["BACKUP_HEALTHCHECK_URL"], default: None, secret: true,
+        doc: "healthchecks.io-style ping URL: <url>/start when a backup starts, <url> on success, <url>/fail on failure." },
     Spec { key: "log.debug", env: &["DEBUG"], default: Some("false"), secret: false,
         doc: "Verbose logs, including every child command line (true/false)." },
     Spec { key: "log.format", env: &["BACKUP_LOG_FORMAT"], default: Some("text"), secret: false,
@@ -213,8 +261,66 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// A separate server for `verify` (None: the backed-up server).
     pub verify_server: Option<DbConfig>,
+    /// Off-site copies with rclone (None: not configured).
+    pub remote: Option<RemoteConfig>,
+    pub notify: NotifyConfig,
     /// Every setting with its resolved value and source, for `kbackup config`.
     pub resolved: Vec<(&'static Spec, Option<Raw>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    pub name: String,
+    pub path: String,
+    pub config: Option<PathBuf>,
+    pub flags: Vec<String>,
+}
+
+impl RemoteConfig {
+    /// `name:path`, as rclone names a location.
+    pub fn root(&self) -> String {
+        format!("{}:{}", self.name, self.path.trim_end_matches('/'))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ntfy {
+    pub url: String,
+    pub topic: String,
+    pub token: Option<Secret>,
+    pub priority: String,
+    pub tags: String,
+    pub on_success: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Email {
+    pub to: Vec<String>,
+    pub from: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub on_success: bool,
+}
+
+/// Alert channels; each is on when its address is set.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    pub timeout: Duration,
+    pub ntfy: Option<Ntfy>,
+    pub slack: Option<(Secret, bool)>,
+    pub email: Option<Email>,
+    pub webhook: Option<(Secret, bool)>,
+    pub healthcheck: Option<Secret>,
 }
 
 /// Loads the configuration from the real process environment.
@@ -623,6 +729,130 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         bin_dir: db.bin_dir.clone(),
         maintenance_db: db.maintenance_db.clone(),
     });
+    let remote = match values.string("remote.name") {
+        Some(name) => {
+            let flags = match values.raw("remote.flags") {
+                Some((spec, raw)) => shlex::split(&raw.value)
+                    .ok_or_else(|| raw.invalid(spec, "shell-quoted rclone flags"))?,
+                None => vec![],
+            };
+            Some(RemoteConfig {
+                name: name.trim_end_matches(':').to_string(),
+                path: values.string("remote.path").unwrap_or_default(),
+                config: values.string("remote.config").map(|c| cwd.join(c)),
+                flags,
+            })
+        }
+        None => None,
+    };
+    let flag = |key: &str| -> Result<bool> {
+        Ok(values
+            .parse(key, "true or false", parse_bool)?
+            .unwrap_or(false))
+    };
+    let url = |key: &str| -> Result<Option<String>> {
+        values.parse(key, "an http:// or https:// URL", |s| {
+            reqwest::Url::parse(s)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .map(|_| s.to_string())
+        })
+    };
+    let ntfy = match values.string("notify.ntfy_topic") {
+        Some(topic) => Some(Ntfy {
+            url: url("notify.ntfy_url")?.unwrap_or_else(|| "https://ntfy.sh".into()),
+            topic,
+            token: values.string("notify.ntfy_token").map(Secret),
+            priority: values
+                .parse(
+                    "notify.ntfy_priority",
+                    "min, low, default, high, urgent or 1-5",
+                    |s| {
+                        matches!(
+                            s,
+                            "min"
+                                | "low"
+                                | "default"
+                                | "high"
+                                | "urgent"
+                                | "max"
+                                | "1"
+                                | "2"
+                                | "3"
+                                | "4"
+                                | "5"
+                        )
+                        .then(|| s.to_string())
+                    },
+                )?
+                .unwrap_or_else(|| "high".into()),
+            tags: values.string("notify.ntfy_tags").unwrap_or_default(),
+            on_success: flag("notify.ntfy_on_success")?,
+        }),
+        None => None,
+    };
+    let email = match values.raw("notify.email_recipient") {
+        Some((spec, raw)) => {
+            let to: Vec<String> = raw
+                .value
+                .split(',')
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect();
+            if to.is_empty()
+                || to
+                    .iter()
+                    .any(|a| a.parse::<lettre::message::Mailbox>().is_err())
+            {
+                return Err(raw.invalid(spec, "email addresses, comma-separated"));
+            }
+            let from = values.parse("notify.email_from", "an email address", |s| {
+                s.parse::<lettre::message::Mailbox>()
+                    .ok()
+                    .map(|_| s.to_string())
+            })?;
+            Some(Email {
+                to,
+                from,
+                host: values
+                    .string("notify.smtp_host")
+                    .unwrap_or_else(|| "localhost".into()),
+                port: values
+                    .parse("notify.smtp_port", "a TCP port number (1-65535)", |s| {
+                        s.parse::<u16>().ok().filter(|p| *p > 0)
+                    })?
+                    .unwrap_or(25),
+                tls: values
+                    .parse("notify.smtp_tls", "none, starttls or tls", |s| {
+                        match s.to_ascii_lowercase().as_str() {
+                            "none" | "off" | "false" => Some(SmtpTls::None),
+                            "starttls" => Some(SmtpTls::StartTls),
+                            "tls" | "ssl" | "smtps" => Some(SmtpTls::Tls),
+                            _ => None,
+                        }
+                    })?
+                    .unwrap_or(SmtpTls::None),
+                user: values.string("notify.smtp_user"),
+                password: values.string("notify.smtp_password").map(Secret),
+                on_success: flag("notify.email_on_success")?,
+            })
+        }
+        None => None,
+    };
+    let notify = NotifyConfig {
+        timeout: duration("notify.timeout")?.unwrap_or(Duration::from_secs(10)),
+        ntfy,
+        slack: url("notify.slack_webhook_url")?
+            .map(Secret)
+            .map(|u| Ok::<_, anyhow::Error>((u, flag("notify.slack_on_success")?)))
+            .transpose()?,
+        email,
+        webhook: url("notify.webhook_url")?
+            .map(Secret)
+            .map(|u| Ok::<_, anyhow::Error>((u, flag("notify.webhook_on_success")?)))
+            .transpose()?,
+        healthcheck: url("notify.healthcheck_url")?.map(Secret),
+    };
     let production = values
         .string("restore.environment")
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "production" | "prod"));
@@ -657,6 +887,8 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         max_age,
         metrics_file,
         verify_server,
+        remote,
+        notify,
         resolved,
     })
 }

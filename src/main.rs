@@ -16,6 +16,7 @@ mod naming;
 mod notify;
 mod postgres;
 mod process;
+mod remote;
 mod retention;
 mod select;
 mod state;
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
         Command::Backup(a) => !a.dry_run,
         Command::Rotate(a) => !a.dry_run,
         Command::Restore(a) => !a.dry_run,
-        Command::Verify(_) => true,
+        Command::Verify(_) | Command::Sync => true,
         _ => false,
     };
     let log_dir = writes_store.then_some(cfg.backup_dir.as_path());
@@ -101,11 +102,14 @@ fn main() -> ExitCode {
 async fn dispatch(command: &Command, cfg: &config::Config) -> anyhow::Result<()> {
     match command {
         Command::Backup(a) => commands::backup::run(cfg, a).await,
+        Command::List(a) if a.remote => commands::list::run_remote(cfg, a).await,
         Command::List(a) => commands::list::run(cfg, a),
         Command::Restore(a) => commands::restore::run(cfg, a).await,
-        Command::Rotate(a) => commands::rotate::run(cfg, a),
+        Command::Rotate(a) => commands::rotate::run(cfg, a).await,
         Command::Verify(a) => commands::verify::run(cfg, a).await,
         Command::Status(a) => commands::status::run(cfg, a),
+        Command::Sync => commands::sync::run(cfg).await,
+        Command::Notify(a) => commands::notify::run(cfg, a).await,
         Command::Config(a) => commands::config::run(cfg, a),
     }
 }

@@ -111,6 +111,23 @@ pub fn render(cfg: &Config, store: &Store) -> String {
             &[(db.clone(), if v.ok { 1.0 } else { 0.0 })],
         );
     }
+    if let Some(s) = state::last_sync(&store.root) {
+        metric(
+            "kbackup_last_sync_timestamp_seconds",
+            "When the last off-site sync finished.",
+            &[(db.clone(), ts(s.finished_at))],
+        );
+        metric(
+            "kbackup_last_sync_success",
+            "1 when the last off-site sync succeeded, else 0.",
+            &[(db.clone(), if s.ok { 1.0 } else { 0.0 })],
+        );
+        metric(
+            "kbackup_remote_backups",
+            "Backups on the remote after the last sync.",
+            &[(db.clone(), s.remote_backups as f64)],
+        );
+    }
     if let Ok(free) = store.free_space() {
         metric(
             "kbackup_store_free_bytes",

@@ -1,21 +1,59 @@
-//! Alerts. Every failure that should reach a person calls [`alert`] where it
-//! happens; the channels (ntfy, Slack, email, webhook, healthchecks ping) are
-//! configured in the off-site/alerting issue. Until a channel is configured the
-//! alert is a log line, so nothing is ever silent.
+//! Alerts that never stay silent, and never change a job's result.
+//!
+//! Every failure (backup, rotation, off-site sync, verify, a run skipped because
+//! the store is locked) calls [`alert`] where it happens. Channels: ntfy (Title,
+//! Priority, Tags headers), Slack (incoming webhook), email (SMTP via lettre), a
+//! generic JSON webhook, and a healthchecks.io-style ping URL (start, success,
+//! fail) for dead-man's-switch monitoring. Success messages are opt-in per
+//! channel. Each channel has a time budget (BACKUP_NOTIFY_TIMEOUT) that its one
+//! retry must fit in, and channels are sent concurrently: a channel that hangs
+//! delays the job by at most that budget. A channel that fails is logged.
 
-use crate::config::Config;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::Local;
+use serde_json::json;
+
+use crate::config::{Config, Email, Ntfy, SmtpTls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Backup,
+    Rotate,
+    Sync,
     Verify,
+    Locked,
+    Test,
 }
 
 impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Backup => "backup",
+            Kind::Rotate => "rotate",
+            Kind::Sync => "sync",
             Kind::Verify => "verify",
+            Kind::Locked => "locked",
+            Kind::Test => "test",
+        }
+    }
+
+    /// What the operator should look at.
+    fn hint(self) -> &'static str {
+        match self {
+            Kind::Backup | Kind::Rotate => {
+                "Run `kbackup status` and read BACKUP_DIR/backup.log; `kbackup backup --dry-run` shows what the job would do."
+            }
+            Kind::Sync => {
+                "The local backup is kept. Check the remote (`rclone lsd REMOTE:`, credentials, quota); the next run uploads whatever is missing, or run `kbackup sync`."
+            }
+            Kind::Verify => "Do not rely on the failed backups; `kbackup verify --json` names the failing checks.",
+            Kind::Locked => {
+                "Another kbackup run still holds the store: a backup that hangs (a lock wait, a slow remote)? The message names its pid."
+            }
+            Kind::Test => "Nothing to do: this is a test of the alert channels.",
         }
     }
 }
@@ -25,17 +63,343 @@ pub struct Alert {
     pub kind: Kind,
     /// One line: what failed, on which database.
     pub title: String,
-    /// The error, and what the operator should look at.
+    /// The error.
     pub body: String,
 }
 
-/// Raises a failure alert on every configured channel.
-pub async fn alert(cfg: &Config, alert: Alert) {
-    tracing::debug!(
-        "alert ({} of {}): {}: {} [no alert channel configured]",
-        alert.kind.name(),
-        cfg.db.name,
-        alert.title,
-        alert.body
-    );
+/// A success, for the channels that opted in (size and duration, as the Kaizen seed sends).
+#[derive(Debug, Clone)]
+pub struct Success {
+    pub title: String,
+    pub body: String,
+}
+
+struct Message {
+    ok: bool,
+    kind: Kind,
+    title: String,
+    text: String,
+    error: Option<String>,
+}
+
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown-host".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn failure_message(cfg: &Config, a: &Alert) -> Message {
+    let host = host_name();
+    Message {
+        ok: false,
+        kind: a.kind,
+        title: format!(
+            "kbackup {} FAILED: {} on {host}",
+            a.kind.name(),
+            cfg.db.name
+        ),
+        text: format!(
+            "{}\n\nDatabase: {}\nHost: {host}\nTime: {}\n\nError: {}\n\nWhat to look at: {}",
+            a.title,
+            cfg.db.name,
+            Local::now().format("%Y-%m-%d %H:%M:%S %:z"),
+            a.body,
+            a.kind.hint()
+        ),
+        error: Some(a.body.clone()),
+    }
+}
+
+/// Raises a failure alert on every configured channel (and the healthcheck's /fail).
+pub async fn alert(cfg: &Config, a: Alert) {
+    tracing::warn!("Alert: {}: {}", a.title, a.body);
+    let m = failure_message(cfg, &a);
+    let ping = async {
+        if a.kind != Kind::Verify && a.kind != Kind::Test {
+            ping(cfg, "/fail", &m.text).await;
+        }
+    };
+    tokio::join!(send_all(cfg, &m, false), ping);
+}
+
+/// Tells the channels that opted in that a backup succeeded, and pings the healthcheck.
+pub async fn success(cfg: &Config, s: Success) {
+    let host = host_name();
+    let m = Message {
+        ok: true,
+        kind: Kind::Backup,
+        title: format!("kbackup backup OK: {} on {host}", cfg.db.name),
+        text: format!("{}\n\n{}", s.title, s.body),
+        error: None,
+    };
+    tokio::join!(send_all(cfg, &m, true), ping(cfg, "", &m.text));
+}
+
+/// The healthcheck's /start ping, when a backup begins.
+pub async fn started(cfg: &Config) {
+    ping(cfg, "/start", "").await;
+}
+
+/// `kbackup notify --test`: a test message on every channel; the results per channel.
+pub async fn test(cfg: &Config) -> Vec<(&'static str, Result<()>)> {
+    let host = host_name();
+    let m = Message {
+        ok: true,
+        kind: Kind::Test,
+        title: format!("kbackup: Test notification from {host}"),
+        text: format!(
+            "Test notification from kbackup on {host} for database {}. If you read this, alerts reach you.",
+            cfg.db.name
+        ),
+        error: None,
+    };
+    let mut results = channels(cfg, &m, false).await;
+    if let Some(url) = &cfg.notify.healthcheck {
+        // A success ping: harmless, and proves the URL is right.
+        results.push((
+            "healthcheck",
+            budget(cfg.notify.timeout, |t| {
+                post_text(url.expose().to_string(), m.text.clone(), t)
+            })
+            .await,
+        ));
+    }
+    results
+}
+
+async fn send_all(cfg: &Config, m: &Message, success_only: bool) {
+    for (channel, result) in channels(cfg, m, success_only).await {
+        match result {
+            Ok(()) => tracing::debug!("alert sent via {channel}"),
+            Err(e) => {
+                tracing::warn!("alert via {channel} failed (the job's result is unchanged): {e:#}")
+            }
+        }
+    }
+}
+
+/// Sends on every configured channel at once; `success_only` keeps the channels
+/// that opted in to success messages.
+async fn channels(
+    cfg: &Config,
+    m: &Message,
+    success_only: bool,
+) -> Vec<(&'static str, Result<()>)> {
+    let n = &cfg.notify;
+    let t = n.timeout;
+    let wanted = |on_success: bool| !success_only || on_success;
+    let ntfy = async {
+        match &n.ntfy {
+            Some(c) if wanted(c.on_success) => Some(("ntfy", budget(t, |t| ntfy(c, m, t)).await)),
+            _ => None,
+        }
+    };
+    let slack = async {
+        match &n.slack {
+            Some((url, on)) if wanted(*on) => {
+                let body = json!({ "text": format!("*{}*\n{}", m.title, m.text) });
+                Some((
+                    "slack",
+                    budget(t, |t| post_json(url.expose().to_string(), body.clone(), t)).await,
+                ))
+            }
+            _ => None,
+        }
+    };
+    let email = async {
+        match &n.email {
+            Some(c) if wanted(c.on_success) => Some(("email", budget(t, |t| email(c, m, t)).await)),
+            _ => None,
+        }
+    };
+    let webhook = async {
+        match &n.webhook {
+            Some((url, on)) if wanted(*on) => {
+                let body = json!({
+                    "event": m.kind.name(),
+                    "ok": m.ok,
+                    "database": cfg.db.name,
+                    "host": host_name(),
+                    "title": m.title,
+                    "message": m.text,
+                    "error": m.error,
+                    "time": Local::now().to_rfc3339(),
+                });
+                Some((
+                    "webhook",
+                    budget(t, |t| post_json(url.expose().to_string(), body.clone(), t)).await,
+                ))
+            }
+            _ => None,
+        }
+    };
+    let (a, b, c, d) = tokio::join!(ntfy, slack, email, webhook);
+    [a, b, c, d].into_iter().flatten().collect()
+}
+
+async fn ping(cfg: &Config, suffix: &str, body: &str) {
+    let Some(url) = &cfg.notify.healthcheck else {
+        return;
+    };
+    let target = format!("{}{suffix}", url.expose().trim_end_matches('/'));
+    let body = body.chars().take(10_000).collect::<String>();
+    if let Err(e) = budget(cfg.notify.timeout, |t| {
+        post_text(target.clone(), body.clone(), t)
+    })
+    .await
+    {
+        tracing::warn!("healthcheck ping{suffix} failed (the job's result is unchanged): {e:#}");
+    }
+}
+
+/// Runs `attempt` at most twice, each with half the budget, all within the budget.
+async fn budget<F, Fut>(total: Duration, attempt: F) -> Result<()>
+where
+    F: Fn(Duration) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let each = total / 2;
+    let tries = async {
+        match attempt(each).await {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                tracing::debug!("alert attempt failed ({first:#}); retrying once");
+                attempt(each).await
+            }
+        }
+    };
+    tokio::time::timeout(total, tries)
+        .await
+        .map_err(|_| anyhow!("no answer within {}", humantime::format_duration(total)))?
+}
+
+fn client(timeout: Duration) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("kbackup/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("HTTP client")
+}
+
+async fn check(resp: reqwest::Response) -> Result<()> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.text().await.unwrap_or_default();
+    bail!(
+        "HTTP {status}: {}",
+        body.chars().take(200).collect::<String>()
+    )
+}
+
+async fn post_json(url: String, body: serde_json::Value, t: Duration) -> Result<()> {
+    // The URL is a secret (it carries the webhook's token): errors name the host only.
+    let host = reqwest::Url::parse(&url)
+        .ok()
+        .and_then(|u| u.host_str().map(String::from))
+        .unwrap_or_default();
+    let resp = client(t)?
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| anyhow!("POST to {host}: {}", e.without_url()))?;
+    check(resp).await
+}
+
+async fn post_text(url: String, body: String, t: Duration) -> Result<()> {
+    let host = reqwest::Url::parse(&url)
+        .ok()
+        .and_then(|u| u.host_str().map(String::from))
+        .unwrap_or_default();
+    let resp = client(t)?
+        .post(&url)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| anyhow!("POST to {host}: {}", e.without_url()))?;
+    check(resp).await
+}
+
+async fn ntfy(c: &Ntfy, m: &Message, t: Duration) -> Result<()> {
+    let url = format!("{}/{}", c.url.trim_end_matches('/'), c.topic);
+    let (priority, tags) = if m.ok {
+        ("default", "white_check_mark")
+    } else {
+        (c.priority.as_str(), c.tags.as_str())
+    };
+    let mut req = client(t)?
+        .post(&url)
+        .header("Title", header_safe(&m.title))
+        .header("Priority", priority)
+        .body(m.text.clone());
+    if !tags.is_empty() {
+        req = req.header("Tags", tags);
+    }
+    if let Some(token) = &c.token {
+        req = req.bearer_auth(token.expose());
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow!("POST to {url}: {}", e.without_url()))?;
+    check(resp).await
+}
+
+/// HTTP header values must be visible ASCII: ntfy titles are kept readable.
+fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+async fn email(c: &Email, m: &Message, t: Duration) -> Result<()> {
+    use lettre::message::{header::ContentType, Mailbox};
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message as Mail, Tokio1Executor};
+
+    let from: Mailbox = match &c.from {
+        Some(f) => f.parse()?,
+        None => format!("kbackup@{}", host_name())
+            .parse()
+            .unwrap_or_else(|_| "kbackup@localhost".parse().expect("valid")),
+    };
+    let mut builder = Mail::builder()
+        .from(from)
+        .subject(&m.title)
+        .header(ContentType::TEXT_PLAIN);
+    for to in &c.to {
+        builder = builder.to(to.parse()?);
+    }
+    let mail = builder.body(m.text.clone())?;
+    let mut transport = match c.tls {
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.host),
+        SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&c.host)?,
+        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host)?,
+    }
+    .port(c.port)
+    .timeout(Some(t));
+    if let (Some(user), Some(pass)) = (&c.user, &c.password) {
+        transport =
+            transport.credentials(Credentials::new(user.clone(), pass.expose().to_string()));
+    }
+    transport
+        .build()
+        .send(mail)
+        .await
+        .map_err(|e| anyhow!("SMTP {}:{}: {e}", c.host, c.port))?;
+    Ok(())
 }

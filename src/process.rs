@@ -23,6 +23,10 @@ pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(String, OsString, bool)>,
+    /// Variables of ours the child must not see (rclone reads RCLONE_* itself).
+    env_remove: Vec<String>,
+    /// Copy the child's stderr lines to ours as they come (progress on a terminal).
+    show_stderr: bool,
     /// Short name for messages: "pg_dump", "docker".
     label: String,
 }
@@ -38,6 +42,8 @@ impl Cmd {
             program,
             args: Vec::new(),
             env: Vec::new(),
+            env_remove: Vec::new(),
+            show_stderr: false,
             label,
         }
     }
@@ -50,6 +56,16 @@ impl Cmd {
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
         self.args
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.env_remove.push(key.to_string());
+        self
+    }
+
+    pub fn show_stderr(mut self, show: bool) -> Self {
+        self.show_stderr = show;
         self
     }
 
@@ -71,6 +87,9 @@ impl Cmd {
 
     fn command(&self, stdin: bool) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.program);
+        for k in &self.env_remove {
+            c.env_remove(k);
+        }
         c.args(&self.args)
             .envs(self.env.iter().map(|(k, v, _)| (k, v)))
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
@@ -110,7 +129,7 @@ impl Cmd {
     /// Runs to completion and returns stdout; a non-zero exit is an error.
     pub async fn output(&self, timeout: Option<Duration>) -> Result<Vec<u8>, ProcessError> {
         let mut child = self.spawn(false)?;
-        let stderr = drain_stderr(child.stderr.take(), self.label.clone());
+        let stderr = drain_stderr(child.stderr.take(), self.label.clone(), self.show_stderr);
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let read = async {
             let mut buf = Vec::new();
@@ -150,7 +169,7 @@ impl Cmd {
         F: FnOnce(std::fs::File) -> anyhow::Result<T> + Send + 'static,
     {
         let mut child = self.spawn(false)?;
-        let stderr = drain_stderr(child.stderr.take(), self.label.clone());
+        let stderr = drain_stderr(child.stderr.take(), self.label.clone(), self.show_stderr);
         let stdout = child.stdout.take().expect("stdout is piped");
         let file = self.blocking_file(stdout.into_owned_fd())?;
         let task = tokio::task::spawn_blocking(move || consume(file));
@@ -170,7 +189,7 @@ impl Cmd {
         F: FnOnce(std::fs::File) -> anyhow::Result<()> + Send + 'static,
     {
         let mut child = self.spawn(true)?;
-        let stderr = drain_stderr(child.stderr.take(), self.label.clone());
+        let stderr = drain_stderr(child.stderr.take(), self.label.clone(), self.show_stderr);
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let out = tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -346,6 +365,7 @@ fn set_blocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
 fn drain_stderr(
     stderr: Option<tokio::process::ChildStderr>,
     label: String,
+    show: bool,
 ) -> tokio::task::JoinHandle<String> {
     tokio::spawn(async move {
         let Some(stderr) = stderr else {
@@ -355,6 +375,9 @@ fn drain_stderr(
         let mut tail: std::collections::VecDeque<String> = Default::default();
         while let Ok(Some(line)) = lines.next_line().await {
             tracing::trace!("{label}: {line}");
+            if show {
+                eprintln!("{line}");
+            }
             if tail.len() == STDERR_TAIL_LINES {
                 tail.pop_front();
             }

@@ -74,3 +74,26 @@ pub fn last_verify(root: &Path) -> Option<VerifyRun> {
 pub fn record_verify(root: &Path, run: &VerifyRun) -> Result<()> {
     write(root, "last-verify.json", run)
 }
+
+/// The last off-site sync, by `backup` or `sync`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncRun {
+    pub remote: String,
+    pub finished_at: DateTime<FixedOffset>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub uploaded_files: usize,
+    pub uploaded_bytes: u64,
+    pub deleted_files: usize,
+    /// Backups (dumps) on the remote after the sync.
+    pub remote_backups: usize,
+}
+
+pub fn last_sync(root: &Path) -> Option<SyncRun> {
+    read(root, "last-sync.json")
+}
+
+pub fn record_sync(root: &Path, run: &SyncRun) -> Result<()> {
+    write(root, "last-sync.json", run)
+}

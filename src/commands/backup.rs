@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cli::BackupArgs;
 use crate::clock;
+use crate::commands::sync;
 use crate::commands::{list, rotate};
 use crate::config::Config;
 use crate::dump;
@@ -18,6 +19,7 @@ use crate::manifest::{FileInfo, GlobalsInfo, Manifest, SourceInfo, MANIFEST_VERS
 use crate::naming::{self, Format, Tier};
 use crate::postgres::{Postgres, ServerInfo};
 use crate::process::{ProcessError, StreamError};
+use crate::remote::Remote;
 use crate::retention;
 use crate::store::{human_size, Staged, Store};
 use crate::{metrics, notify, state};
@@ -83,11 +85,64 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         return dry_run(cfg, &store, &pg, &target);
     }
 
-    let _lock = store.lock("backup")?;
+    let _lock = match store.lock("backup") {
+        Ok(l) => l,
+        Err(e) => {
+            if crate::error::exit_kind(&e) == crate::error::ExitKind::Locked {
+                notify::alert(
+                    cfg,
+                    notify::Alert {
+                        kind: notify::Kind::Locked,
+                        title: format!("Backup of {} skipped: the store is locked", cfg.db.name),
+                        body: format!("{e:#}"),
+                    },
+                )
+                .await;
+            }
+            return Err(e);
+        }
+    };
+    notify::started(cfg).await;
+    let clock = std::time::Instant::now();
     let started = cfg.calendar.zone.local_time(Utc::now());
     let result = job(cfg, &store, &pg, &mut target).await;
-    record(cfg, &store, started, &result).await;
-    result.map(|_| ())
+    // Off-site: only after a successful local backup and rotation. A failure
+    // there never removes the local backup; the next run uploads what is missing.
+    let synced = match (&result, &cfg.remote) {
+        (Ok(_), Some(rc)) => Some(sync::step(cfg, &store, &Remote::new(rc.clone())).await),
+        _ => None,
+    };
+    let sync_error = match &synced {
+        Some(Err(e)) => Some(format!("{e:#}")),
+        _ => None,
+    };
+    record(cfg, &store, started, &result, sync_error.as_deref()).await;
+    if let (Ok((path, size)), None) = (&result, &sync_error) {
+        notify::success(
+            cfg,
+            notify::Success {
+                title: format!("Backup of {} complete", cfg.db.name),
+                body: format!(
+                    "{} ({}) in {:.1}s{}",
+                    path.strip_prefix(&store.root).unwrap_or(path).display(),
+                    human_size(*size),
+                    clock.elapsed().as_secs_f64(),
+                    match &synced {
+                        Some(Ok(r)) => format!("; off-site: {} file(s) uploaded", r.uploaded.len()),
+                        _ => String::new(),
+                    }
+                ),
+            },
+        )
+        .await;
+    }
+    match (result, synced) {
+        (Err(e), _) => Err(e),
+        (Ok((path, _)), Some(Err(e))) => {
+            Err(e.context(format!("the local backup {} was kept", path.display())))
+        }
+        (Ok(_), _) => Ok(()),
+    }
 }
 
 /// The job under the lock: take, place, rotate. Returns the dump and its size.
@@ -153,6 +208,7 @@ async fn record(
     store: &Store,
     started: chrono::DateTime<chrono::FixedOffset>,
     result: &Result<(std::path::PathBuf, u64)>,
+    sync_error: Option<&str>,
 ) {
     let finished = cfg.calendar.zone.local_time(Utc::now());
     let previous = state::last_backup(&store.root);
@@ -160,8 +216,12 @@ async fn record(
         database: cfg.db.name.clone(),
         started_at: started,
         finished_at: finished,
-        ok: result.is_ok(),
-        error: result.as_ref().err().map(|e| format!("{e:#}")),
+        ok: result.is_ok() && sync_error.is_none(),
+        error: result
+            .as_ref()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .or(sync_error.map(String::from)),
         path: result.as_ref().ok().map(|(p, _)| {
             p.strip_prefix(&store.root)
                 .unwrap_or(p)

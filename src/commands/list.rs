@@ -83,6 +83,80 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
     Ok(())
 }
 
+/// `kbackup list --remote`: the off-site copies, parsed from the remote listing.
+pub async fn run_remote(cfg: &Config, args: &ListArgs) -> Result<()> {
+    let Some(rc) = &cfg.remote else {
+        return Err(crate::error::usage(
+            "list --remote: no remote configured; set RCLONE_REMOTE_NAME and RCLONE_REMOTE_PATH",
+        ));
+    };
+    let remote = crate::remote::Remote::new(rc.clone());
+    remote.check_rclone().await?;
+    let listing = remote.list().await?;
+    let present: std::collections::BTreeSet<&str> =
+        listing.iter().map(|f| f.path.as_str()).collect();
+    let backups = crate::commands::sync::remote_backups(cfg, &listing);
+    let shown: Vec<_> = backups
+        .iter()
+        .filter(|b| args.tier.is_none_or(|t| t == b.tier))
+        .collect();
+    let has_manifest = |b: &crate::commands::sync::RemoteBackup| {
+        present.contains(
+            format!(
+                "{}/{}",
+                b.tier.dir(),
+                crate::naming::sidecar(&b.parsed.stem, crate::naming::MANIFEST_EXT)
+            )
+            .as_str(),
+        )
+    };
+    if args.json {
+        let items: Vec<_> = shown
+            .iter()
+            .map(|b| {
+                json!({
+                    "path": b.rel_path, "tier": b.tier, "time": b.time.to_rfc3339(), "size_bytes": b.size,
+                    "sha256": null, "database": b.parsed.prefix, "format": b.parsed.format,
+                    "manifest": has_manifest(b), "remote": remote.root(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    let now = Utc::now();
+    println!("Backups on {}", remote.root());
+    if shown.is_empty() {
+        println!("  (none)");
+    } else {
+        println!(
+            "{:8} {:25} {:>6} {:>7}  {:8}  FILE",
+            "TIER", "TIME", "AGE", "SIZE", "MANIFEST"
+        );
+        for b in &shown {
+            println!(
+                "{:8} {:25} {:>6} {:>7}  {:8}  {}",
+                b.tier.dir(),
+                b.time.format("%Y-%m-%d %H:%M:%S %:z").to_string(),
+                age(b.time, now),
+                human_size(b.size),
+                if has_manifest(b) { "yes" } else { "no" },
+                b.rel_path
+            );
+        }
+    }
+    let count = |t: Tier| backups.iter().filter(|b| b.tier == t).count();
+    println!(
+        "Hourly: {}, Daily: {}, Weekly: {}, Monthly: {}, Named: {}",
+        count(Tier::Hourly),
+        count(Tier::Daily),
+        count(Tier::Weekly),
+        count(Tier::Monthly),
+        count(Tier::Named)
+    );
+    Ok(())
+}
+
 /// The seed's counts: `Hourly: 9, Daily: 5, Weekly: 0` (Monthly and Named when present).
 pub fn tier_counts(all: &[Backup]) -> String {
     let count = |t: Tier| all.iter().filter(|b| b.tier == t).count();

@@ -28,15 +28,17 @@ use crate::cli::RestoreArgs;
 use crate::clock;
 use crate::commands::backup::{self, Target as BackupTarget};
 use crate::commands::list;
+use crate::commands::sync;
 use crate::config::Config;
 use crate::dump;
 use crate::error::usage;
 use crate::manifest::Manifest;
-use crate::naming::{Tier, GLOBALS_EXT};
+use crate::naming::{self, Tier, GLOBALS_EXT, MANIFEST_EXT};
 use crate::postgres::{ident, literal, version_major, Postgres};
 use crate::process::StreamError;
+use crate::remote::Remote;
 use crate::select::{self, Selection, Selector};
-use crate::store::{human_size, loose_file, Store};
+use crate::store::{human_size, loose_file, Backup, Store};
 
 /// PostgreSQL's limit on identifier length, in bytes.
 const MAX_IDENT: usize = 63;
@@ -49,6 +51,8 @@ struct Source {
     manifest: Option<Manifest>,
     time: Option<DateTime<FixedOffset>>,
     globals: Option<PathBuf>,
+    /// A download from the remote, removed when the restore is over.
+    _download: Option<tempfile::TempDir>,
 }
 
 /// What the file check found.
@@ -69,7 +73,10 @@ struct Existing {
 pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let clock_start = Instant::now();
     let store = Store::new(cfg.backup_dir.clone());
-    let source = choose(cfg, &store, args)?;
+    let source = match &args.remote {
+        Some(_) => choose_remote(cfg, &store, args).await?,
+        None => choose(cfg, &store, args)?,
+    };
     let target = args
         .target_db
         .clone()
@@ -152,6 +159,31 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
 }
 
 fn selector(cfg: &Config, args: &RestoreArgs) -> Result<Selector> {
+    let remote_file = args.remote.as_deref().filter(|p| !p.is_empty());
+    let chosen = [
+        args.latest,
+        args.latest_daily,
+        args.latest_weekly,
+        args.latest_monthly,
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count()
+        + [
+            args.file.is_some(),
+            args.at.is_some(),
+            args.name.is_some(),
+            remote_file.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if chosen != 1 {
+        return Err(usage(
+            "choose exactly one backup: --latest, --latest-daily, --latest-weekly, --latest-monthly, --file PATH, \
+             --at TIME, --name NAME, or --remote PATH (plain --remote goes with one of the others)",
+        ));
+    }
     Ok(if args.latest {
         Selector::Latest
     } else if args.latest_daily {
@@ -160,14 +192,110 @@ fn selector(cfg: &Config, args: &RestoreArgs) -> Result<Selector> {
         Selector::LatestIn(Tier::Weekly)
     } else if args.latest_monthly {
         Selector::LatestIn(Tier::Monthly)
-    } else if let Some(f) = &args.file {
+    } else if let Some(f) = args
+        .file
+        .as_ref()
+        .or(remote_file.map(PathBuf::from).as_ref())
+    {
         Selector::File(f.clone())
     } else if let Some(t) = &args.at {
         Selector::At(clock::parse_time(t, cfg.calendar.zone, "--at")?)
     } else if let Some(n) = &args.name {
         Selector::Name(n.clone())
     } else {
-        unreachable!("clap requires one selector")
+        unreachable!("counted above")
+    })
+}
+
+/// `--remote`: chooses on the remote's listing, then downloads the dump (and its
+/// manifest and globals) into a temporary folder in the store.
+async fn choose_remote(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> {
+    let Some(rc) = &cfg.remote else {
+        return Err(usage(
+            "--remote: no remote configured; set RCLONE_REMOTE_NAME and RCLONE_REMOTE_PATH",
+        ));
+    };
+    let selector = selector(cfg, args)?;
+    let remote = Remote::new(rc.clone());
+    remote.check_rclone().await?;
+    let listing = remote.list().await?;
+    let present: BTreeSet<&str> = listing.iter().map(|f| f.path.as_str()).collect();
+    // The remote's dumps, as a listing `select` understands (paths under the remote root).
+    let root = PathBuf::from(remote.root());
+    let backups: Vec<Backup> = sync::remote_backups(cfg, &listing)
+        .into_iter()
+        .map(|b| Backup {
+            tier: b.tier,
+            path: root.join(&b.rel_path),
+            rel_path: b.rel_path,
+            parsed: b.parsed,
+            size: b.size,
+            time: b.time,
+            manifest: None,
+            manifest_error: None,
+            verification: Default::default(),
+        })
+        .collect();
+    let chosen =
+        match select::select(&backups, &selector, &cfg.prefix, &root).map_err(|m| anyhow!(m))? {
+            Selection::Stored(b) => b,
+            Selection::External(p) => bail!(
+                "--remote {}: no such backup on {}; `kbackup list --remote` shows what is there",
+                p.strip_prefix(&root).unwrap_or(&p).display(),
+                remote.root()
+            ),
+        };
+    let dir = store.root.join(crate::state::STATE_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let download = tempfile::Builder::new()
+        .prefix(".kbackup-download-")
+        .tempdir_in(&dir)?;
+    let stem = &chosen.parsed.stem;
+    let fetch = |ext: &'static str| {
+        let rel = format!("{}/{}", chosen.tier.dir(), naming::sidecar(stem, ext));
+        let to = download.path().join(naming::sidecar(stem, ext));
+        let on_remote = present.contains(rel.as_str());
+        let remote = remote.clone();
+        async move {
+            if !on_remote {
+                return Ok::<_, anyhow::Error>(None);
+            }
+            remote.download(&rel, &to, None).await?;
+            Ok(Some(to))
+        }
+    };
+    let manifest = match fetch(MANIFEST_EXT).await? {
+        Some(p) => Some(
+            serde_json::from_slice::<Manifest>(&std::fs::read(&p)?).with_context(|| {
+                format!("cannot read the remote manifest of {}", chosen.rel_path)
+            })?,
+        ),
+        None => {
+            tracing::warn!(
+                "{} has no manifest on the remote: its checksum cannot be checked",
+                chosen.rel_path
+            );
+            None
+        }
+    };
+    let globals = fetch(GLOBALS_EXT).await?;
+    let file = download
+        .path()
+        .join(chosen.path.file_name().expect("a file name"));
+    tracing::info!("Downloading {} from {}...", chosen.rel_path, remote.root());
+    remote
+        .download(&chosen.rel_path, &file, cfg.timeout)
+        .await?;
+    Ok(Source {
+        path: file,
+        shown: format!("{}/{}", remote.root(), chosen.rel_path),
+        time: manifest
+            .as_ref()
+            .map(|m| m.started_at)
+            .or(Some(chosen.time)),
+        manifest,
+        globals,
+        _download: Some(download),
     })
 }
 
@@ -190,6 +318,7 @@ fn choose(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> {
                 manifest: b.manifest.clone(),
                 time: Some(b.time),
                 globals: Some(b.sidecar(GLOBALS_EXT)).filter(|p| p.exists()),
+                _download: None,
             }
         }
         Selection::External(path) => {
@@ -200,6 +329,7 @@ fn choose(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> {
                 globals: loose.globals,
                 path,
                 manifest: loose.manifest,
+                _download: None,
             }
         }
     })

@@ -70,7 +70,7 @@ pub fn apply(store: &Store, decisions: &[(Decision<usize>, Backup)]) -> Result<u
     Ok(deleted)
 }
 
-pub fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
+pub async fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
     let store = Store::new(cfg.backup_dir.clone());
     let _lock = if args.dry_run {
         None
@@ -100,7 +100,18 @@ pub fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
         );
     }
     if !args.dry_run {
-        apply(&store, &decisions)?;
+        if let Err(e) = apply(&store, &decisions) {
+            crate::notify::alert(
+                cfg,
+                crate::notify::Alert {
+                    kind: crate::notify::Kind::Rotate,
+                    title: format!("Rotation of {} backups failed", cfg.db.name),
+                    body: format!("{e:#}"),
+                },
+            )
+            .await;
+            return Err(e);
+        }
     }
     Ok(())
 }

@@ -36,6 +36,7 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
         .collect();
     let last_run = state::last_backup(&store.root);
     let last_verify = state::last_verify(&store.root);
+    let last_sync = state::last_sync(&store.root).filter(|_| cfg.remote.is_some());
     let free = store.free_space().ok();
 
     let mut problems = Vec::new();
@@ -73,6 +74,14 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
         ));
     }
 
+    if let Some(s) = last_sync.as_ref().filter(|s| !s.ok) {
+        problems.push(format!(
+            "the last off-site sync to {} failed at {}: {}",
+            s.remote,
+            s.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
+            s.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
     let verified = |v: Option<&Verification>| match v {
         Some(v) => format!(
             "{} {} {} ago",
@@ -120,7 +129,7 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
                 "newest": tiers,
                 "last_run": last_run,
                 "last_verify": last_verify,
-                "offsite_sync": null,
+                "offsite_sync": last_sync,
                 "disk_free_bytes": free,
             }))?
         );
@@ -163,7 +172,21 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
             ),
             None => println!("Last verification: none (run `kbackup verify`)"),
         }
-        println!("Off-site sync: not configured");
+        match (&cfg.remote, &last_sync) {
+            (None, _) => println!("Off-site sync: not configured"),
+            (Some(rc), None) => println!("Off-site sync: {} configured, never run", rc.root()),
+            (Some(_), Some(s)) if s.ok => println!(
+                "Off-site sync: succeeded at {} ({}, {} backups there)",
+                when(s.finished_at),
+                s.remote,
+                s.remote_backups
+            ),
+            (Some(_), Some(s)) => println!(
+                "Off-site sync: FAILED at {}: {}",
+                when(s.finished_at),
+                s.error.as_deref().unwrap_or("")
+            ),
+        }
         if let Some(f) = free {
             println!("Disk free in BACKUP_DIR: {}", human_size(f));
         }

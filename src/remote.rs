@@ -1,0 +1,255 @@
+//! Off-site copies with rclone: any backend rclone knows (Drive, S3, GCS, SFTP,
+//! WebDAV...). Every call goes through the one process runner; kbackup's own
+//! RCLONE_REMOTE_* settings are kept out of rclone's environment (rclone reads
+//! RCLONE_* variables as its own options).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, FixedOffset};
+use serde::Deserialize;
+
+use crate::config::RemoteConfig;
+use crate::process::{Cmd, ProcessError};
+
+/// rclone 1.53 is the oldest with every flag used here (lsjson --files-only, check --one-way).
+const MIN_VERSION: (u32, u32) = (1, 53);
+const LIST_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct Remote {
+    cfg: RemoteConfig,
+    /// Show transfer progress (stderr is a terminal).
+    progress: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteFile {
+    #[serde(rename = "Path")]
+    pub path: String,
+    #[serde(rename = "Size")]
+    pub size: i64,
+    #[serde(rename = "ModTime")]
+    pub mod_time: DateTime<FixedOffset>,
+}
+
+impl Remote {
+    pub fn new(cfg: RemoteConfig) -> Remote {
+        let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Remote { cfg, progress }
+    }
+
+    /// `gdrive:kairon-backups`
+    pub fn root(&self) -> String {
+        self.cfg.root()
+    }
+
+    fn at(&self, rel: &str) -> String {
+        if self.cfg.path.is_empty() {
+            format!("{}:{rel}", self.cfg.name)
+        } else {
+            format!("{}/{rel}", self.root())
+        }
+    }
+
+    fn rclone(&self) -> Cmd {
+        let mut c = Cmd::new("rclone");
+        for var in ["RCLONE_REMOTE_NAME", "RCLONE_REMOTE_PATH", "RCLONE_FLAGS"] {
+            c = c.env_remove(var);
+        }
+        if let Some(conf) = &self.cfg.config {
+            c = c.arg("--config").arg(conf);
+        }
+        c.args(&self.cfg.flags)
+    }
+
+    /// Long transfers show progress on a terminal; under cron they stay quiet.
+    fn transfer(&self) -> Cmd {
+        if self.progress {
+            self.rclone()
+                .args([
+                    "--stats",
+                    "2s",
+                    "--stats-one-line",
+                    "--stats-log-level",
+                    "NOTICE",
+                ])
+                .show_stderr(true)
+        } else {
+            self.rclone()
+        }
+    }
+
+    /// rclone exists and is recent enough: the seed's "rclone not found" case, made clear.
+    pub async fn check_rclone(&self) -> Result<()> {
+        let out = match self.rclone().arg("version").output(Some(Duration::from_secs(30))).await {
+            Ok(o) => o,
+            Err(ProcessError::NotFound { .. }) => bail!(
+                "rclone not found: RCLONE_REMOTE_NAME={} asks for off-site copies, which need rclone \
+                 (apt-get install rclone, or https://rclone.org/install/), configured with `rclone config`",
+                self.cfg.name
+            ),
+            Err(e) => return Err(anyhow!(e).context("cannot run rclone")),
+        };
+        let text = String::from_utf8_lossy(&out);
+        let version = parse_version(&text)
+            .ok_or_else(|| anyhow!("cannot read rclone's version from {text:?}"))?;
+        if version < MIN_VERSION {
+            bail!(
+                "rclone {}.{} is too old: kbackup needs {}.{} or newer",
+                version.0,
+                version.1,
+                MIN_VERSION.0,
+                MIN_VERSION.1
+            );
+        }
+        Ok(())
+    }
+
+    /// Every file under the remote folder (an absent folder is empty).
+    pub async fn list(&self) -> Result<Vec<RemoteFile>> {
+        let cmd = self
+            .rclone()
+            .args(["lsjson", "-R", "--files-only", "--no-mimetype"])
+            .arg(self.root());
+        match cmd.output(Some(LIST_TIMEOUT)).await {
+            Ok(out) => serde_json::from_slice(&out).context("rclone lsjson output"),
+            Err(ProcessError::Failed { code: Some(3), .. }) => Ok(vec![]),
+            Err(e) => Err(anyhow!(e)).with_context(|| format!("cannot list {}", self.root())),
+        }
+    }
+
+    /// Copies `files` (relative to `local_root`) to the same paths on the remote.
+    /// rclone checks each transfer's size and, where both sides have a common
+    /// hash, its checksum.
+    pub async fn upload(
+        &self,
+        local_root: &Path,
+        files: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        let list = files_from(local_root, files)?;
+        self.transfer()
+            .args(["copy", "--no-traverse", "--files-from-raw"])
+            .arg(list.path())
+            .arg(local_root)
+            .arg(self.root())
+            .output(timeout)
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("uploading to {}", self.root()))?;
+        Ok(())
+    }
+
+    /// Checks uploaded files against the local ones: size, and hash where the
+    /// backend has one.
+    pub async fn check(&self, local_root: &Path, files: &[String]) -> Result<()> {
+        let list = files_from(local_root, files)?;
+        self.rclone()
+            .args(["check", "--one-way", "--files-from-raw"])
+            .arg(list.path())
+            .arg(local_root)
+            .arg(self.root())
+            .output(Some(LIST_TIMEOUT))
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("the uploaded files do not match on {}", self.root()))?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, files: &[String]) -> Result<()> {
+        for rel in files {
+            self.rclone()
+                .arg("deletefile")
+                .arg(self.at(rel))
+                .output(Some(LIST_TIMEOUT))
+                .await
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("cannot delete {}", self.at(rel)))?;
+        }
+        Ok(())
+    }
+
+    /// A small file's content (a manifest).
+    pub async fn cat(&self, rel: &str) -> Result<Vec<u8>> {
+        self.rclone()
+            .arg("cat")
+            .arg(self.at(rel))
+            .output(Some(LIST_TIMEOUT))
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("cannot read {}", self.at(rel)))
+    }
+
+    /// Downloads one file to `to`.
+    pub async fn download(&self, rel: &str, to: &Path, timeout: Option<Duration>) -> Result<()> {
+        self.transfer()
+            .arg("copyto")
+            .arg(self.at(rel))
+            .arg(to)
+            .output(timeout)
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("cannot download {}", self.at(rel)))?;
+        Ok(())
+    }
+}
+
+/// A `--files-from-raw` list in a temporary file next to the store.
+fn files_from(local_root: &Path, files: &[String]) -> Result<tempfile::NamedTempFile> {
+    let dir: PathBuf = local_root.join(crate::state::STATE_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let mut f = tempfile::Builder::new()
+        .prefix(".kbackup-files-")
+        .tempfile_in(&dir)?;
+    for rel in files {
+        writeln!(f, "{rel}")?;
+    }
+    f.flush()?;
+    Ok(f)
+}
+
+/// `rclone v1.60.1-DEV` -> (1, 60).
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let v = text
+        .split_whitespace()
+        .find(|w| w.starts_with('v'))?
+        .trim_start_matches('v');
+    let mut parts = v.split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(
+            parse_version("rclone v1.60.1-DEV\n- os/version: debian"),
+            Some((1, 60))
+        );
+        assert_eq!(parse_version("rclone v1.53.3"), Some((1, 53)));
+        assert_eq!(parse_version("nonsense"), None);
+    }
+
+    #[test]
+    fn paths_join_the_remote_folder() {
+        let r = |path: &str| {
+            Remote::new(RemoteConfig {
+                name: "gdrive".into(),
+                path: path.into(),
+                config: None,
+                flags: vec![],
+            })
+        };
+        assert_eq!(
+            r("kairon-backups").at("hourly/x.dump.zst"),
+            "gdrive:kairon-backups/hourly/x.dump.zst"
+        );
+        assert_eq!(r("").at("hourly/x.dump.zst"), "gdrive:hourly/x.dump.zst");
+        assert_eq!(r("a/b/").root(), "gdrive:a/b");
+    }
+}
