@@ -35,11 +35,17 @@ ensure() {
       zstd) command -v zstd >/dev/null || missing+=(zstd) ;;
       rclone) command -v rclone >/dev/null || missing+=(rclone) ;;
       docker) command -v dockerd >/dev/null || missing+=(docker.io) ;;
+      aiosmtpd) ;;
       *) die "ensure: unknown component $want" ;;
     esac
   done
   command -v cargo >/dev/null || die "cargo is not installed (a Rust toolchain is required)"
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+  # The SMTP sink for the email alert tests (a real SMTP server, from PyPI).
+  if printf '%s\n' "$@" | grep -qx aiosmtpd && ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+    say "installing aiosmtpd (pip)"
+    python3 -m pip install -q aiosmtpd || die "pip install aiosmtpd failed"
+  fi
 }
 
 # start_cluster DIR: a throwaway socket-only PostgreSQL in DIR, run as the postgres

@@ -1,0 +1,248 @@
+//! Alerts on real receivers on loopback: an HTTP receiver standing in for the
+//! ntfy, Slack, webhook and healthchecks.io servers, and a real SMTP server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::net::{Mode, Recorder, SmtpSink};
+use common::*;
+
+struct Channels {
+    ntfy: Recorder,
+    slack: Recorder,
+    webhook: Recorder,
+    health: Recorder,
+    smtp: SmtpSink,
+}
+
+fn all_channels(kb: &mut Kb) -> Channels {
+    let ch = Channels {
+        ntfy: Recorder::start(Mode::Ok),
+        slack: Recorder::start(Mode::Ok),
+        webhook: Recorder::start(Mode::Ok),
+        health: Recorder::start(Mode::Ok),
+        smtp: SmtpSink::start(),
+    };
+    kb.set("NTFY_URL", &ch.ntfy.url)
+        .set("NTFY_TOPIC", "kairon-backups")
+        .set("NTFY_TOKEN", "tk_secret123")
+        .set(
+            "SLACK_WEBHOOK_URL",
+            &format!("{}/services/T/B/X", ch.slack.url),
+        )
+        .set("BACKUP_WEBHOOK_URL", &format!("{}/hook", ch.webhook.url))
+        .set(
+            "BACKUP_HEALTHCHECK_URL",
+            &format!("{}/ping/abc", ch.health.url),
+        )
+        .set("BACKUP_EMAIL_RECIPIENT", "ops@example.com")
+        .set("BACKUP_SMTP_HOST", "127.0.0.1")
+        .set("BACKUP_SMTP_PORT", &ch.smtp.port.to_string());
+    ch
+}
+
+#[test]
+fn a_failed_backup_reaches_every_channel() {
+    let db = cluster().new_db("afail");
+    let mut kb = Kb::direct(&db);
+    let ch = all_channels(&mut kb);
+    kb.set("POSTGRES_HOST", "/tmp/no-such-server");
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr().contains("Cannot connect to database"),
+        "the original error is shown: {}",
+        r.stderr()
+    );
+
+    let n = &ch.ntfy.wait(1)[0];
+    assert_eq!(
+        (n.method.as_str(), n.path.as_str()),
+        ("POST", "/kairon-backups")
+    );
+    assert!(
+        n.headers["title"].contains("backup FAILED") && n.headers["title"].contains(&db),
+        "{n:?}"
+    );
+    assert_eq!(n.headers["priority"], "high");
+    assert_eq!(n.headers["tags"], "warning,floppy_disk");
+    assert_eq!(n.headers["authorization"], "Bearer tk_secret123");
+    assert!(
+        n.body.contains("Cannot connect to database") && n.body.contains("What to look at"),
+        "{}",
+        n.body
+    );
+    assert!(
+        n.body.contains(&format!("Database: {db}")) && n.body.contains("Host: "),
+        "{}",
+        n.body
+    );
+
+    let s = &ch.slack.wait(1)[0];
+    assert_eq!(s.path, "/services/T/B/X");
+    let v: serde_json::Value = serde_json::from_str(&s.body).unwrap();
+    assert!(v["text"].as_str().unwrap().contains("backup FAILED"), "{v}");
+
+    let w = &ch.webhook.wait(1)[0];
+    let v: serde_json::Value = serde_json::from_str(&w.body).unwrap();
+    assert_eq!(v["event"], "backup");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["database"], db.as_str());
+    assert!(
+        v["error"].as_str().unwrap().contains("Cannot connect"),
+        "{v}"
+    );
+
+    let pings: Vec<String> = ch.health.wait(2).iter().map(|r| r.path.clone()).collect();
+    assert_eq!(pings, ["/ping/abc/start", "/ping/abc/fail"]);
+
+    let mail = wait_for(10, "the alert email", || {
+        ch.smtp.messages().into_iter().next()
+    });
+    assert!(
+        mail.contains("To: ops@example.com") && mail.contains("backup FAILED"),
+        "{mail}"
+    );
+    // The token never shows in logs.
+    assert!(!r.stderr().contains("tk_secret123"));
+}
+
+#[test]
+fn successes_are_opt_in_per_channel_and_ping_the_healthcheck() {
+    let db = cluster().sample_db("aok");
+    let mut kb = Kb::direct(&db);
+    let ch = all_channels(&mut kb);
+    kb.set("NTFY_ON_SUCCESS", "true");
+    kb.ok(&["backup"]);
+    let n = &ch.ntfy.wait(1)[0];
+    assert!(n.headers["title"].contains("backup OK"), "{n:?}");
+    assert_eq!(n.headers["priority"], "default");
+    assert!(
+        n.body.contains("hourly/") && n.body.contains(" in "),
+        "size and duration: {}",
+        n.body
+    );
+    let pings: Vec<String> = ch.health.wait(2).iter().map(|r| r.path.clone()).collect();
+    assert_eq!(pings, ["/ping/abc/start", "/ping/abc"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        ch.slack.requests().is_empty() && ch.webhook.requests().is_empty(),
+        "not opted in"
+    );
+    assert!(ch.smtp.messages().is_empty());
+}
+
+#[test]
+fn a_hanging_channel_delays_the_job_by_no_more_than_its_timeout() {
+    let db = cluster().new_db("ahang");
+    let mut kb = Kb::direct(&db);
+    let hang = Recorder::start(Mode::Hang);
+    kb.set("NTFY_URL", &hang.url)
+        .set("NTFY_TOPIC", "t")
+        .set("BACKUP_NOTIFY_TIMEOUT", "2s");
+    kb.set("POSTGRES_HOST", "/tmp/no-such-server");
+    let start = Instant::now();
+    let r = kb.run(&["backup"]);
+    let took = start.elapsed();
+    assert_eq!(
+        r.code(),
+        1,
+        "the job's result is the backup's, not the channel's"
+    );
+    assert!(
+        r.stderr().contains("Cannot connect to database"),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        r.stderr().contains("alert via ntfy failed"),
+        "{}",
+        r.stderr()
+    );
+    assert!(!hang.requests().is_empty(), "the alert was attempted");
+    assert!(
+        took < Duration::from_secs(6),
+        "took {took:?} with a 2s budget"
+    );
+}
+
+#[test]
+fn notify_test_reaches_each_channel() {
+    let db = cluster().new_db("atest");
+    let mut kb = Kb::direct(&db);
+    let ch = all_channels(&mut kb);
+    let r = kb.ok(&["notify", "--test"]);
+    for channel in ["ntfy", "slack", "email", "webhook", "healthcheck"] {
+        assert!(
+            r.stdout()
+                .lines()
+                .any(|l| l.starts_with(channel) && l.ends_with("sent")),
+            "{channel}: {}",
+            r.stdout()
+        );
+    }
+    assert!(ch.ntfy.wait(1)[0].body.contains("Test notification"));
+    assert!(ch.slack.wait(1)[0].body.contains("Test notification"));
+    assert!(
+        wait_for(10, "mail", || ch.smtp.messages().into_iter().next())
+            .contains("Test notification")
+    );
+    // A channel that is down is reported, and the command fails.
+    kb.set("SLACK_WEBHOOK_URL", "http://127.0.0.1:9/nothing")
+        .set("BACKUP_NOTIFY_TIMEOUT", "2s");
+    let r = kb.run(&["notify", "--test"]);
+    assert_eq!(r.code(), 1);
+    assert!(r.stdout().contains("slack        FAILED"), "{}", r.stdout());
+}
+
+#[test]
+fn a_run_skipped_because_the_store_is_locked_alerts() {
+    let db = cluster().sample_db("alocked");
+    let mut kb = Kb::direct(&db);
+    let ntfy = Recorder::start(Mode::Ok);
+    kb.set("NTFY_URL", &ntfy.url).set("NTFY_TOPIC", "t");
+    let lock = LockHolder::exclusive(&db, "events");
+    let first = kb
+        .command(&["backup"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(20, "pg_dump waiting", || {
+        (LockHolder::waiters(&db) > 0).then_some(())
+    });
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 3);
+    let alerts = ntfy.wait(1);
+    assert!(
+        alerts[0].headers["title"].contains("locked FAILED"),
+        "{:?}",
+        alerts[0]
+    );
+    assert!(
+        alerts[0].body.contains("holds the store"),
+        "{}",
+        alerts[0].body
+    );
+    drop(lock);
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_failed_verification_alerts() {
+    let db = cluster().sample_db("averify");
+    let mut kb = Kb::direct(&db);
+    let hook = Recorder::start(Mode::Ok);
+    kb.set("BACKUP_WEBHOOK_URL", &hook.url);
+    kb.ok(&["backup"]);
+    let f = kb.store.join(&kb.dumps("hourly")[0]);
+    let mut bytes = std::fs::read(&f).unwrap();
+    let n = bytes.len() - 10;
+    bytes[n] ^= 0xff;
+    std::fs::write(&f, &bytes).unwrap();
+    assert_eq!(kb.run(&["verify", "--quick"]).code(), 1);
+    let v: serde_json::Value = serde_json::from_str(&hook.wait(1)[0].body).unwrap();
+    assert_eq!(v["event"], "verify");
+    assert!(v["error"].as_str().unwrap().contains("checksum"), "{v}");
+}

@@ -1,0 +1,236 @@
+//! Real network peers on loopback: an HTTP receiver that records what it is
+//! sent (what ntfy, Slack, a webhook or healthchecks.io would receive), a WebDAV
+//! server (`rclone serve webdav`), and an SMTP server (aiosmtpd).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{require_tool, wait_for};
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// Header names lowercased.
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Answer 200 at once.
+    Ok,
+    /// Accept, read, and never answer.
+    Hang,
+}
+
+pub struct Recorder {
+    pub url: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Recorder {
+    pub fn start(mode: Mode) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
+        let log = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || serve(stream, mode, &log));
+            }
+        });
+        Recorder { url, requests }
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests arrived.
+    pub fn wait(&self, n: usize) -> Vec<Request> {
+        wait_for(15, &format!("{n} request(s) at {}", self.url), || {
+            let r = self.requests();
+            (r.len() >= n).then_some(r)
+        })
+    }
+}
+
+fn serve(stream: TcpStream, mode: Mode, log: &Mutex<Vec<Request>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = reader.read_exact(&mut body);
+    log.lock().unwrap().push(Request {
+        method,
+        path,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    });
+    let mut stream = stream;
+    match mode {
+        Mode::Ok => {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+        Mode::Hang => std::thread::sleep(Duration::from_secs(120)),
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    wait_for(20, what, || {
+        TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+}
+
+/// `rclone serve webdav` of a folder, on loopback. Dropping it stops the server.
+pub struct Webdav {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Webdav {
+    pub fn start(dir: &Path, port: Option<u16>) -> Webdav {
+        require_tool("rclone", "rclone");
+        std::fs::create_dir_all(dir).unwrap();
+        let port = port.unwrap_or_else(free_port);
+        let child = Command::new("rclone")
+            .args(["serve", "webdav", "--addr", &format!("127.0.0.1:{port}")])
+            .arg(dir)
+            .env("RCLONE_CONFIG", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(port, "rclone serve webdav");
+        Webdav {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// kbackup settings for this server as remote `dav:`, folder `backups`.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        [
+            ("RCLONE_CONFIG", "/dev/null".to_string()),
+            ("RCLONE_CONFIG_DAV_TYPE", "webdav".into()),
+            (
+                "RCLONE_CONFIG_DAV_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("RCLONE_CONFIG_DAV_VENDOR", "other".into()),
+            ("RCLONE_REMOTE_NAME", "dav".into()),
+            ("RCLONE_REMOTE_PATH", "backups".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for Webdav {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real SMTP server (aiosmtpd) delivering into a maildir.
+pub struct SmtpSink {
+    child: Child,
+    pub port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    pub fn start() -> SmtpSink {
+        let ok = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "aiosmtpd (the SMTP sink, from PyPI) is missing: run scripts/test.sh, which installs it");
+        let maildir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir.path().join("mail"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(port, "the aiosmtpd SMTP server");
+        SmtpSink {
+            child,
+            port,
+            maildir,
+        }
+    }
+
+    /// The raw messages received.
+    pub fn messages(&self) -> Vec<String> {
+        let dir = self.maildir.path().join("mail/new");
+        let mut out: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,244 @@
+//! Off-site copies with real rclone: a local remote and a WebDAV server
+//! (`rclone serve webdav`) on loopback.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::net::{Mode, Recorder, Webdav};
+use common::*;
+
+fn local_remote(kb: &mut Kb, dir: &std::path::Path) {
+    kb.set("RCLONE_CONFIG", "/dev/null")
+        .set("RCLONE_CONFIG_OFFSITE_TYPE", "local")
+        .set("RCLONE_REMOTE_NAME", "offsite")
+        .set("RCLONE_REMOTE_PATH", dir.to_str().unwrap());
+}
+
+fn files_under(dir: &std::path::Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(
+                    e.path()
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_remote_mirrors_the_local_layout() {
+    let db = cluster().sample_db("osync");
+    let mut kb = Kb::direct(&db);
+    let remote = kb.home.path().join("remote");
+    local_remote(&mut kb, &remote);
+    let r = kb.ok(&["backup"]);
+    assert!(
+        r.stderr().contains("Sync complete: 9 file(s) uploaded"),
+        "{}",
+        r.stderr()
+    );
+    let local: BTreeSet<String> = kb
+        .files()
+        .into_iter()
+        .filter(|f| {
+            f.ends_with(".dump.zst") || f.ends_with(".manifest.json") || f.ends_with(".globals.sql")
+        })
+        .collect();
+    assert_eq!(files_under(&remote), local);
+    for f in &local {
+        assert_eq!(
+            std::fs::read(remote.join(f)).unwrap(),
+            std::fs::read(kb.store.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // A second run uploads only what is new.
+    let r = kb.ok(&["backup"]);
+    assert!(
+        r.stderr().contains("Sync complete: 3 file(s) uploaded"),
+        "{}",
+        r.stderr()
+    );
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&kb.ok(&["list", "--remote", "--json"]).stdout()).unwrap();
+    assert_eq!(listed.len(), 4);
+    assert!(listed.iter().all(|b| b["manifest"] == true));
+    let status = kb.ok(&["status"]);
+    assert!(
+        status.stdout().contains("Off-site sync: succeeded"),
+        "{}",
+        status.stdout()
+    );
+}
+
+#[test]
+fn a_remote_that_is_down_keeps_the_local_backup_alerts_and_the_next_run_catches_up() {
+    let db = cluster().sample_db("odown");
+    let mut kb = Kb::direct(&db);
+    let dav_dir = kb.home.path().join("dav");
+    let dav = Webdav::start(&dav_dir, None);
+    for (k, v) in dav.settings() {
+        kb.set(&k, &v);
+    }
+    let ntfy = Recorder::start(Mode::Ok);
+    kb.set("NTFY_URL", &ntfy.url).set("NTFY_TOPIC", "backups");
+    kb.ok(&["backup", "--time", "2025-03-01T10:00:00Z"]);
+    let port = dav.port;
+    drop(dav); // the remote goes down
+
+    let r = kb.run(&["backup", "--time", "2025-03-01T11:00:00Z"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains("off-site sync to dav:backups failed"),
+        "{}",
+        r.stderr()
+    );
+    assert!(r.stderr().contains("was kept"), "{}", r.stderr());
+    assert_eq!(kb.dumps("hourly").len(), 2, "the local backup is kept");
+    let alerts = ntfy.wait(1);
+    assert!(
+        alerts[0].headers["title"].contains("sync FAILED"),
+        "{:?}",
+        alerts[0]
+    );
+    assert!(
+        alerts[0].body.contains("The local backup is kept"),
+        "{}",
+        alerts[0].body
+    );
+    assert_eq!(
+        kb.run(&["status"]).code(),
+        1,
+        "a failed sync makes status unhealthy"
+    );
+
+    // Back up: the next run uploads whatever is missing.
+    let _dav = Webdav::start(&dav_dir, Some(port));
+    kb.ok(&["backup", "--time", "2025-03-01T12:00:00Z"]);
+    let on_remote: Vec<String> = files_under(&dav_dir.join("backups"))
+        .into_iter()
+        .filter(|f| f.starts_with("hourly/") && f.ends_with(".dump.zst"))
+        .collect();
+    assert_eq!(on_remote.len(), 3, "{on_remote:?}");
+    assert_eq!(kb.run(&["status", "--max-age", "100000d"]).code(), 0);
+}
+
+#[test]
+fn an_emptied_local_store_deletes_nothing_on_the_remote_beyond_retention() {
+    let db = cluster().sample_db("oempty");
+    let mut kb = Kb::direct(&db);
+    let remote = kb.home.path().join("remote");
+    local_remote(&mut kb, &remote);
+    kb.set("BACKUP_KEEP_HOURLY", "3");
+    for h in 10..13 {
+        kb.ok(&["backup", "--time", &format!("2025-03-01T{h}:00:00Z")]);
+    }
+    let before = files_under(&remote);
+    assert_eq!(
+        before
+            .iter()
+            .filter(|f| f.starts_with("hourly/") && f.ends_with(".zst"))
+            .count(),
+        3
+    );
+
+    // The store is emptied (a new disk, a fresh mount): nothing is deleted remotely.
+    std::fs::remove_dir_all(&kb.store).unwrap();
+    kb.ok(&["sync"]);
+    assert_eq!(files_under(&remote), before);
+
+    // One new backup: hourly on the remote now holds 4, retention keeps 3, so
+    // exactly the oldest goes; daily and weekly copies stay.
+    kb.ok(&["backup", "--time", "2025-03-01T13:00:00Z"]);
+    let after = files_under(&remote);
+    let hourly: Vec<&String> = after
+        .iter()
+        .filter(|f| f.starts_with("hourly/") && f.ends_with(".zst"))
+        .collect();
+    assert_eq!(hourly.len(), 3, "{hourly:?}");
+    assert!(
+        !after.iter().any(|f| f.contains("2025-03-01_10-00-00")),
+        "the oldest hourly should go: {after:?}"
+    );
+    for f in before.iter().filter(|f| !f.contains("2025-03-01_10-00-00")) {
+        assert!(after.contains(f), "{f} was deleted from the remote");
+    }
+    // The remote's daily for that day is the older backup: it was not replaced.
+    let daily = format!("daily/{db}_2025-03-01.dump.zst");
+    assert!(before.contains(&daily));
+}
+
+#[test]
+fn restore_from_the_remote_checks_the_remote_manifest() {
+    let c = cluster();
+    let db = c.sample_db("orestore");
+    let mut kb = Kb::direct(&db);
+    let remote = kb.home.path().join("remote");
+    local_remote(&mut kb, &remote);
+    let fp = c.fingerprint(&db);
+    kb.ok(&["backup"]);
+    c.psql(&db, "DELETE FROM traces");
+    let rel = kb.dumps("hourly")[0].clone();
+
+    // The seed's form: --remote PATH.
+    let target = format!("{db}_fromremote");
+    let r = kb.ok(&["restore", "--remote", &rel, "--target-db", &target]);
+    assert!(
+        r.stderr().contains("checksum matches its manifest"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(c.fingerprint(&target), fp);
+    assert!(
+        !kb.files().iter().any(|f| f.contains("download")),
+        "the download was not removed: {:?}",
+        kb.files()
+    );
+
+    // A corrupted remote file is refused; the target is untouched.
+    let mut bytes = std::fs::read(remote.join(&rel)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(remote.join(&rel), &bytes).unwrap();
+    let before = c.fingerprint(&db);
+    let r = kb.run(&["restore", "--remote", "--latest", "--yes"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(r.stderr().contains("is corrupted"), "{}", r.stderr());
+    assert_eq!(c.fingerprint(&db), before);
+    assert!(
+        !kb.files().iter().any(|f| f.contains("download")),
+        "{:?}",
+        kb.files()
+    );
+    // Plain --remote needs a selector.
+    assert_eq!(kb.run(&["restore", "--remote", "--yes"]).code(), 2);
+}
+
+#[test]
+fn a_missing_rclone_is_named_and_the_local_backup_kept() {
+    let db = cluster().sample_db("norclone");
+    let mut kb = Kb::direct(&db);
+    let remote = kb.home.path().join("remote");
+    local_remote(&mut kb, &remote);
+    let mut cmd = kb.command(&["backup"]);
+    cmd.env("PATH", "/nonexistent");
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("rclone not found"), "{err}");
+    assert_eq!(kb.dumps("hourly").len(), 1);
+}
