@@ -242,3 +242,28 @@ fn a_missing_rclone_is_named_and_the_local_backup_kept() {
     assert!(err.contains("rclone not found"), "{err}");
     assert_eq!(kb.dumps("hourly").len(), 1);
 }
+
+#[test]
+fn transfers_show_progress_on_a_terminal_and_stay_quiet_under_cron() {
+    let db = cluster().sample_db("oprogress");
+    let mut kb = Kb::direct(&db);
+    let remote = kb.home.path().join("remote");
+    local_remote(&mut kb, &remote);
+    // Slow the transfer down so rclone reports progress at least once.
+    kb.set("RCLONE_FLAGS", "--bwlimit 100k");
+    kb.ok(&["backup", "--time", "2025-04-01T10:00:00Z"]);
+    std::fs::remove_dir_all(&remote).unwrap();
+    let (code, screen) = on_terminal(&kb, &["sync"], "");
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen.contains("NOTICE:") && screen.contains('%'),
+        "no progress on a terminal:\n{screen}"
+    );
+    std::fs::remove_dir_all(&remote).unwrap();
+    let r = kb.ok(&["sync"]);
+    assert!(
+        !r.stderr().contains("NOTICE:"),
+        "progress under cron:\n{}",
+        r.stderr()
+    );
+}

@@ -353,40 +353,6 @@ fn dry_run_changes_nothing_and_non_terminals_need_yes() {
     assert_eq!(c.fingerprint(&db), fp);
 }
 
-/// Runs kbackup on a real pseudo-terminal (util-linux `script`), typing `answer`.
-fn on_terminal(kb: &Kb, args: &[&str], answer: &str) -> (i32, String) {
-    let cmdline = std::iter::once(env!("CARGO_BIN_EXE_kbackup").to_string())
-        .chain(args.iter().map(|a| a.to_string()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let cmd = kb.command(&[]);
-    let mut child = Command::new("script")
-        .args(["-qec", &cmdline, "/dev/null"])
-        .env_clear()
-        .envs(
-            cmd.get_envs()
-                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
-        )
-        .current_dir(cmd.get_current_dir().unwrap())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("util-linux script");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(format!("{answer}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[test]
 fn on_a_terminal_the_operator_types_the_name() {
     let c = cluster();

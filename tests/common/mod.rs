@@ -483,6 +483,40 @@ pub fn manual_restore(file: &Path, db: &str) {
     );
 }
 
+/// Runs kbackup on a real pseudo-terminal (util-linux `script`), typing `answer`.
+pub fn on_terminal(kb: &Kb, args: &[&str], answer: &str) -> (i32, String) {
+    let cmdline = std::iter::once(env!("CARGO_BIN_EXE_kbackup").to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cmd = kb.command(&[]);
+    let mut child = Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .env_clear()
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .current_dir(cmd.get_current_dir().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux script");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The program may be done already, with nothing to answer: ignore a closed pipe.
+    let _ = child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(format!("{answer}\n").as_bytes());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// Polls until `f` returns Some, or panics after `secs`.
 pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
