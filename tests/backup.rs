@@ -716,19 +716,7 @@ fn insufficient_disk_space_fails_early() {
     let mut kb = Kb::direct(&db);
     // A real, tiny filesystem.
     let mnt = kb.home.path().join("tiny");
-    std::fs::create_dir_all(&mnt).unwrap();
-    run_ok(
-        Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-            .arg(&mnt),
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let _mounted = Tmpfs::mount(&mnt, "256k");
     kb.set("BACKUP_DIR", mnt.join("store").to_str().unwrap());
     let r = kb.run(&["backup"]);
     assert_eq!(r.code(), 1, "{}", r.all());
@@ -918,19 +906,7 @@ fn tier_copies_fall_back_to_copies_across_filesystems() {
     let kb = Kb::direct(&db);
     // daily/ on another filesystem: hard links fail for real (EXDEV).
     let daily = kb.store.join("daily");
-    std::fs::create_dir_all(&daily).unwrap();
-    run_ok(
-        Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-            .arg(&daily),
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(daily.clone());
+    let _mounted = Tmpfs::mount(&daily, "64m");
     kb.ok(&["backup"]);
     let h = kb.store.join(&kb.dumps("hourly")[0]);
     let d = kb.store.join(&kb.dumps("daily")[0]);

@@ -15,30 +15,6 @@ fn local_remote(kb: &mut Kb, dir: &std::path::Path) {
         .set("RCLONE_REMOTE_PATH", dir.to_str().unwrap());
 }
 
-fn files_under(dir: &std::path::Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.insert(
-                    e.path()
-                        .strip_prefix(dir)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn the_remote_mirrors_the_local_layout() {
     let db = cluster().sample_db("osync");
