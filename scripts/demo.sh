@@ -2,7 +2,7 @@
 # Demo of the main job: installs what is missing, builds kbackup, starts a
 # throwaway PostgreSQL with sample data, runs `kbackup backup` (twice, plus a
 # named backup) and `kbackup list`, restores the newest file by hand to prove it,
-# and cleans everything up.
+# then shows verify, a safe restore and status, and cleans everything up.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -44,4 +44,11 @@ say "restoring $newest by hand into a new database (zstd -dc FILE | pg_restore -
 createdb kairon_check
 zstd -dc "$BACKUP_DIR/$newest" | pg_restore --exit-on-error -d kairon_check
 psql -d kairon_check -c "SELECT 'events' AS t, count(*) FROM events UNION ALL SELECT 'traces', count(*) FROM traces"
+say "kbackup verify (test restore into a temporary database, every check with its numbers)"
+"$KB" verify
+say "kbackup restore --latest --dry-run, then into a new database (checked, then swapped in)"
+"$KB" restore --latest --target-db kairon_restored --dry-run
+"$KB" restore --latest --target-db kairon_restored
+say "kbackup status (what monitoring runs; exit 0 = healthy)"
+"$KB" status
 say "demo complete"
