@@ -59,6 +59,8 @@ pub const SETTINGS: &[Spec] = &[
         doc: "Directory holding pg_dump/pg_dumpall/psql (e.g. /usr/lib/postgresql/16/bin); default: PATH." },
     Spec { key: "database.maintenance_db", env: &["POSTGRES_MAINTENANCE_DB"], default: Some("postgres"), secret: false,
         doc: "Database restore connects to when it creates, renames or drops databases." },
+    Spec { key: "restore.jobs", env: &["BACKUP_RESTORE_JOBS"], default: None, secret: false,
+        doc: "Parallel pg_restore jobs for restore and verify (default: the machine's cores; 1 streams the archive, no temporary file)." },
     Spec { key: "restore.environment", env: &["ENVIRONMENT"], default: None, secret: false,
         doc: "Set to production to mark a production server: restoring over a database there warns loudly (Kaizen seed)." },
     Spec { key: "backup.dir", env: &["BACKUP_DIR"], default: Some("backups"), secret: false,
@@ -256,6 +258,8 @@ pub struct Config {
     pub debug: bool,
     /// ENVIRONMENT=production (or prod): restores warn loudly before replacing data.
     pub production: bool,
+    /// pg_restore jobs (BACKUP_RESTORE_JOBS).
+    pub restore_jobs: u32,
     /// The age past which status is unhealthy (default twice BACKUP_INTERVAL).
     pub max_age: Duration,
     pub metrics_file: Option<PathBuf>,
@@ -853,6 +857,15 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
             .transpose()?,
         healthcheck: url("notify.healthcheck_url")?.map(Secret),
     };
+    let restore_jobs = values
+        .parse("restore.jobs", "a whole number of jobs, 1 or more", |s| {
+            s.parse::<u32>().ok().filter(|n| *n >= 1)
+        })?
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        });
     let production = values
         .string("restore.environment")
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "production" | "prod"));
@@ -884,6 +897,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         log_format,
         debug,
         production,
+        restore_jobs,
         max_age,
         metrics_file,
         verify_server,

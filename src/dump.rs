@@ -62,7 +62,9 @@ pub fn write_compressed(input: File, out: File, level: i32) -> Result<Written> {
     // Compression runs on this thread, between reads of the pipe. Measured on two
     // cores: a zstd worker thread was slower (it competes with pg_dump and the
     // server for the same cores) and doubled the memory.
-    let encoder = zstd::Encoder::new(writer, level)?;
+    let mut encoder = zstd::Encoder::new(writer, level)?;
+    // zstd's own frame checksum: `zstd -t FILE` can test a backup by hand.
+    encoder.include_checksum(true)?;
     let mut tee = Tee {
         inner: input,
         sink: encoder,
@@ -88,8 +90,10 @@ pub fn write_compressed(input: File, out: File, level: i32) -> Result<Written> {
 }
 
 /// Reads a stored dump through the archive check (a `.dump.zst`, or a seed
-/// `.dump`), returning its summary and the SHA-256 of the file as stored.
-pub fn read_back(path: &std::path::Path) -> Result<(Summary, String)> {
+/// `.dump`). Returns the check's result and the SHA-256 of the whole file as
+/// stored: the hash is finished even when the archive is damaged, so a checksum
+/// mismatch can be reported as what it is.
+pub fn read_back(path: &std::path::Path) -> Result<(Result<Summary>, String)> {
     struct Hashing<R> {
         inner: R,
         hasher: Sha256,
@@ -107,12 +111,15 @@ pub fn read_back(path: &std::path::Path) -> Result<(Summary, String)> {
         hasher: Sha256::new(),
     };
     let summary = if is_zstd(path) {
-        let decoder = zstd::Decoder::new(&mut hashing).context("not a zstd stream")?;
-        archive::scan(BufReader::with_capacity(1 << 18, decoder))?
+        match zstd::Decoder::new(&mut hashing) {
+            Ok(decoder) => archive::scan(BufReader::with_capacity(1 << 18, decoder))
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::Error::from(e).context("not a zstd stream")),
+        }
     } else {
-        archive::scan(BufReader::with_capacity(1 << 18, &mut hashing))?
+        archive::scan(BufReader::with_capacity(1 << 18, &mut hashing)).map_err(anyhow::Error::from)
     };
-    // Hash whatever follows the archive (a zstd frame's tail, trailing bytes).
+    // Hash whatever the check did not read (after damage, a frame's tail).
     io::copy(&mut hashing, &mut io::sink())?;
     Ok((summary, hex::encode(hashing.hasher.finalize())))
 }

@@ -204,8 +204,29 @@ impl Store {
 
     /// Removes what runs that were killed left behind: temporary files, and
     /// sidecars (manifest, globals) whose dump was never published. Call under the lock.
+    /// Temporary files of restores and downloads (in `.kbackup/`, not under the
+    /// lock) go only once they are a day old: a running restore may be reading one.
     pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
+        if let Ok(entries) = fs::read_dir(self.root.join(crate::state::STATE_DIR)) {
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(86_400));
+                if old && e.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
+                    let p = e.path();
+                    let _ = if p.is_dir() {
+                        fs::remove_dir_all(&p)
+                    } else {
+                        fs::remove_file(&p)
+                    };
+                    removed.push(p);
+                }
+            }
+        }
         for tier in Tier::ALL {
             let dir = self.tier_dir(tier);
             let Ok(entries) = fs::read_dir(&dir) else {

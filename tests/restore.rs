@@ -126,7 +126,9 @@ fn restore_into_another_database_leaves_the_source_alone() {
     let c = cluster();
     let db = c.sample_db("other_src");
     let fp = c.fingerprint(&db);
-    let kb = Kb::direct(&db);
+    let mut kb = Kb::direct(&db);
+    // The streaming path: one pg_restore fed from a pipe, no temporary file.
+    kb.set("BACKUP_RESTORE_JOBS", "1");
     kb.ok(&["backup"]);
     c.psql(&db, "DELETE FROM traces");
     let target = format!("{db}_copy");

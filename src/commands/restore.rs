@@ -347,25 +347,24 @@ fn check_name(target: &str) -> Result<()> {
 /// Step 1: the checksum and a full read of the archive, before touching anything.
 async fn check_file(source: &Source) -> Result<Checked> {
     let path = source.path.clone();
-    let (summary, sha) = tokio::task::spawn_blocking(move || dump::read_back(&path))
-        .await?
-        .map_err(|e| {
-            anyhow!(
-                "{} is not a readable, complete archive: {e:#}. Refusing to restore it; nothing was changed. \
-                 Pick another backup (kbackup list)",
-                source.shown
-            )
-        })?;
+    let (summary, sha) = tokio::task::spawn_blocking(move || dump::read_back(&path)).await??;
+    if let Some(m) = source.manifest.as_ref().filter(|m| m.file.sha256 != sha) {
+        bail!(
+            "{} is corrupted: its SHA-256 is {sha} but its manifest records {}. Refusing to restore it; \
+             nothing was changed. Pick another backup (kbackup list)",
+            source.shown,
+            m.file.sha256
+        );
+    }
+    let summary = summary.map_err(|e| {
+        anyhow!(
+            "{} is not a readable, complete archive: {e:#}. Refusing to restore it; nothing was changed. \
+             Pick another backup (kbackup list)",
+            source.shown
+        )
+    })?;
     let mut checksum = "no manifest to check the checksum against";
     if let Some(m) = &source.manifest {
-        if m.file.sha256 != sha {
-            bail!(
-                "{} is corrupted: its SHA-256 is {sha} but its manifest records {}. Refusing to restore it; \
-                 nothing was changed. Pick another backup (kbackup list)",
-                source.shown,
-                m.file.sha256
-            );
-        }
         checksum = "checksum matches its manifest";
         // The manifest's counts are what pg_dump read; the archive must agree.
         let in_archive: BTreeMap<(&str, &str), Option<u64>> = summary
@@ -750,14 +749,7 @@ async fn restore_and_check(
     db: &str,
 ) -> Result<(usize, u64)> {
     tracing::info!("Restoring into {db}...");
-    let path = source.path.clone();
-    pg.pg_restore(db)
-        .feed(cfg.timeout, move |stdin| dump::write_archive(&path, stdin))
-        .await
-        .map_err(|e| match e {
-            StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
-            StreamError::Local(l) => l.context("reading the backup failed"),
-        })?;
+    run_pg_restore(cfg, pg, &source.path, &checked.summary, db, &[]).await?;
     let original = checked.summary.database.clone().unwrap_or_default();
     let properties: Vec<String> = checked
         .summary
@@ -774,6 +766,56 @@ async fn restore_and_check(
     }
     tracing::info!("Checking the restored tables against the backup...");
     verify(pg, db, &checked.expected).await
+}
+
+/// Runs pg_restore of the archive at `path` into `db`. With BACKUP_RESTORE_JOBS
+/// above 1 (direct mode, and room in the store for the uncompressed archive) it
+/// decompresses to a temporary file and restores in parallel (`pg_restore -j`,
+/// which needs a seekable file); otherwise it streams the archive into one
+/// pg_restore. Either way pg_restore stops at the first error.
+pub(crate) async fn run_pg_restore(
+    cfg: &Config,
+    pg: &Postgres,
+    path: &std::path::Path,
+    summary: &Summary,
+    db: &str,
+    extra: &[&str],
+) -> Result<()> {
+    let failed = |e: StreamError| match e {
+        StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
+        StreamError::Local(l) => l.context("reading the backup failed"),
+    };
+    let dir = cfg.backup_dir.join(crate::state::STATE_DIR);
+    let room = std::fs::create_dir_all(&dir)
+        .ok()
+        .and_then(|_| crate::store::free_space(&dir).ok())
+        .is_some_and(|free| free > summary.archive_bytes + summary.archive_bytes / 10);
+    if cfg.restore_jobs > 1 && !pg.is_docker() && room {
+        let tmp = tempfile::Builder::new()
+            .prefix(".kbackup-restore-")
+            .suffix(".partial")
+            .tempfile_in(&dir)?;
+        let (src, out) = (path.to_path_buf(), tmp.reopen()?);
+        tokio::task::spawn_blocking(move || dump::write_archive(&src, out))
+            .await?
+            .context("decompressing the backup for a parallel restore")?;
+        pg.tool("pg_restore")
+            .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
+            .args(extra)
+            .args(["--dbname", db])
+            .arg(tmp.path())
+            .output(cfg.timeout)
+            .await
+            .map_err(|e| failed(StreamError::Process(e)))?;
+        return Ok(());
+    }
+    let src = path.to_path_buf();
+    pg.pg_restore(db)
+        .args(extra)
+        .feed(cfg.timeout, move |stdin| dump::write_archive(&src, stdin))
+        .await
+        .map_err(failed)?;
+    Ok(())
 }
 
 /// Every table present, with the backup's row count. Returns (tables, rows).

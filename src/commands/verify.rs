@@ -20,7 +20,9 @@ use crate::archive::Summary;
 use crate::checks::{self, ObjectCounts};
 use crate::cleanup;
 use crate::cli::VerifyArgs;
-use crate::commands::restore::{create_database, derived_name, drop_database, drop_statements};
+use crate::commands::restore::{
+    create_database, derived_name, drop_database, drop_statements, run_pg_restore,
+};
 use crate::config::{Config, DbConfig};
 use crate::dump;
 use crate::error::{usage, Coded, ExitKind};
@@ -265,7 +267,11 @@ async fn verify_one(cfg: &Config, server: &Postgres, s: &Subject<'_>, quick: boo
     let path = s.path.clone();
     let read = tokio::task::spawn_blocking(move || dump::read_back(&path)).await;
     let (summary, sha) = match read {
-        Ok(Ok(v)) => (Some(v.0), v.1),
+        Ok(Ok((Ok(summary), sha))) => (Some(summary), sha),
+        Ok(Ok((Err(e), sha))) => {
+            checks.push(check("archive readable", Outcome::Fail, format!("{e:#}")));
+            (None, sha)
+        }
         Ok(Err(e)) => {
             checks.push(check("archive readable", Outcome::Fail, format!("{e:#}")));
             (None, String::new())
@@ -449,11 +455,15 @@ async fn full_checks(
     let undo = cleanup::register(pg, drop_statements(&temp));
     let started = Instant::now();
     let path = s.path.clone();
-    let restored = pg
-        .pg_restore(&temp)
-        .args(["--no-owner", "--no-privileges"])
-        .feed(cfg.timeout, move |stdin| dump::write_archive(&path, stdin))
-        .await;
+    let restored = run_pg_restore(
+        cfg,
+        pg,
+        &path,
+        summary,
+        &temp,
+        &["--no-owner", "--no-privileges"],
+    )
+    .await;
     match restored {
         Ok(_) => {
             checks.push(check(
