@@ -60,7 +60,11 @@ fn backup_restores_equal_to_the_source() {
     let hourly = kb.dumps("hourly");
     assert_eq!(hourly.len(), 1);
     // zstd's own frame checksum holds (the README's by-hand test).
-    run_ok(Command::new("zstd").arg("-tq").arg(kb.store.join(&hourly[0])));
+    run_ok(
+        Command::new("zstd")
+            .arg("-tq")
+            .arg(kb.store.join(&hourly[0])),
+    );
     let restored = c.new_db("restored");
     manual_restore(&kb.store.join(&hourly[0]), &restored);
     assert_eq!(

@@ -251,3 +251,32 @@ fn docker_mode_restore_swaps_in_the_backup() {
         "1000"
     );
 }
+
+#[test]
+fn verification_can_run_inside_a_container() {
+    let d = engine();
+    d.postgres_container("kbt-verify");
+    let db = cluster().sample_db("dverify");
+    let mut kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    kb.set("BACKUP_VERIFY_CONTAINER", "kbt-verify");
+    let r = kb.ok(&["verify", "--json"]);
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&r.stdout()).unwrap();
+    assert_eq!(reports[0]["server"], "container kbt-verify");
+    assert_eq!(reports[0]["passed"], true, "{:#}", reports[0]);
+    let restore = reports[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "test restore")
+        .unwrap()
+        .clone();
+    assert_eq!(restore["outcome"], "pass", "{restore}");
+    // The temporary database was dropped inside the container.
+    let left = d.psql(
+        "kbt-verify",
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname LIKE '%kbverify%'",
+    );
+    assert_eq!(left, "0");
+}
