@@ -79,21 +79,25 @@ impl Postgres {
     /// settings every tool shares. `--no-password` makes a missing password an
     /// error instead of a prompt that would hang cron.
     pub fn tool(&self, name: &str) -> Cmd {
-        self.tool_with(name, false)
+        self.tool_with(name, false, &[])
     }
 
     /// Like [`tool`](Self::tool), for a child whose stdin kbackup writes
     /// (`docker exec -i` in docker mode).
     pub fn tool_stdin(&self, name: &str) -> Cmd {
-        self.tool_with(name, true)
+        self.tool_with(name, true, &[])
     }
 
-    fn tool_with(&self, name: &str, stdin: bool) -> Cmd {
+    /// `env` reaches the tool in both modes (`docker exec -e NAME` copies it in).
+    fn tool_with(&self, name: &str, stdin: bool, env: &[(&str, &str)]) -> Cmd {
         let mut cmd = match &self.db.container {
             Some(container) => {
                 let mut c = Cmd::new("docker").arg("exec");
                 if stdin {
                     c = c.arg("-i");
+                }
+                for (k, v) in env {
+                    c = c.args(["-e", k]).env(k, v);
                 }
                 if let Some(p) = &self.db.password {
                     c = c
@@ -108,6 +112,9 @@ impl Postgres {
                     None => PathBuf::from(name),
                 };
                 let mut c = Cmd::new(program).label(name);
+                for (k, v) in env {
+                    c = c.env(k, v);
+                }
                 if let Some(p) = &self.db.password {
                     c = c.secret_env("PGPASSWORD", p.expose());
                 }
@@ -125,9 +132,10 @@ impl Postgres {
     }
 
     /// The dump kbackup takes: custom format, no compression inside (kbackup
-    /// compresses with zstd as it streams, and reads the rows as they pass).
-    pub fn pg_dump(&self) -> Cmd {
-        self.tool("pg_dump")
+    /// compresses with zstd as it streams, and reads the rows as they pass). Its
+    /// connection carries `app_name`, so the server can end it if we stop.
+    pub fn pg_dump(&self, app_name: &str) -> Cmd {
+        self.tool_with("pg_dump", false, &[("PGAPPNAME", app_name)])
             .args(["--format=custom", "--compress=0"])
             .arg(&self.db.name)
     }
@@ -378,7 +386,7 @@ mod tests {
     fn docker_mode_passes_the_password_by_name_only() {
         let mut d = db(Some("postgres-db"));
         d.password = Some(secret("s3cret"));
-        let cmd = Postgres::new(d).pg_dump();
+        let cmd = Postgres::new(d).pg_dump("kbackup-test");
         let argv: Vec<String> = cmd
             .argv()
             .map(|a| a.to_string_lossy().into_owned())
@@ -410,8 +418,8 @@ mod tests {
         let mut d = db(None);
         d.bin_dir = Some("/usr/lib/postgresql/16/bin".into());
         d.host = Some("/run/pg".into());
-        let s = Postgres::new(d).pg_dump().to_string();
-        assert!(s.starts_with("/usr/lib/postgresql/16/bin/pg_dump --no-password --username n8n_user --host /run/pg"), "{s}");
+        let s = Postgres::new(d).pg_dump("kbackup-test").to_string();
+        assert!(s.starts_with("PGAPPNAME=kbackup-test /usr/lib/postgresql/16/bin/pg_dump --no-password --username n8n_user --host /run/pg"), "{s}");
     }
 }
 

@@ -59,6 +59,12 @@ impl Cmd {
         self
     }
 
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.to_string(), value.as_ref().to_owned(), false));
+        self
+    }
+
     pub fn env_remove(mut self, key: &str) -> Self {
         self.env_remove.push(key.to_string());
         self

@@ -280,3 +280,68 @@ fn verification_can_run_inside_a_container() {
     );
     assert_eq!(left, "0");
 }
+
+#[test]
+fn a_timed_out_dump_leaves_no_pg_dump_running_in_the_container() {
+    let d = engine();
+    d.postgres_container("kbt-timeout");
+    d.psql("kbt-timeout", "postgres", "CREATE DATABASE slowdb");
+    d.psql(
+        "kbt-timeout",
+        "slowdb",
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1)",
+    );
+    let mut locker = d
+        .cmd(&[
+            "exec",
+            "-i",
+            "kbt-timeout",
+            "psql",
+            "-U",
+            "postgres",
+            "-d",
+            "slowdb",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(
+        locker.stdin.as_mut().unwrap(),
+        "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT 1;"
+    )
+    .unwrap();
+    wait_for(20, "the lock in the container", || {
+        let n = d.psql(
+            "kbt-timeout",
+            "slowdb",
+            "SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass AND granted",
+        );
+        (n == "1").then_some(())
+    });
+    let mut kb = Kb::bare();
+    kb.set("CONTAINER_DB", "kbt-timeout")
+        .set("DB_NAME", "slowdb")
+        .set("BACKUP_TIMEOUT", "2s");
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains("pg_dump did not finish within 2s"),
+        "{}",
+        r.stderr()
+    );
+    // Killing the `docker exec` client does not stop a process in the container;
+    // kbackup ended pg_dump's session from the server side.
+    wait_for(10, "pg_dump inside the container to end", || {
+        let dumps = d.psql("kbt-timeout", "postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'slowdb' AND application_name LIKE 'kbackup-%'");
+        (dumps == "0").then_some(())
+    });
+    wait_for(10, "no pg_dump process", || {
+        processes_matching("--format=custom")
+            .iter()
+            .all(|(_, a)| !a.contains("slowdb"))
+            .then_some(())
+    });
+    let _ = locker.kill();
+    let _ = locker.wait();
+}

@@ -276,13 +276,29 @@ pub(crate) async fn take(
     let tmp = store.temp_file(target.tier)?;
     let out = tmp.reopen().context("temporary dump file")?;
     let level = cfg.compression_level;
+    // If we stop (timeout, Ctrl-C), the server ends pg_dump's session: killing
+    // the `docker exec` client alone would leave pg_dump running in the container.
+    let app = format!(
+        "kbackup-{}-{}",
+        std::process::id(),
+        started.timestamp_micros()
+    );
+    let end_session = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = {}",
+        crate::postgres::literal(&app)
+    );
+    let undo = crate::cleanup::register(pg, vec![end_session.clone()]);
     let written = pg
-        .pg_dump()
+        .pg_dump(&app)
         .stream(cfg.timeout, move |stdout| {
             dump::write_compressed(stdout, out, level)
         })
-        .await
-        .map_err(|e| dump_error(pg, e))?;
+        .await;
+    if written.is_err() {
+        let _ = pg.admin(&[&end_session], None).await;
+    }
+    undo.done();
+    let written = written.map_err(|e| dump_error(pg, e))?;
     let finished = Utc::now();
     tracing::debug!(
         "pg_dump done in {:.1}s: {} archive bytes -> {} stored, {} tables",
@@ -450,7 +466,7 @@ fn dry_run(cfg: &Config, store: &Store, pg: &Postgres, target: &Target) -> Resul
         pg.describe(),
         if pg.is_docker() { "docker" } else { "direct" }
     );
-    println!("Would run: {}", pg.pg_dump());
+    println!("Would run: {}", pg.pg_dump("kbackup-<pid>-<time>"));
     println!(
         "  streamed through the archive check, zstd level {} and SHA-256 into {}",
         cfg.compression_level,
