@@ -392,8 +392,16 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert_eq!(
-            &argv[..5],
-            ["docker", "exec", "-e", "PGPASSWORD", "postgres-db"]
+            &argv[..7],
+            [
+                "docker",
+                "exec",
+                "-e",
+                "PGAPPNAME",
+                "-e",
+                "PGPASSWORD",
+                "postgres-db"
+            ]
         );
         assert!(argv.iter().all(|a| !a.contains("s3cret")));
         assert!(argv.contains(&"--compress=0".to_string()));

@@ -266,7 +266,9 @@ impl Cmd {
         Ok((status, done, killed))
     }
 
-    /// Which error wins: ours when we killed the child for it, else the child's.
+    /// Which error wins: ours when we killed the child for it, or when the child
+    /// died of the broken pipe our failure left it (SIGPIPE, or a shell's 141);
+    /// else the child's.
     fn settle<T>(
         &self,
         status: ExitStatus,
@@ -275,7 +277,7 @@ impl Cmd {
         killed: bool,
     ) -> Result<T, StreamError> {
         match local {
-            Err(e) if killed => Err(StreamError::Local(e)),
+            Err(e) if killed || died_of_sigpipe(status) => Err(StreamError::Local(e)),
             Err(e) => {
                 self.check(status, stderr)?;
                 Err(StreamError::Local(e))
@@ -346,6 +348,11 @@ impl fmt::Debug for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Cmd({self})")
     }
+}
+
+fn died_of_sigpipe(status: ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(libc::SIGPIPE) || status.code() == Some(128 + libc::SIGPIPE)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
