@@ -102,7 +102,7 @@ pub async fn row_counts(pg: &Postgres, db: &str, tables: &[TableData]) -> Result
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
-        for row in pg.query(db, &sql).await? {
+        for row in pg.scan_query(db, &sql, None).await? {
             let (Some(i), Some(n)) = (
                 row.first().and_then(|v| v.parse::<usize>().ok()),
                 row.get(1).and_then(|v| v.parse::<u64>().ok()),
@@ -161,7 +161,7 @@ pub async fn orphans(pg: &Postgres, db: &str) -> Result<(usize, Vec<(String, u64
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
-        for row in pg.query(db, &sql).await? {
+        for row in pg.scan_query(db, &sql, None).await? {
             let i: usize = row[0].parse()?;
             let n: u64 = row[1].parse()?;
             if n > 0 {
@@ -209,7 +209,7 @@ pub async fn sequences_behind(
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
-        for row in pg.query(db, &sql).await? {
+        for row in pg.scan_query(db, &sql, None).await? {
             let i: usize = row[0].parse()?;
             let last: i128 = row[1].parse()?;
             let called = row[2] == "t";
@@ -226,7 +226,7 @@ pub async fn sequences_behind(
 }
 
 pub async fn scalar(pg: &Postgres, db: &str, sql: &str) -> Result<u64> {
-    let rows = pg.query(db, sql).await?;
+    let rows = pg.scan_query(db, sql, None).await?;
     Ok(rows
         .first()
         .and_then(|r| r.first())
