@@ -176,12 +176,26 @@ impl Postgres {
 
     /// A query that reads whole tables (row counts, foreign-key checks): its time
     /// grows with the data, so it has no fixed limit (only `timeout`, when given).
-    pub async fn scan_query(&self, db: &str, sql: &str, timeout: Option<Duration>) -> Result<Vec<Vec<String>>> {
+    pub async fn scan_query(
+        &self,
+        db: &str,
+        sql: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Vec<String>>> {
         self.query_within(db, sql, timeout).await
     }
 
-    async fn query_within(&self, db: &str, sql: &str, timeout: Option<Duration>) -> Result<Vec<Vec<String>>> {
-        let out = self.psql_on(db, sql).output(timeout).await.map_err(|e| self.connect_error(e))?;
+    async fn query_within(
+        &self,
+        db: &str,
+        sql: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Vec<String>>> {
+        let out = self
+            .psql_on(db, sql)
+            .output(timeout)
+            .await
+            .map_err(|e| self.connect_error(e))?;
         Ok(String::from_utf8_lossy(&out)
             .lines()
             .filter(|l| !l.is_empty())
