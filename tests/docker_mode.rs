@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::Stdio;
 
 use common::docker::engine;
@@ -100,34 +99,7 @@ fn docker_mode_passes_the_password_by_name_only() {
         "CREATE TABLE t (x int); INSERT INTO t VALUES (1)",
     );
     // Hold a lock inside the container so pg_dump waits while we look at it.
-    let mut locker = d
-        .cmd(&[
-            "exec",
-            "-i",
-            "kbt-secret",
-            "psql",
-            "-U",
-            "postgres",
-            "-d",
-            "app",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(
-        locker.stdin.as_mut().unwrap(),
-        "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT 1;"
-    )
-    .unwrap();
-    wait_for(20, "the lock in the container", || {
-        let n = d.psql(
-            "kbt-secret",
-            "app",
-            "SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass AND granted",
-        );
-        (n == "1").then_some(())
-    });
+    let mut locker = d.lock_table("kbt-secret", "app", "t");
 
     let mut kb = Kb::bare();
     kb.set("CONTAINER_DB", "kbt-secret")
@@ -291,34 +263,7 @@ fn a_timed_out_dump_leaves_no_pg_dump_running_in_the_container() {
         "slowdb",
         "CREATE TABLE t (x int); INSERT INTO t VALUES (1)",
     );
-    let mut locker = d
-        .cmd(&[
-            "exec",
-            "-i",
-            "kbt-timeout",
-            "psql",
-            "-U",
-            "postgres",
-            "-d",
-            "slowdb",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(
-        locker.stdin.as_mut().unwrap(),
-        "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT 1;"
-    )
-    .unwrap();
-    wait_for(20, "the lock in the container", || {
-        let n = d.psql(
-            "kbt-timeout",
-            "slowdb",
-            "SELECT count(*) FROM pg_locks WHERE relation = 't'::regclass AND granted",
-        );
-        (n == "1").then_some(())
-    });
+    let mut locker = d.lock_table("kbt-timeout", "slowdb", "t");
     let mut kb = Kb::bare();
     kb.set("CONTAINER_DB", "kbt-timeout")
         .set("DB_NAME", "slowdb")

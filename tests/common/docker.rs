@@ -157,6 +157,30 @@ impl Docker {
         }
     }
 
+    /// A psql session in `container` holding an exclusive lock on `table` until
+    /// the returned child is killed: makes a pg_dump there wait, for real.
+    pub fn lock_table(&self, container: &str, db: &str, table: &str) -> std::process::Child {
+        use std::io::Write;
+        let mut locker = self
+            .cmd(&["exec", "-i", container, "psql", "-U", "postgres", "-d", db])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        writeln!(
+            locker.stdin.as_mut().unwrap(),
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 1;"
+        )
+        .unwrap();
+        let granted = format!(
+            "SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND granted"
+        );
+        super::wait_for(20, "the lock in the container", || {
+            (self.psql(container, db, &granted) == "1").then_some(())
+        });
+        locker
+    }
+
     pub fn psql(&self, container: &str, db: &str, sql: &str) -> String {
         self.ok(&[
             "exec",
