@@ -89,11 +89,60 @@ pub fn write_compressed(input: File, out: File, level: i32) -> Result<Written> {
     })
 }
 
+/// Where the check pass may also leave the uncompressed archive, so that a
+/// parallel restore (which needs a seekable file) does not decompress it again.
+/// Best effort: if writing fails (a full disk), copying stops and the check goes
+/// on; `complete()` then says no.
+pub struct ArchiveCopy {
+    out: Option<BufWriter<File>>,
+    failed: bool,
+}
+
+impl ArchiveCopy {
+    pub fn new(file: File) -> Self {
+        ArchiveCopy {
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            failed: false,
+        }
+    }
+
+    /// Whether the copy holds the whole archive (flushed to its file).
+    pub fn complete(mut self) -> bool {
+        match self.out.take() {
+            Some(mut w) if !self.failed => w.flush().is_ok(),
+            _ => false,
+        }
+    }
+}
+
+impl Write for &mut ArchiveCopy {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(w) = self.out.as_mut() {
+            if let Err(e) = w.write_all(buf) {
+                tracing::debug!(
+                    "no temporary copy of the archive ({e}); the restore will stream it"
+                );
+                self.out = None;
+                self.failed = true;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Reads a stored dump through the archive check (a `.dump.zst`, or a seed
 /// `.dump`). Returns the check's result and the SHA-256 of the whole file as
 /// stored: the hash is finished even when the archive is damaged, so a checksum
-/// mismatch can be reported as what it is.
-pub fn read_back(path: &std::path::Path) -> Result<(Result<Summary>, String)> {
+/// mismatch can be reported as what it is. A `.dump.zst`'s uncompressed archive
+/// is also written to `copy`, when given, in the same pass.
+pub fn read_back(
+    path: &std::path::Path,
+    copy: Option<&mut ArchiveCopy>,
+) -> Result<(Result<Summary>, String)> {
     struct Hashing<R> {
         inner: R,
         hasher: Sha256,
@@ -111,10 +160,18 @@ pub fn read_back(path: &std::path::Path) -> Result<(Result<Summary>, String)> {
         hasher: Sha256::new(),
     };
     let summary = if is_zstd(path) {
-        match zstd::Decoder::new(&mut hashing) {
-            Ok(decoder) => archive::scan(BufReader::with_capacity(1 << 18, decoder))
+        match (zstd::Decoder::new(&mut hashing), copy) {
+            (Ok(decoder), Some(copy)) => archive::scan(BufReader::with_capacity(
+                1 << 18,
+                Tee {
+                    inner: decoder,
+                    sink: copy,
+                },
+            ))
+            .map_err(anyhow::Error::from),
+            (Ok(decoder), None) => archive::scan(BufReader::with_capacity(1 << 18, decoder))
                 .map_err(anyhow::Error::from),
-            Err(e) => Err(anyhow::Error::from(e).context("not a zstd stream")),
+            (Err(e), _) => Err(anyhow::Error::from(e).context("not a zstd stream")),
         }
     } else {
         archive::scan(BufReader::with_capacity(1 << 18, &mut hashing)).map_err(anyhow::Error::from)

@@ -58,6 +58,8 @@ struct Source {
 /// What the file check found.
 struct Checked {
     summary: Summary,
+    /// How pg_restore will read the archive.
+    input: Input,
     /// The row count each table must have after the restore (None: unknown).
     expected: Vec<TableData>,
     checksum: &'static str,
@@ -85,7 +87,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let pg = Postgres::new(cfg.db.clone());
 
     tracing::info!("Checking {}...", source.shown);
-    let checked = check_file(&source).await?;
+    let checked = check_file(cfg, &pg, &source).await?;
     tracing::info!(
         "Backup is a complete archive ({}): {} tables, {}",
         checked.checksum,
@@ -345,9 +347,17 @@ fn check_name(target: &str) -> Result<()> {
 }
 
 /// Step 1: the checksum and a full read of the archive, before touching anything.
-async fn check_file(source: &Source) -> Result<Checked> {
-    let path = source.path.clone();
-    let (summary, sha) = tokio::task::spawn_blocking(move || dump::read_back(&path)).await??;
+async fn check_file(cfg: &Config, pg: &Postgres, source: &Source) -> Result<Checked> {
+    let size_hint = source
+        .manifest
+        .as_ref()
+        .map(|m| m.archive.archive_bytes)
+        .unwrap_or_else(|| {
+            std::fs::metadata(&source.path)
+                .map(|m| m.len() * 10)
+                .unwrap_or(0)
+        });
+    let (summary, sha, input) = check_pass(cfg, pg, &source.path, size_hint).await?;
     if let Some(m) = source.manifest.as_ref().filter(|m| m.file.sha256 != sha) {
         bail!(
             "{} is corrupted: its SHA-256 is {sha} but its manifest records {}. Refusing to restore it; \
@@ -417,6 +427,7 @@ async fn check_file(source: &Source) -> Result<Checked> {
         .collect();
     Ok(Checked {
         summary,
+        input,
         expected,
         checksum,
     })
@@ -749,7 +760,7 @@ async fn restore_and_check(
     db: &str,
 ) -> Result<(usize, u64)> {
     tracing::info!("Restoring into {db}...");
-    run_pg_restore(cfg, pg, &source.path, &checked.summary, db, &[]).await?;
+    run_pg_restore(cfg, pg, &source.path, &checked.input, db, &[]).await?;
     let original = checked.summary.database.clone().unwrap_or_default();
     let properties: Vec<String> = checked
         .summary
@@ -768,16 +779,78 @@ async fn restore_and_check(
     verify(pg, db, &checked.expected).await
 }
 
-/// Runs pg_restore of the archive at `path` into `db`. With BACKUP_RESTORE_JOBS
-/// above 1 (direct mode, and room in the store for the uncompressed archive) it
-/// decompresses to a temporary file and restores in parallel (`pg_restore -j`,
-/// which needs a seekable file); otherwise it streams the archive into one
-/// pg_restore. Either way pg_restore stops at the first error.
+/// How pg_restore will read the archive.
+pub(crate) enum Input {
+    /// Streamed (decompressed on the fly) into one pg_restore.
+    Stream,
+    /// A seekable uncompressed archive, for a parallel `pg_restore -j`: the copy
+    /// the check pass left (kept alive here), or a seed-era `.dump` itself.
+    Seekable {
+        path: PathBuf,
+        /// Keeps the temporary copy until pg_restore is done with it.
+        _copy: Option<tempfile::NamedTempFile>,
+    },
+}
+
+/// Runs the check pass over `path` (checksum, full archive read). When a
+/// parallel restore will follow (BACKUP_RESTORE_JOBS > 1, direct mode, room in
+/// the store), the same pass leaves the uncompressed archive in a temporary file.
+pub(crate) async fn check_pass(
+    cfg: &Config,
+    pg: &Postgres,
+    path: &std::path::Path,
+    size_hint: u64,
+) -> Result<(Result<Summary>, String, Input)> {
+    let parallel = cfg.restore_jobs > 1 && !pg.is_docker();
+    let mut tmp = None;
+    if parallel && dump::is_zstd(path) {
+        let dir = cfg.backup_dir.join(crate::state::STATE_DIR);
+        let room = std::fs::create_dir_all(&dir)
+            .ok()
+            .and_then(|_| crate::store::free_space(&dir).ok())
+            .is_some_and(|free| free > size_hint + size_hint / 10);
+        if room {
+            tmp = tempfile::Builder::new()
+                .prefix(".kbackup-restore-")
+                .suffix(".partial")
+                .tempfile_in(&dir)
+                .ok();
+        }
+    }
+    let src = path.to_path_buf();
+    let (read, tmp) = tokio::task::spawn_blocking(move || {
+        let mut copy = tmp
+            .as_ref()
+            .and_then(|t| t.reopen().ok())
+            .map(dump::ArchiveCopy::new);
+        let read = dump::read_back(&src, copy.as_mut());
+        let complete = copy.is_some_and(|c| c.complete());
+        (read, tmp.filter(|_| complete))
+    })
+    .await?;
+    let (summary, sha) = read?;
+    let input = match tmp {
+        Some(t) => Input::Seekable {
+            path: t.path().to_path_buf(),
+            _copy: Some(t),
+        },
+        None if parallel && !dump::is_zstd(path) => Input::Seekable {
+            path: path.to_path_buf(),
+            _copy: None,
+        },
+        None => Input::Stream,
+    };
+    Ok((summary, sha, input))
+}
+
+/// Runs pg_restore of the archive at `path` into `db`, stopping at the first
+/// error: in parallel (`--jobs BACKUP_RESTORE_JOBS`) from a seekable archive, or
+/// streamed into one pg_restore.
 pub(crate) async fn run_pg_restore(
     cfg: &Config,
     pg: &Postgres,
     path: &std::path::Path,
-    summary: &Summary,
+    input: &Input,
     db: &str,
     extra: &[&str],
 ) -> Result<()> {
@@ -785,36 +858,26 @@ pub(crate) async fn run_pg_restore(
         StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
         StreamError::Local(l) => l.context("reading the backup failed"),
     };
-    let dir = cfg.backup_dir.join(crate::state::STATE_DIR);
-    let room = std::fs::create_dir_all(&dir)
-        .ok()
-        .and_then(|_| crate::store::free_space(&dir).ok())
-        .is_some_and(|free| free > summary.archive_bytes + summary.archive_bytes / 10);
-    if cfg.restore_jobs > 1 && !pg.is_docker() && room {
-        let tmp = tempfile::Builder::new()
-            .prefix(".kbackup-restore-")
-            .suffix(".partial")
-            .tempfile_in(&dir)?;
-        let (src, out) = (path.to_path_buf(), tmp.reopen()?);
-        tokio::task::spawn_blocking(move || dump::write_archive(&src, out))
-            .await?
-            .context("decompressing the backup for a parallel restore")?;
-        pg.tool("pg_restore")
-            .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
-            .args(extra)
-            .args(["--dbname", db])
-            .arg(tmp.path())
-            .output(cfg.timeout)
-            .await
-            .map_err(|e| failed(StreamError::Process(e)))?;
-        return Ok(());
+    match input {
+        Input::Seekable { path: archive, .. } => {
+            pg.tool("pg_restore")
+                .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
+                .args(extra)
+                .args(["--dbname", db])
+                .arg(archive)
+                .output(cfg.timeout)
+                .await
+                .map_err(|e| failed(StreamError::Process(e)))?;
+        }
+        Input::Stream => {
+            let src = path.to_path_buf();
+            pg.pg_restore(db)
+                .args(extra)
+                .feed(cfg.timeout, move |stdin| dump::write_archive(&src, stdin))
+                .await
+                .map_err(failed)?;
+        }
     }
-    let src = path.to_path_buf();
-    pg.pg_restore(db)
-        .args(extra)
-        .feed(cfg.timeout, move |stdin| dump::write_archive(&src, stdin))
-        .await
-        .map_err(failed)?;
     Ok(())
 }
 
