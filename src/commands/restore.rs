@@ -1259,17 +1259,34 @@ fn print_plan(
             missing_roles.join(", ")
         );
     }
-    let decompress = if dump::is_zstd(&source.path) {
-        "zstd-decompressed "
-    } else {
-        ""
-    };
-    let into = |db: &str| {
-        format!(
-            "{} < {decompress}{}",
+    // The command the restore will run: see `check_pass` and `run_pg_restore`.
+    let into = |db: &str| match &checked.input {
+        Input::Seekable { path, .. } => format!(
+            "{} {}{}",
+            pg.tool("pg_restore").args([
+                "--exit-on-error",
+                "--jobs",
+                &cfg.restore_jobs.to_string(),
+                "--dbname",
+                db
+            ]),
+            path.display(),
+            if dump::is_zstd(&source.path) {
+                "  (the uncompressed archive the check pass left)"
+            } else {
+                ""
+            }
+        ),
+        Input::Stream => format!(
+            "{} < {}{}",
             pg.pg_restore(db),
+            if dump::is_zstd(&source.path) {
+                "zstd-decompressed "
+            } else {
+                ""
+            },
             source.path.display()
-        )
+        ),
     };
     println!("Steps:");
     if args.in_place {
