@@ -75,9 +75,7 @@ impl Postgres {
         }
     }
 
-    /// A client tool, run locally or inside the container, with the connection
-    /// settings every tool shares. `--no-password` makes a missing password an
-    /// error instead of a prompt that would hang cron.
+    /// A client tool (pg_dump, pg_dumpall, psql, pg_restore), ready to connect.
     pub fn tool(&self, name: &str) -> Cmd {
         self.tool_with(name, false, &[])
     }
@@ -88,9 +86,25 @@ impl Postgres {
         self.tool_with(name, true, &[])
     }
 
-    /// `env` reaches the tool in both modes (`docker exec -e NAME` copies it in).
+    /// A client tool with the connection settings every tool shares.
+    /// `--no-password` makes a missing password an error instead of a prompt
+    /// that would hang cron. `env` reaches the tool in both modes.
     fn tool_with(&self, name: &str, stdin: bool, env: &[(&str, &str)]) -> Cmd {
-        let mut cmd = match &self.db.container {
+        let mut cmd = self
+            .program(name, stdin, env)
+            .arg("--no-password")
+            .args(["--username", &self.db.user]);
+        if let Some(h) = &self.db.host {
+            cmd = cmd.args(["--host", h]);
+        }
+        cmd.args(["--port", &self.db.port.to_string()])
+    }
+
+    /// The tool itself, run locally (POSTGRES_BIN_DIR or PATH) or inside the
+    /// container, with the password (and `env`) in its environment only:
+    /// `docker exec -e NAME` copies a variable in without its value in argv.
+    fn program(&self, name: &str, stdin: bool, env: &[(&str, &str)]) -> Cmd {
+        match &self.db.container {
             Some(container) => {
                 let mut c = Cmd::new("docker").arg("exec");
                 if stdin {
@@ -120,15 +134,7 @@ impl Postgres {
                 }
                 c
             }
-        };
-        if matches!(name, "pg_dump" | "pg_dumpall" | "psql" | "pg_restore") {
-            cmd = cmd.arg("--no-password").args(["--username", &self.db.user]);
-            if let Some(h) = &self.db.host {
-                cmd = cmd.args(["--host", h]);
-            }
-            cmd = cmd.args(["--port", &self.db.port.to_string()]);
         }
-        cmd
     }
 
     /// The dump kbackup takes: custom format, no compression inside (kbackup
@@ -255,18 +261,7 @@ impl Postgres {
 
     /// The version of a client tool, e.g. pg_dump 15.18 -> 15.
     pub async fn tool_major(&self, name: &str) -> Result<(u32, String)> {
-        let mut cmd = match &self.db.container {
-            Some(c) => Cmd::new("docker").args(["exec", c, name]).label(name),
-            None => Cmd::new(
-                self.db
-                    .bin_dir
-                    .as_ref()
-                    .map(|d| d.join(name))
-                    .unwrap_or_else(|| name.into()),
-            )
-            .label(name),
-        };
-        cmd = cmd.arg("--version");
+        let cmd = self.program(name, false, &[]).arg("--version");
         let out = cmd
             .output(Some(QUERY_TIMEOUT))
             .await

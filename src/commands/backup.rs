@@ -85,23 +85,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         return dry_run(cfg, &store, &pg, &target);
     }
 
-    let _lock = match store.lock("backup") {
-        Ok(l) => l,
-        Err(e) => {
-            if crate::error::exit_kind(&e) == crate::error::ExitKind::Locked {
-                notify::alert(
-                    cfg,
-                    notify::Alert {
-                        kind: notify::Kind::Locked,
-                        title: format!("Backup of {} skipped: the store is locked", cfg.db.name),
-                        body: format!("{e:#}"),
-                    },
-                )
-                .await;
-            }
-            return Err(e);
-        }
-    };
+    let _lock = super::lock_store(cfg, &store, "backup").await?;
     notify::started(cfg).await;
     let clock = std::time::Instant::now();
     let started = cfg.calendar.zone.local_time(Utc::now());

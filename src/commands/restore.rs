@@ -1176,6 +1176,15 @@ fn confirm(cfg: &Config, target: &str, e: &Existing, source: &Source) -> Result<
     }
 }
 
+/// `2025-12-26 07:00:01 +01:00, 3h ago`
+fn taken(t: DateTime<FixedOffset>) -> String {
+    format!(
+        "{}, {} ago",
+        t.format("%Y-%m-%d %H:%M:%S %:z"),
+        list::age(t, Utc::now())
+    )
+}
+
 fn rows_text(tables: &[TableData]) -> String {
     match tables.iter().map(|t| t.rows).sum::<Option<u64>>() {
         Some(n) => format!("{n} rows"),
@@ -1201,11 +1210,7 @@ fn print_plan(
         source.shown,
         source
             .time
-            .map(|t| format!(
-                " taken {} ({} ago)",
-                t.format("%Y-%m-%d %H:%M:%S %:z"),
-                list::age(t, Utc::now())
-            ))
+            .map(|t| format!(" taken {}", taken(t)))
             .unwrap_or_default(),
         human_size(
             std::fs::metadata(&source.path)
@@ -1360,11 +1365,7 @@ fn report(
         source.shown,
         source
             .time
-            .map(|t| format!(
-                " (taken {}, {} ago)",
-                t.format("%Y-%m-%d %H:%M:%S %:z"),
-                list::age(t, Utc::now())
-            ))
+            .map(|t| format!(" (taken {})", taken(t)))
             .unwrap_or_default()
     );
     println!(

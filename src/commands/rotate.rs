@@ -75,7 +75,7 @@ pub async fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
     let _lock = if args.dry_run {
         None
     } else {
-        Some(store.lock("rotate")?)
+        Some(super::lock_store(cfg, &store, "rotate").await?)
     };
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
     let decisions = plan(cfg, &backups, Utc::now());

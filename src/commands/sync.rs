@@ -13,7 +13,6 @@ use anyhow::{Context, Result};
 use chrono::{Local, Utc};
 
 use crate::config::Config;
-use crate::error::{exit_kind, ExitKind};
 use crate::naming::{self, Format, Tier, GLOBALS_EXT, MANIFEST_EXT, SIDECARS};
 use crate::remote::{Remote, RemoteFile};
 use crate::retention::{self, Candidate};
@@ -252,26 +251,7 @@ pub async fn run(cfg: &Config) -> Result<()> {
         ));
     };
     let store = Store::new(cfg.backup_dir.clone());
-    let _lock = match store.lock("sync") {
-        Ok(l) => l,
-        Err(e) => {
-            if exit_kind(&e) == ExitKind::Locked {
-                notify::alert(
-                    cfg,
-                    notify::Alert {
-                        kind: notify::Kind::Locked,
-                        title: format!(
-                            "kbackup sync of {} skipped: the store is locked",
-                            cfg.db.name
-                        ),
-                        body: format!("{e:#}"),
-                    },
-                )
-                .await;
-            }
-            return Err(e);
-        }
-    };
+    let _lock = super::lock_store(cfg, &store, "sync").await?;
     let result = step(cfg, &store, &Remote::new(rc.clone())).await;
     if let Err(e) = metrics::update(cfg, &store) {
         tracing::warn!("cannot write the metrics file: {e:#}");
