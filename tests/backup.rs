@@ -10,6 +10,22 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
+/// A stopped backup left no dump, no temporary file, and no pg_dump running.
+fn assert_nothing_left(kb: &Kb, db: &str, pg_dump_survived: &str) {
+    assert!(kb.dumps("hourly").is_empty());
+    assert!(
+        !kb.files().iter().any(|f| f.ends_with(".partial")),
+        "{:?}",
+        kb.files()
+    );
+    assert!(
+        processes_matching(db)
+            .iter()
+            .all(|(_, a)| !a.contains("pg_dump")),
+        "{pg_dump_survived}"
+    );
+}
+
 fn manifest_of(kb: &Kb, dump_rel: &str) -> Value {
     let stem = dump_rel.trim_end_matches(".dump.zst");
     serde_json::from_slice(&std::fs::read(kb.store.join(format!("{stem}.manifest.json"))).unwrap())
@@ -424,18 +440,7 @@ fn ctrl_c_stops_the_dump_and_removes_the_temporary_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(kb.dumps("hourly").is_empty());
-    assert!(
-        !kb.files().iter().any(|f| f.ends_with(".partial")),
-        "{:?}",
-        kb.files()
-    );
-    assert!(
-        processes_matching(&db)
-            .iter()
-            .all(|(_, a)| !a.contains("pg_dump")),
-        "pg_dump survived"
-    );
+    assert_nothing_left(&kb, &db, "pg_dump survived");
 }
 
 #[test]
@@ -955,16 +960,5 @@ fn a_pg_dump_running_past_backup_timeout_is_stopped() {
         r.stderr()
     );
     assert!(start.elapsed() < std::time::Duration::from_secs(15));
-    assert!(kb.dumps("hourly").is_empty());
-    assert!(
-        !kb.files().iter().any(|f| f.ends_with(".partial")),
-        "{:?}",
-        kb.files()
-    );
-    assert!(
-        processes_matching(&db)
-            .iter()
-            .all(|(_, a)| !a.contains("pg_dump")),
-        "pg_dump survived the timeout"
-    );
+    assert_nothing_left(&kb, &db, "pg_dump survived the timeout");
 }

@@ -236,13 +236,7 @@ fn verification_can_run_inside_a_container() {
     let reports: Vec<serde_json::Value> = serde_json::from_str(&r.stdout()).unwrap();
     assert_eq!(reports[0]["server"], "container kbt-verify");
     assert_eq!(reports[0]["passed"], true, "{:#}", reports[0]);
-    let restore = reports[0]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "test restore")
-        .unwrap()
-        .clone();
+    let restore = check_named(&reports[0], "test restore");
     assert_eq!(restore["outcome"], "pass", "{restore}");
     // The temporary database was dropped inside the container.
     let left = d.psql(

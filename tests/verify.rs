@@ -238,13 +238,7 @@ fn verification_can_run_on_a_separate_server() {
     assert_eq!(code, 0, "{err}");
     let server = reports[0]["server"].as_str().unwrap();
     assert_eq!(server, format!("{}:5432", other.socket.display()));
-    let restore = reports[0]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "test restore")
-        .unwrap()
-        .clone();
+    let restore = check_named(&reports[0], "test restore");
     assert!(
         restore["detail"]
             .as_str()

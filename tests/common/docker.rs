@@ -182,22 +182,9 @@ impl Docker {
     }
 
     pub fn psql(&self, container: &str, db: &str, sql: &str) -> String {
-        self.ok(&[
-            "exec",
-            container,
-            "psql",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
+        let mut args = vec!["exec", container, "psql"];
+        args.extend(super::PSQL_FLAGS);
+        args.extend(["-U", "postgres", "-d", db, "-c", sql]);
+        self.ok(&args)
     }
 }

@@ -170,22 +170,27 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// psql for scripts: no psqlrc, quiet, unaligned, tuples only, stop at the first error.
+pub const PSQL_FLAGS: [&str; 6] = ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"];
+
+/// The check `name` of a `verify --json` report.
+pub fn check_named(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
+        .clone()
+}
+
 impl Cluster {
     pub fn psql_cmd(&self, db: &str) -> Command {
         let mut c = Command::new(pg_bin().join("psql"));
-        c.args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            "postgres",
-            "-h",
-        ])
-        .arg(&self.socket)
-        .args(["-p", &self.port.to_string(), "-d", db]);
+        c.args(PSQL_FLAGS)
+            .args(["-U", "postgres", "-h"])
+            .arg(&self.socket)
+            .args(["-p", &self.port.to_string(), "-d", db]);
         c
     }
 
