@@ -20,14 +20,7 @@ RUNS=${2:-3}
 DATASET=${BENCH_DATASET:-$ROOT/../shared/bench/dataset.sql}
 [ -f "$DATASET" ] || die "reference dataset not found at $DATASET (set BENCH_DATASET)"
 
-ensure postgres zstd
-say "building kbackup (release)"
-(cd "$ROOT" && cargo build --release --quiet)
-KB="$ROOT/target/release/kbackup"
-
-WORK=$(mktemp -d /tmp/kbackup-bench.XXXXXX)
-trap 'stop_cluster "$WORK"; rm -rf "$WORK"' EXIT
-start_cluster "$WORK"
+release_and_cluster bench
 say "loading the reference dataset at scale $SCALE"
 createdb app
 psql -q -v ON_ERROR_STOP=1 -v scale="$SCALE" -d app -f "$DATASET" >/dev/null

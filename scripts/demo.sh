@@ -6,15 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ensure postgres zstd
-say "building kbackup (release)"
-(cd "$ROOT" && cargo build --release --quiet)
-KB="$ROOT/target/release/kbackup"
-
-WORK=$(mktemp -d /tmp/kbackup-demo.XXXXXX)
-trap 'stop_cluster "$WORK"; rm -rf "$WORK"' EXIT
-say "starting a throwaway PostgreSQL in $WORK"
-start_cluster "$WORK"
+release_and_cluster demo
 
 say "creating database kairon with sample data"
 createdb kairon

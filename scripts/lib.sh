@@ -68,3 +68,17 @@ stop_cluster() {
   bin=$(pg_bindir) || return 0
   [ -d "$dir/data" ] && runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
 }
+
+# release_and_cluster NAME: installs PostgreSQL and zstd when missing, builds
+# kbackup (sets KB), and starts a throwaway cluster in a new WORK folder that is
+# stopped and removed when the calling script exits.
+release_and_cluster() {
+  ensure postgres zstd
+  say "building kbackup (release)"
+  (cd "$ROOT" && cargo build --release --quiet)
+  KB="$ROOT/target/release/kbackup"
+  WORK=$(mktemp -d "/tmp/kbackup-$1.XXXXXX")
+  trap 'stop_cluster "$WORK"; rm -rf "$WORK"' EXIT
+  say "starting a throwaway PostgreSQL in $WORK"
+  start_cluster "$WORK"
+}
