@@ -388,7 +388,7 @@ fn dump_error(pg: &Postgres, e: StreamError) -> anyhow::Error {
         StreamError::Process(p @ ProcessError::Failed { .. }) => {
             let stderr = p.stderr().to_string();
             if stderr.contains("server version mismatch") {
-                anyhow!("pg_dump is older than the server: {stderr}")
+                anyhow!("pg_dump is older than the server: {stderr}; install the client tools of the server's version (or newer) and point POSTGRES_BIN_DIR at them")
             } else if stderr.contains("connection to server")
                 || stderr.contains("could not connect")
             {

@@ -31,7 +31,10 @@ pub async fn run(cfg: &Config, args: &NotifyArgs) -> Result<()> {
         }
     }
     if !failed.is_empty() {
-        bail!("test notification failed on: {}", failed.join(", "));
+        bail!(
+            "test notification failed on: {}; the line of each says why: check its URL, token or SMTP settings (`kbackup config` shows them)",
+            failed.join(", ")
+        );
     }
     Ok(())
 }
