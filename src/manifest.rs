@@ -28,6 +28,10 @@ pub struct Manifest {
     pub finished_at: DateTime<FixedOffset>,
     pub source: SourceInfo,
     pub server_version: String,
+    /// The server's major version (15, 17): a restore needs a server at least this new.
+    /// Absent from manifests written before it was recorded: see `server_major()`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_major: Option<u32>,
     pub pg_dump_version: String,
     pub database_size_bytes: u64,
     /// The archive as read while it was written: TOC object counts and the exact
@@ -124,6 +128,12 @@ pub struct Check {
 }
 
 impl Manifest {
+    /// The backed-up server's major version, recorded or read from its version text.
+    pub fn server_major(&self) -> Option<u32> {
+        self.server_major
+            .or_else(|| crate::postgres::version_major(&self.server_version))
+    }
+
     pub fn total_rows(&self) -> Option<u64> {
         self.archive.tables.iter().map(|t| t.rows).sum()
     }

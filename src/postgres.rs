@@ -7,8 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
+use crate::archive::Summary;
+use crate::clients::{self, ArchiveFormat, Candidate, Choice, Need, RestoreMode};
 use crate::config::DbConfig;
 use crate::process::{Cmd, ProcessError};
 
@@ -17,6 +19,18 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Postgres {
     pub db: DbConfig,
+}
+
+/// The pg_restore a restore or verification runs, and how (see `restore_client`).
+#[derive(Debug, Clone)]
+pub struct RestoreClient {
+    /// The server, with the chosen client tools.
+    pub pg: Postgres,
+    pub client: Candidate,
+    pub format: ArchiveFormat,
+    pub server_major: u32,
+    pub server_version: String,
+    pub mode: RestoreMode,
 }
 
 /// What the server told us before a dump.
@@ -228,6 +242,21 @@ impl Postgres {
             .await
     }
 
+    /// psql running the SQL script on its stdin in `db`, stopping at the first
+    /// error, its query output discarded.
+    pub fn psql_script(&self, db: &str) -> Cmd {
+        self.tool_stdin("psql").args([
+            "-X",
+            "-q",
+            "-o",
+            "/dev/null",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--dbname",
+            db,
+        ])
+    }
+
     /// `pg_restore` reading an archive on stdin into `db`, stopping at the first error.
     pub fn pg_restore(&self, db: &str) -> Cmd {
         self.tool_stdin("pg_restore")
@@ -257,6 +286,186 @@ impl Postgres {
             )),
             Err(e) => Err(anyhow!(e).context(format!("cannot inspect container {container}: is the Docker engine running?"))),
         }
+    }
+
+    /// The same server, with the client tools of another folder.
+    pub fn with_bin_dir(&self, dir: Option<PathBuf>) -> Postgres {
+        let mut db = self.db.clone();
+        db.bin_dir = dir;
+        Postgres { db }
+    }
+
+    /// The client tools that can do `need` with `tool`, as a `Postgres` that runs
+    /// them: the configured ones (POSTGRES_BIN_DIR or PATH) when they can;
+    /// otherwise, in direct mode, the lowest sufficient version found in
+    /// POSTGRES_CLIENT_PATHS (logged). `job` says what for, in messages:
+    /// "dump PostgreSQL 17.2". Every tool then comes from the chosen folder.
+    pub async fn client_for(
+        &self,
+        tool: &str,
+        need: Need,
+        job: &str,
+    ) -> Result<(Postgres, Candidate)> {
+        let configured = self.tool_major(tool).await;
+        let here = |(major, version): &(u32, String)| Candidate {
+            dir: self.db.bin_dir.clone(),
+            major: *major,
+            version: version.clone(),
+        };
+        if let Some(c) = &self.db.container {
+            let found = configured?;
+            if need.met_by(found.0) {
+                return Ok((self.clone(), here(&found)));
+            }
+            bail!(
+                "{tool} in container {c} ({}) cannot {job}{}; the container's client tools must be of \
+                 version {} or newer: run the server from an image of that version, or take backups in \
+                 direct mode (unset CONTAINER_DB, set POSTGRES_HOST) with newer client tools",
+                found.1,
+                because(tool, need),
+                clients::major_text(wanted(need)),
+            );
+        }
+        if let Ok(found) = &configured {
+            if need.met_by(found.0) {
+                return Ok((self.clone(), here(found)));
+            }
+        }
+        let searched = self.search(tool).await;
+        match clients::choose(configured.as_ref().ok().map(|c| c.0), &searched, need) {
+            Choice::Configured => {
+                Ok((self.clone(), here(configured.as_ref().expect("configured"))))
+            }
+            Choice::Found(c) => {
+                let why = match &configured {
+                    Ok(found) => format!("{} cannot {job}", here(found).describe(tool)),
+                    Err(_) => format!("no {tool} on {}", self.configured_place()),
+                };
+                tracing::info!("Using {}: {why}", c.describe(tool));
+                Ok((self.with_bin_dir(c.dir.clone()), c))
+            }
+            Choice::None => {
+                let have = match &configured {
+                    Ok(found) => format!(
+                        "{} cannot {job}{}",
+                        here(found).describe(tool),
+                        because(tool, need)
+                    ),
+                    Err(e) => format!("{e:#}"),
+                };
+                let v = clients::major_text(wanted(need));
+                bail!(
+                    "{have}, and no {tool} {v} or newer was found in POSTGRES_CLIENT_PATHS ({}). Install the \
+                     PostgreSQL {v} client tools (Debian/Ubuntu: postgresql-client-{v} from apt.postgresql.org; \
+                     RHEL: postgresql{v}; Homebrew: postgresql@{v}) or set POSTGRES_BIN_DIR to the folder holding them",
+                    self.db.client_paths.join(":")
+                )
+            }
+        }
+    }
+
+    fn configured_place(&self) -> String {
+        match &self.db.bin_dir {
+            Some(d) => format!("POSTGRES_BIN_DIR ({})", d.display()),
+            None => "PATH".into(),
+        }
+    }
+
+    /// Every client of `tool` in the folders of POSTGRES_CLIENT_PATHS, with its version.
+    async fn search(&self, tool: &str) -> Vec<Candidate> {
+        let list_dir = |dir: &str| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(d) = self.db.bin_dir.as_ref().and_then(|d| d.canonicalize().ok()) {
+            seen.insert(d);
+        }
+        let mut found = Vec::new();
+        for pattern in &self.db.client_paths {
+            for dir in clients::expand_search_path(pattern, list_dir) {
+                let Ok(real) = dir.canonicalize() else {
+                    continue;
+                };
+                if !dir.join(tool).is_file() || !seen.insert(real) {
+                    continue;
+                }
+                let other = self.with_bin_dir(Some(dir.clone()));
+                match other.tool_major(tool).await {
+                    Ok((major, version)) => found.push(Candidate {
+                        dir: Some(dir),
+                        major,
+                        version,
+                    }),
+                    Err(e) => tracing::debug!("skipping {}: {e:#}", dir.display()),
+                }
+            }
+        }
+        found
+    }
+
+    /// The pg_restore for `archive` on this server, checked before anything is
+    /// created: the server is not older than the backup's (a refusal naming both
+    /// versions), a pg_restore that reads the archive's format is found, and the
+    /// way its output reaches the server is decided.
+    pub async fn restore_client(&self, archive: &Summary) -> Result<RestoreClient> {
+        let (server_major, server_version) = self.server_major().await?;
+        let backup_major = archive.server_version.as_deref().and_then(version_major);
+        clients::can_load(backup_major, server_major).map_err(|e| {
+            anyhow!(
+                "{e}. Nothing was changed on {} (PostgreSQL {server_version})",
+                self.describe_server()
+            )
+        })?;
+        let format = ArchiveFormat::parse(&archive.format_version).ok_or_else(|| {
+            anyhow!(
+                "unreadable archive format version {:?}",
+                archive.format_version
+            )
+        })?;
+        let job = format!(
+            "read this backup (archive format {format}, written by pg_dump {})",
+            archive.pg_dump_version.as_deref().unwrap_or("?")
+        );
+        let (pg, client) = self
+            .client_for("pg_restore", Need::Read { format }, &job)
+            .await?;
+        if let Some(from) = backup_major.filter(|m| *m < server_major) {
+            tracing::info!(
+                "Restoring a PostgreSQL {} backup into PostgreSQL {server_version} (an upgrade: pg_dump's archives load into newer servers)",
+                clients::major_text(from)
+            );
+        }
+        let mode = clients::restore_mode(client.major, server_major);
+        Ok(RestoreClient {
+            pg,
+            client,
+            format,
+            server_major,
+            server_version,
+            mode,
+        })
+    }
+
+    /// The server's major version, asked on the maintenance database (the
+    /// target of a restore may not exist yet): (major, version text).
+    pub async fn server_major(&self) -> Result<(u32, String)> {
+        let rows = self
+            .query(
+                &self.db.maintenance_db,
+                "SELECT current_setting('server_version_num'), current_setting('server_version')",
+            )
+            .await?;
+        let Some([num, version]) = rows.first().map(|r| &r[..]) else {
+            return Err(anyhow!("unexpected answer from the server: {rows:?}"));
+        };
+        let num: u32 = num.parse().context("server_version_num")?;
+        Ok((major_of_num(num), version.clone()))
     }
 
     /// The version of a client tool, e.g. pg_dump 15.18 -> 15.
@@ -340,6 +549,21 @@ impl Postgres {
     }
 }
 
+/// The version a job needs, for messages.
+fn wanted(need: Need) -> u32 {
+    match need {
+        Need::Dump { server_major } => server_major,
+        Need::Read { format } => clients::oldest_reader_of(format),
+    }
+}
+
+fn because(tool: &str, need: Need) -> String {
+    match need {
+        Need::Dump { .. } => format!(" ({tool} refuses a server newer than itself)"),
+        Need::Read { .. } => String::new(),
+    }
+}
+
 /// The major version of a bare version string from an archive header
 /// (`15.18 (Debian 15.18-0+deb12u1)` -> 15, `9.6.24` -> 906).
 pub fn version_major(text: &str) -> Option<u32> {
@@ -380,6 +604,7 @@ mod tests {
             container: container.map(String::from),
             bin_dir: None,
             maintenance_db: "postgres".into(),
+            client_paths: vec![],
         }
     }
 

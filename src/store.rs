@@ -60,6 +60,21 @@ impl Backup {
             .map(|m| m.database.as_str())
             .unwrap_or(&self.parsed.prefix)
     }
+
+    /// The major version of the server it was taken from: the manifest's, or,
+    /// for a seed-era `.dump` without one, its archive header's.
+    pub fn server_major(&self) -> Option<u32> {
+        if let Some(m) = &self.manifest {
+            return m.server_major();
+        }
+        if self.parsed.format != Format::CustomZstd {
+            let file = std::fs::File::open(&self.path).ok()?;
+            let header =
+                crate::archive::read_header(std::io::BufReader::with_capacity(4096, file)).ok()?;
+            return crate::postgres::version_major(header.server_version.as_deref()?);
+        }
+        None
+    }
 }
 
 /// A backup file outside the store's listing (`--file /mnt/elsewhere/x.dump.zst`),

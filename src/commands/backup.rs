@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 
 use crate::cli::BackupArgs;
+use crate::clients::Need;
 use crate::clock;
 use crate::commands::sync;
 use crate::commands::{list, rotate};
@@ -247,7 +248,8 @@ pub(crate) async fn take(
     pg: &Postgres,
     target: &mut Target,
 ) -> Result<(std::path::PathBuf, String, u64)> {
-    let info = preflight(pg).await?;
+    let (info, pg) = preflight(pg).await?;
+    let pg = &pg;
     check_disk(cfg, store, &info)?;
 
     tracing::info!("Creating database dump...");
@@ -316,6 +318,7 @@ pub(crate) async fn take(
             user: cfg.db.user.clone(),
         },
         server_version: info.version.clone(),
+        server_major: Some(info.major()),
         pg_dump_version: written.summary.pg_dump_version.clone().unwrap_or_default(),
         database_size_bytes: info.database_size,
         archive: written.summary,
@@ -338,20 +341,18 @@ pub(crate) async fn take(
     Ok((path, stem, written.size))
 }
 
-/// Checks everything a dump needs before it starts, with the seeds' errors.
-async fn preflight(pg: &Postgres) -> Result<ServerInfo> {
+/// Checks everything a dump needs before it starts, with the seeds' errors, and
+/// picks a pg_dump that can dump this server (see `Postgres::client_for`):
+/// returns the server and the `Postgres` whose tools will run.
+async fn preflight(pg: &Postgres) -> Result<(ServerInfo, Postgres)> {
     pg.check_container().await?;
-    let (dump_major, dump_version) = pg.tool_major("pg_dump").await?;
     let info = pg.server_info().await?;
-    if dump_major < info.major() {
-        bail!(
-            "pg_dump is older than the server: {dump_version} cannot dump PostgreSQL {}; install the \
-             client tools of version {} or newer (or set POSTGRES_BIN_DIR to them)",
-            info.version,
-            info.major()
-        );
-    }
-    Ok(info)
+    let need = Need::Dump {
+        server_major: info.major(),
+    };
+    let job = format!("dump PostgreSQL {}", info.version);
+    let (pg, _) = pg.client_for("pg_dump", need, &job).await?;
+    Ok((info, pg))
 }
 
 /// Fails early when the dump cannot fit. The estimate is the last backup's size

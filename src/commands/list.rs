@@ -27,6 +27,7 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                     "size_bytes": b.size,
                     "sha256": b.manifest.as_ref().map(|m| &m.file.sha256),
                     "database": b.database(),
+                    "server_major": b.server_major(),
                     "format": b.parsed.format,
                     "manifest": b.manifest.is_some(),
                     "name": if b.tier == Tier::Named { Some(&b.parsed.label) } else { None },
@@ -46,8 +47,8 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
         println!("  (none)");
     } else {
         println!(
-            "{:8} {:25} {:>6} {:>7}  {:8}  {:14}  FILE",
-            "TIER", "TIME", "AGE", "SIZE", "MANIFEST", "VERIFIED"
+            "{:8} {:25} {:>6} {:>7}  {:>3}  {:8}  {:14}  FILE",
+            "TIER", "TIME", "AGE", "SIZE", "PG", "MANIFEST", "VERIFIED"
         );
         for b in &shown {
             let manifest = match (&b.manifest, &b.manifest_error) {
@@ -68,11 +69,14 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                 None => "-".to_string(),
             };
             println!(
-                "{:8} {:25} {:>6} {:>7}  {:8}  {:14}  {}",
+                "{:8} {:25} {:>6} {:>7}  {:>3}  {:8}  {:14}  {}",
                 b.tier.dir(),
                 b.time.format("%Y-%m-%d %H:%M:%S %:z").to_string(),
                 age(b.time, now),
                 human_size(b.size),
+                b.server_major()
+                    .map(crate::clients::major_text)
+                    .unwrap_or_else(|| "-".into()),
                 manifest,
                 verified,
                 b.rel_path

@@ -25,6 +25,7 @@ use crate::archive::{self, Summary, TableData};
 use crate::checks;
 use crate::cleanup;
 use crate::cli::RestoreArgs;
+use crate::clients::{self, RestoreMode};
 use crate::clock;
 use crate::commands::backup::{self, Target as BackupTarget};
 use crate::commands::list;
@@ -34,7 +35,7 @@ use crate::dump;
 use crate::error::usage;
 use crate::manifest::Manifest;
 use crate::naming::{self, Tier, GLOBALS_EXT, MANIFEST_EXT};
-use crate::postgres::{ident, literal, version_major, Postgres};
+use crate::postgres::{ident, literal, version_major, Postgres, RestoreClient};
 use crate::process::StreamError;
 use crate::remote::Remote;
 use crate::select::{self, Selection, Selector};
@@ -96,7 +97,8 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     );
 
     pg.check_container().await?;
-    check_restore_version(&pg, &checked.summary).await?;
+    let rc = pg.restore_client(&checked.summary).await?;
+    let pg = rc.pg.clone();
     let existing = existing(&pg, &target).await?;
     let missing_roles = missing_roles(&pg, &checked.summary).await?;
 
@@ -104,7 +106,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         print_plan(
             cfg,
             args,
-            &pg,
+            &rc,
             &source,
             &checked,
             &target,
@@ -129,7 +131,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         in_place(
             cfg,
             &store,
-            &pg,
+            &rc,
             &source,
             &checked,
             &target,
@@ -140,7 +142,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     } else {
         via_scratch(
             cfg,
-            &pg,
+            &rc,
             &source,
             &checked,
             &target,
@@ -433,21 +435,6 @@ async fn check_file(cfg: &Config, pg: &Postgres, source: &Source) -> Result<Chec
     })
 }
 
-/// pg_restore cannot read archives written by a newer pg_dump.
-async fn check_restore_version(pg: &Postgres, summary: &Summary) -> Result<()> {
-    let (major, text) = pg.tool_major("pg_restore").await?;
-    if let Some(dumped) = summary.pg_dump_version.as_deref().and_then(version_major) {
-        if major < dumped {
-            bail!(
-                "pg_restore is older than the pg_dump that wrote this backup: {text} cannot read an archive from \
-                 pg_dump {}; install the client tools of version {dumped} or newer (or set POSTGRES_BIN_DIR)",
-                summary.pg_dump_version.as_deref().unwrap_or("?")
-            );
-        }
-    }
-    Ok(())
-}
-
 async fn existing(pg: &Postgres, target: &str) -> Result<Option<Existing>> {
     let sql = format!(
         "SELECT pg_database_size(datname), (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname) \
@@ -587,29 +574,38 @@ fn old_name(target: &str, now: DateTime<Local>) -> String {
 
 /// CREATE DATABASE for a restore target: the archive's encoding and locale, and
 /// its owner when that role exists.
+/// The options of CREATE DATABASE that carry the archive's encoding and
+/// locale, with the server version that introduced each: a newer pg_dump
+/// writes them all (`LOCALE_PROVIDER = libc` for a PostgreSQL 13 database).
+const CREATE_OPTIONS: &[(&str, u32)] = &[
+    ("ENCODING", 0),
+    ("LOCALE_PROVIDER", 15),
+    ("LOCALE", 13),
+    ("LC_COLLATE", 0),
+    ("LC_CTYPE", 0),
+    ("ICU_LOCALE", 15),
+    ("ICU_RULES", 16),
+    ("BUILTIN_LOCALE", 17),
+];
+
+/// CREATE DATABASE `name` with the archive's encoding, and its locale as far
+/// as a server of `locale_for` (its major version) understands it; None: the
+/// encoding only (the server's default locale).
 fn create_database_sql(
     name: &str,
     summary: &Summary,
     owner_exists: bool,
-    with_locale: bool,
+    locale_for: Option<u32>,
 ) -> String {
     let mut sql = format!("CREATE DATABASE {} WITH TEMPLATE template0", ident(name));
     if let Some(create) = &summary.database_entries.create {
         let opts = create_options(create);
-        let keys: &[&str] = if with_locale {
-            &[
-                "ENCODING",
-                "LOCALE_PROVIDER",
-                "LOCALE",
-                "LC_COLLATE",
-                "LC_CTYPE",
-                "ICU_LOCALE",
-            ]
-        } else {
-            &["ENCODING"]
-        };
-        for key in keys {
-            if let Some(v) = opts.get(*key) {
+        for (key, since) in CREATE_OPTIONS {
+            let known = match locale_for {
+                Some(server) => server >= *since,
+                None => *key == "ENCODING",
+            };
+            if let Some(v) = opts.get(*key).filter(|_| known) {
                 sql.push_str(&format!(" {key} = {v}"));
             }
         }
@@ -700,7 +696,12 @@ fn retarget(statement: &str, original: &str, new: &str) -> String {
     out
 }
 
-pub(crate) async fn create_database(pg: &Postgres, name: &str, summary: &Summary) -> Result<()> {
+pub(crate) async fn create_database(
+    pg: &Postgres,
+    name: &str,
+    summary: &Summary,
+    server_major: u32,
+) -> Result<()> {
     let owner_exists = match &summary.database_entries.owner {
         Some(o) => !pg
             .query(
@@ -711,10 +712,10 @@ pub(crate) async fn create_database(pg: &Postgres, name: &str, summary: &Summary
             .is_empty(),
         None => false,
     };
-    let sql = create_database_sql(name, summary, owner_exists, true);
+    let sql = create_database_sql(name, summary, owner_exists, Some(server_major));
     if let Err(e) = pg.admin(&[&sql], None).await {
         // The archive's locale may not exist on this server: fall back to the server's.
-        let fallback = create_database_sql(name, summary, owner_exists, false);
+        let fallback = create_database_sql(name, summary, owner_exists, None);
         tracing::warn!(
             "{sql} failed ({}); creating it with the server's default locale",
             e.stderr().trim()
@@ -754,13 +755,14 @@ pub(crate) async fn drop_database(pg: &Postgres, name: &str) -> Result<()> {
 /// Steps 2 and 3: restore into `db` and check it.
 async fn restore_and_check(
     cfg: &Config,
-    pg: &Postgres,
+    rc: &RestoreClient,
     source: &Source,
     checked: &Checked,
     db: &str,
 ) -> Result<(usize, u64)> {
+    let pg = &rc.pg;
     tracing::info!("Restoring into {db}...");
-    run_pg_restore(cfg, pg, &source.path, &checked.input, db, &[]).await?;
+    run_pg_restore(cfg, rc, &source.path, &checked.input, db, &[]).await?;
     let original = checked.summary.database.clone().unwrap_or_default();
     let properties: Vec<String> = checked
         .summary
@@ -845,19 +847,24 @@ pub(crate) async fn check_pass(
 
 /// Runs pg_restore of the archive at `path` into `db`, stopping at the first
 /// error: in parallel (`--jobs BACKUP_RESTORE_JOBS`) from a seekable archive, or
-/// streamed into one pg_restore.
+/// streamed into one pg_restore; or, when the client is newer than the server
+/// can take directly (`RestoreMode::Script`), as an SQL script run by psql.
 pub(crate) async fn run_pg_restore(
     cfg: &Config,
-    pg: &Postgres,
+    rc: &RestoreClient,
     path: &std::path::Path,
     input: &Input,
     db: &str,
     extra: &[&str],
 ) -> Result<()> {
+    let pg = &rc.pg;
     let failed = |e: StreamError| match e {
         StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
         StreamError::Local(l) => l.context("reading the backup failed"),
     };
+    if let RestoreMode::Script { drop } = &rc.mode {
+        return run_as_script(cfg, pg, path, input, db, extra, drop.clone()).await;
+    }
     match input {
         Input::Seekable { path: archive, .. } => {
             pg.tool("pg_restore")
@@ -879,6 +886,66 @@ pub(crate) async fn run_pg_restore(
         }
     }
     Ok(())
+}
+
+/// `pg_restore --file -` piped into `psql -v ON_ERROR_STOP=1`, without the
+/// script's opening session settings listed in `drop`. pg_restore reads a file
+/// (a compressed backup streamed so far is decompressed to a temporary one).
+async fn run_as_script(
+    cfg: &Config,
+    pg: &Postgres,
+    path: &std::path::Path,
+    input: &Input,
+    db: &str,
+    extra: &[&str],
+    drop: Vec<&'static str>,
+) -> Result<()> {
+    let mut _copy = None;
+    let archive = match input {
+        Input::Seekable { path, .. } => path.clone(),
+        Input::Stream if !dump::is_zstd(path) => path.to_path_buf(),
+        Input::Stream => {
+            let dir = cfg.backup_dir.join(crate::state::STATE_DIR);
+            std::fs::create_dir_all(&dir)?;
+            let tmp = tempfile::Builder::new()
+                .prefix(".kbackup-restore-")
+                .suffix(".partial")
+                .tempfile_in(&dir)
+                .context("temporary archive for pg_restore")?;
+            let (src, out) = (path.to_path_buf(), tmp.reopen()?);
+            tokio::task::spawn_blocking(move || dump::write_archive(&src, out)).await??;
+            let p = tmp.path().to_path_buf();
+            _copy = Some(tmp);
+            p
+        }
+    };
+    tracing::info!(
+        "pg_restore is newer than the server: its SQL runs through psql without {}",
+        drop.join(" ")
+    );
+    let psql = pg.psql_script(db);
+    let timeout = cfg.timeout;
+    let runtime = tokio::runtime::Handle::current();
+    pg.tool("pg_restore")
+        .args(["--file", "-"])
+        .args(extra)
+        .arg(&archive)
+        .stream(timeout, move |script| {
+            let fed = psql.feed(timeout, move |stdin| {
+                dump::copy_script(script, stdin, &drop)
+            });
+            runtime.block_on(fed).map(|_| ()).map_err(|e| match e {
+                StreamError::Process(p) => {
+                    anyhow!(p).context("psql failed running pg_restore's script")
+                }
+                StreamError::Local(l) => l,
+            })
+        })
+        .await
+        .map_err(|e| match e {
+            StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
+            StreamError::Local(l) => l,
+        })
 }
 
 /// Every table present, with the backup's row count. Returns (tables, rows).
@@ -909,19 +976,20 @@ async fn verify(pg: &Postgres, db: &str, expected: &[TableData]) -> Result<(usiz
 /// Steps 2-4 through a scratch database. Returns the kept old database's name.
 async fn via_scratch(
     cfg: &Config,
-    pg: &Postgres,
+    rc: &RestoreClient,
     source: &Source,
     checked: &Checked,
     target: &str,
     target_exists: bool,
     drop_old: bool,
 ) -> Result<Option<String>> {
+    let pg = &rc.pg;
     let now = Local::now();
     let scratch = scratch_name(target, now);
     tracing::info!("Creating scratch database {scratch}...");
-    create_database(pg, &scratch, &checked.summary).await?;
+    create_database(pg, &scratch, &checked.summary, rc.server_major).await?;
     let undo_scratch = cleanup::register(pg, drop_statements(&scratch));
-    if let Err(e) = restore_and_check(cfg, pg, source, checked, &scratch).await {
+    if let Err(e) = restore_and_check(cfg, rc, source, checked, &scratch).await {
         if let Err(d) = drop_database(pg, &scratch).await {
             tracing::error!("{d:#}; drop it by hand: dropdb {scratch}");
         }
@@ -1065,12 +1133,13 @@ async fn swap(pg: &Postgres, target: &str, scratch: &str, old: &str) -> Result<(
 async fn in_place(
     cfg: &Config,
     store: &Store,
-    pg: &Postgres,
+    rc: &RestoreClient,
     source: &Source,
     checked: &Checked,
     target: &str,
     target_exists: bool,
 ) -> Result<()> {
+    let pg = &rc.pg;
     let safety = if target_exists {
         let mut scfg = cfg.clone();
         scfg.db.name = target.to_string();
@@ -1101,8 +1170,8 @@ async fn in_place(
             tracing::info!("Dropping {target}...");
             drop_database(pg, target).await?;
         }
-        create_database(pg, target, &checked.summary).await?;
-        restore_and_check(cfg, pg, source, checked, target).await
+        create_database(pg, target, &checked.summary, rc.server_major).await?;
+        restore_and_check(cfg, rc, source, checked, target).await
     }
     .await;
     if let Err(e) = result {
@@ -1196,13 +1265,14 @@ fn rows_text(tables: &[TableData]) -> String {
 fn print_plan(
     cfg: &Config,
     args: &RestoreArgs,
-    pg: &Postgres,
+    rc: &RestoreClient,
     source: &Source,
     checked: &Checked,
     target: &str,
     existing: Option<&Existing>,
     missing_roles: &[String],
 ) {
+    let pg = &rc.pg;
     let now = Local::now();
     println!("Dry run: nothing will be changed.");
     println!(
@@ -1228,6 +1298,35 @@ fn print_plan(
         checked.checksum,
         checked.summary.tables.len(),
         rows_text(&checked.expected)
+    );
+    let from = checked.summary.server_version.as_deref().unwrap_or("?");
+    println!(
+        "Server:   PostgreSQL {} at {}; the backup is of PostgreSQL {from}{}",
+        rc.server_version,
+        pg.describe_server(),
+        match checked
+            .summary
+            .server_version
+            .as_deref()
+            .and_then(version_major)
+        {
+            Some(m) if m < rc.server_major => " (an upgrade: allowed)",
+            Some(_) => " (same major version)",
+            None => "",
+        }
+    );
+    println!(
+        "Client:   {} reads archive formats up to {}: this backup's {} can be read{}",
+        rc.client.describe("pg_restore"),
+        clients::restore_reads_up_to(rc.client.major),
+        rc.format,
+        match &rc.mode {
+            RestoreMode::Direct => String::new(),
+            RestoreMode::Script { drop } => format!(
+                "; it is newer than the server, so its SQL runs through psql without {} (serial)",
+                drop.join(" ")
+            ),
+        }
     );
     match existing {
         Some(e) => println!(
@@ -1266,6 +1365,12 @@ fn print_plan(
     }
     // The command the restore will run: see `check_pass` and `run_pg_restore`.
     let into = |db: &str| match &checked.input {
+        _ if matches!(rc.mode, RestoreMode::Script { .. }) => format!(
+            "{} {} | {}",
+            pg.tool("pg_restore").args(["--file", "-"]),
+            source.path.display(),
+            pg.psql_script(db)
+        ),
         Input::Seekable { path, .. } => format!(
             "{} {}{}",
             pg.tool("pg_restore").args([
@@ -1310,7 +1415,7 @@ fn print_plan(
         }
         println!(
             "  {n}. {}",
-            create_database_sql(target, &checked.summary, true, true)
+            create_database_sql(target, &checked.summary, true, Some(rc.server_major))
         );
         println!("  {}. {}", n + 1, into(target));
         println!(
@@ -1321,7 +1426,7 @@ fn print_plan(
         let scratch = scratch_name(target, now);
         println!(
             "  1. {}",
-            create_database_sql(&scratch, &checked.summary, true, true)
+            create_database_sql(&scratch, &checked.summary, true, Some(rc.server_major))
         );
         println!("  2. {}", into(&scratch));
         println!("  3. check every table and its row count against the backup (on failure: drop {scratch}, stop)");
@@ -1408,13 +1513,27 @@ mod tests {
         );
         s.database_entries.owner = Some("App Owner".into());
         assert_eq!(
-            create_database_sql("app_x", &s, true, true),
+            create_database_sql("app_x", &s, true, Some(17)),
             "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8' OWNER = \"App Owner\""
         );
         assert_eq!(
-            create_database_sql("app_x", &s, false, false),
+            create_database_sql("app_x", &s, false, None),
             "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8'"
         );
+        // pg_dump 17 writes LOCALE_PROVIDER for a PostgreSQL 13 database too; 13 has LOCALE, 12 not even that.
+        assert_eq!(
+            create_database_sql("app_x", &s, false, Some(13)),
+            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8' LOCALE = 'C.UTF-8'"
+        );
+        assert_eq!(
+            create_database_sql("app_x", &s, false, Some(12)),
+            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8'"
+        );
+        s.database_entries.create = Some(
+            "CREATE DATABASE app WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = builtin LOCALE = 'C.UTF-8' BUILTIN_LOCALE = 'C.UTF-8';".into(),
+        );
+        assert!(create_database_sql("app_x", &s, false, Some(17))
+            .ends_with("BUILTIN_LOCALE = 'C.UTF-8'"));
     }
 
     #[test]

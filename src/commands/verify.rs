@@ -460,7 +460,20 @@ async fn full_checks(
             std::process::id()
         ),
     );
-    if let Err(e) = create_database(pg, &temp, summary).await {
+    // The pg_restore that can read this archive, checked before anything is created.
+    let rc = match pg.restore_client(summary).await {
+        Ok(rc) => rc,
+        Err(e) => {
+            checks.push(check(
+                "test restore",
+                Outcome::Fail,
+                format!("on {}: {e:#}", pg.describe_server()),
+            ));
+            return;
+        }
+    };
+    let pg = &rc.pg;
+    if let Err(e) = create_database(pg, &temp, summary, rc.server_major).await {
         checks.push(check(
             "test restore",
             Outcome::Fail,
@@ -473,7 +486,7 @@ async fn full_checks(
     let path = s.path.clone();
     let restored = run_pg_restore(
         cfg,
-        pg,
+        &rc,
         &path,
         input,
         &temp,
