@@ -606,8 +606,15 @@ mod tests {
 
     /// A minimal archive in the byte layout pg_dump 15 writes (version 1.14).
     pub(crate) fn tiny_archive(rows: &[&str], with_end_marker: bool) -> Vec<u8> {
+        archive_of(14, rows, with_end_marker)
+    }
+
+    /// A minimal archive of format 1.`minor`, laid out as pg_backup_archiver.c
+    /// writes that version (WriteHead, WriteToc): 1.15 moved the compression
+    /// into one byte, 1.14 added the table access method, 1.16 the relkind.
+    pub(crate) fn archive_of(minor: u8, rows: &[&str], with_end_marker: bool) -> Vec<u8> {
         let mut v = b"PGDMP".to_vec();
-        v.extend([1, 14, 0, 4, 8, 1]);
+        v.extend([1, minor, 0, 4, 8, 1]);
         let int = |v: &mut Vec<u8>, i: i64| {
             v.push(u8::from(i < 0));
             v.extend(&(i.unsigned_abs() as u32).to_le_bytes());
@@ -619,7 +626,11 @@ mod tests {
                 v.extend(x.as_bytes());
             }
         };
-        int(&mut v, 0); // compression level
+        if minor >= 15 {
+            v.push(0); // compression algorithm: none
+        } else {
+            int(&mut v, 0); // compression level
+        }
         for d in [0, 0, 12, 1, 0, 125, 0] {
             int(&mut v, d);
         }
@@ -639,8 +650,13 @@ mod tests {
             s(&mut v, None);
             s(&mut v, None);
             s(&mut v, Some("public"));
-            s(&mut v, None);
-            s(&mut v, None);
+            s(&mut v, None); // tablespace
+            if minor >= 14 {
+                s(&mut v, Some("heap"));
+            }
+            if minor >= 16 {
+                int(&mut v, i64::from(b'r'));
+            }
             s(&mut v, Some("postgres"));
             s(&mut v, Some("false"));
             s(&mut v, None);
@@ -673,6 +689,40 @@ mod tests {
         );
         assert_eq!(s.objects["TABLE"], 1);
         assert_eq!(s.archive_bytes, a.len() as u64);
+    }
+
+    #[test]
+    fn formats_1_12_to_1_16_are_read() {
+        for minor in 12..=16 {
+            let a = archive_of(minor, &["1\tx", "2\ty"], true);
+            let s = scan(&a[..]).unwrap_or_else(|e| panic!("1.{minor}: {e}"));
+            assert_eq!(s.format_version, format!("1.{minor}.0"));
+            assert_eq!(s.tables[0].rows, Some(2), "1.{minor}");
+            assert_eq!(s.compression, Compression::None);
+            let h = read_header(&a[..]).unwrap();
+            assert_eq!(h.server_version.as_deref(), Some("15.18"));
+            // Every truncation is still caught in each layout.
+            for cut in 0..a.len() {
+                assert!(scan(&a[..cut]).is_err(), "1.{minor} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_formats_are_named_not_misparsed() {
+        let newer = archive_of(17, &["1\tx"], true);
+        let e = scan(&newer[..]).unwrap_err();
+        assert!(matches!(e, ArchiveError::NewerVersion(_)), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("1.17") && text.contains("upgrade kbackup"),
+            "{text}"
+        );
+        assert!(read_header(&newer[..]).is_err());
+        let older = archive_of(11, &["1\tx"], true);
+        let e = scan(&older[..]).unwrap_err();
+        assert!(matches!(e, ArchiveError::UnsupportedVersion(_)), "{e}");
+        assert!(e.to_string().contains("1.11"), "{e}");
     }
 
     #[test]

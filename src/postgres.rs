@@ -364,6 +364,26 @@ impl Postgres {
         }
     }
 
+    /// A `Postgres` whose `tool` runs at all, before any version is known: the
+    /// configured one, else (direct mode) the newest found in
+    /// POSTGRES_CLIENT_PATHS, else the configured one's error ("pg_dump command
+    /// not found", the seed's).
+    pub async fn with_some_client(&self, tool: &str) -> Result<Postgres> {
+        let Err(e) = self.tool_major(tool).await else {
+            return Ok(self.clone());
+        };
+        if self.is_docker() {
+            return Err(e);
+        }
+        match self.search(tool).await.into_iter().max_by_key(|c| c.major) {
+            Some(c) => {
+                tracing::warn!("{e:#}; using {}", c.describe(tool));
+                Ok(self.with_bin_dir(c.dir))
+            }
+            None => Err(e),
+        }
+    }
+
     fn configured_place(&self) -> String {
         match &self.db.bin_dir {
             Some(d) => format!("POSTGRES_BIN_DIR ({})", d.display()),

@@ -675,23 +675,6 @@ fn a_pg_dump_that_exits_0_with_truncated_or_empty_output_is_a_failure() {
 }
 
 #[test]
-fn a_pg_dump_older_than_the_server_is_refused_before_dumping() {
-    let db = cluster().new_db("oldclient");
-    let mut kb = Kb::direct(&db);
-    // Fake: only one PostgreSQL version is installed, so an old client is simulated.
-    let dir = fake_bin_dir(&kb, "echo 'pg_dump (PostgreSQL) 13.4'; exit 0");
-    kb.set("POSTGRES_BIN_DIR", &dir);
-    let r = kb.run(&["backup"]);
-    assert_eq!(r.code(), 1);
-    assert!(
-        r.stderr().contains("pg_dump is older than the server") && r.stderr().contains("13.4"),
-        "{}",
-        r.stderr()
-    );
-    assert!(kb.dumps("hourly").is_empty());
-}
-
-#[test]
 fn missing_client_tools_and_unreachable_servers_are_named() {
     let db = cluster().new_db("tools");
     let mut kb = Kb::direct(&db);

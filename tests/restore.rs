@@ -8,27 +8,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// Everything the drill compares besides table contents.
-fn extras(c: &Cluster, db: &str) -> Vec<String> {
-    [
-        "SELECT last_value || '/' || is_called FROM app.counter",
-        "SELECT count(*) || '/' || md5(string_agg(md5(lo_get(oid)), ',' ORDER BY md5(lo_get(oid)))) FROM pg_largeobject_metadata",
-        "SELECT obj_description('app.items'::regclass, 'pg_class')",
-        "SELECT col_description('app.items'::regclass, 8)",
-        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'app.items'::regclass",
-        "SELECT has_table_privilege('drill_reader', 'app.items', 'SELECT')::text",
-        "SELECT extversion IS NOT NULL FROM pg_extension WHERE extname = 'citext'",
-        "SELECT n FROM app.item_count",
-        "SELECT count(*) FROM app.expensive",
-        "SELECT count(*) FROM pg_trigger WHERE tgname = 'items_touch'",
-        "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'app'",
-        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'app.events'::regclass",
-    ]
-    .iter()
-    .map(|q| c.psql(db, q))
-    .collect()
-}
-
 fn drill_db(hint: &str) -> String {
     let c = cluster();
     let db = c.new_db(hint);
@@ -64,7 +43,7 @@ fn restore_drill_puts_back_exactly_what_was_backed_up() {
         &format!("COMMENT ON DATABASE {db} IS 'drill database'; ALTER DATABASE {db} OWNER TO drill_owner"),
     );
     let fp = c.fingerprint(&db);
-    let ex = extras(c, &db);
+    let ex = drill_extras(c, &db);
     let kb = Kb::direct(&db);
     kb.ok(&["backup"]);
 
@@ -102,7 +81,7 @@ fn restore_drill_puts_back_exactly_what_was_backed_up() {
         "table contents differ from the state at backup time"
     );
     assert_eq!(
-        extras(c, &db),
+        drill_extras(c, &db),
         ex,
         "sequences, large objects, comments, owners, privileges..."
     );

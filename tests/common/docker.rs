@@ -82,7 +82,41 @@ impl Docker {
     }
 
     fn import_image(&self) {
-        let root = self.dir.join("rootfs");
+        self.import(IMAGE, &pg_bin().display().to_string(), None);
+    }
+
+    /// The image whose PostgreSQL (server and client tools) is the cached
+    /// install of version `major`, mounted at /opt/pg: made on first use.
+    pub fn image_of(&self, major: u32) -> String {
+        static MADE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+        let image = format!("kbt-pg{major}:1");
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        if !made.contains(&major) {
+            let path = "/opt/pg/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+            self.import(&image, "/opt/pg/bin", Some(path));
+            made.push(major);
+        }
+        image
+    }
+
+    /// A running PostgreSQL `major` container named `name` with that version's
+    /// own client tools first on its PATH, ready for connections.
+    pub fn postgres_container_of(&self, name: &str, major: u32) {
+        let image = self.image_of(major);
+        let install = super::server_bin(major)
+            .parent()
+            .unwrap()
+            .display()
+            .to_string();
+        let mount = format!("{install}:/opt/pg:ro");
+        self.run_image(&image, name, &["-v", &mount], &[]);
+        self.wait_ready(name);
+    }
+
+    fn import(&self, image: &str, bin: &str, path: Option<&str>) {
+        let root = self
+            .dir
+            .join(format!("rootfs-{}", image.replace([':', '/'], "-")));
         for d in [
             "usr",
             "etc",
@@ -97,18 +131,19 @@ impl Docker {
         for l in ["bin", "lib", "lib64", "sbin"] {
             std::os::unix::fs::symlink(format!("usr/{l}"), root.join(l)).unwrap();
         }
-        let bin = pg_bin();
         let entry = format!(
-            "#!/bin/sh\nset -e\nmkdir -p /pgdata /var/run/postgresql\nchown postgres /pgdata /var/run/postgresql\n\
-             runuser -u postgres -- {b}/initdb --no-sync -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D /pgdata >/dev/null\n\
-             exec runuser -u postgres -- {b}/postgres -D /pgdata -c listen_addresses= -k /var/run/postgresql -c fsync=off\n",
-            b = bin.display()
+            "#!/bin/sh\nset -e\nmkdir -p /pgdata /var/run/postgresql\nchown postgres /pgdata /var/run/postgresql\nchmod 1777 /tmp\n\
+             runuser -u postgres -- {bin}/initdb --no-sync -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D /pgdata >/dev/null\n\
+             exec runuser -u postgres -- {bin}/postgres -D /pgdata -c listen_addresses= -c unix_socket_directories=/var/run/postgresql,/tmp -c fsync=off\n",
         );
         let entry_path = root.join("entry.sh");
         std::fs::write(&entry_path, entry).unwrap();
         run_ok(Command::new("chmod").arg("755").arg(&entry_path));
+        let env = path
+            .map(|p| format!("-c 'ENV PATH={p}' "))
+            .unwrap_or_default();
         let script = format!(
-            "tar -C {} -c . | docker import -c 'CMD [\"/entry.sh\"]' - {IMAGE}",
+            "tar -C {} -c . | docker import {env}-c 'CMD [\"/entry.sh\"]' - {image}",
             root.display()
         );
         run_ok(
@@ -121,6 +156,10 @@ impl Docker {
     /// Starts a container of the test image with the host's /usr and /etc, no network.
     /// `options` go before the image, `command` after it.
     pub fn run_container(&self, name: &str, options: &[&str], command: &[&str]) {
+        self.run_image(IMAGE, name, options, command);
+    }
+
+    fn run_image(&self, image: &str, name: &str, options: &[&str], command: &[&str]) {
         let mut args = vec![
             "run",
             "-d",
@@ -134,7 +173,7 @@ impl Docker {
             "/etc:/etc:ro",
         ];
         args.extend_from_slice(options);
-        args.push(IMAGE);
+        args.push(image);
         args.extend_from_slice(command);
         self.ok(&args);
     }
@@ -142,6 +181,10 @@ impl Docker {
     /// A running PostgreSQL container named `name`, ready for connections.
     pub fn postgres_container(&self, name: &str) {
         self.run_container(name, &[], &[]);
+        self.wait_ready(name);
+    }
+
+    fn wait_ready(&self, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self
             .cmd(&["exec", name, "psql", "-U", "postgres", "-Atc", "SELECT 1"])
@@ -149,10 +192,14 @@ impl Docker {
             .map(|o| o.status.success())
             .unwrap_or(false)
         {
-            assert!(
-                Instant::now() < deadline,
-                "PostgreSQL in container {name} did not start"
-            );
+            if Instant::now() > deadline {
+                let logs = self.cmd(&["logs", name]).output().unwrap();
+                panic!(
+                    "PostgreSQL in container {name} did not start: {}{}",
+                    String::from_utf8_lossy(&logs.stdout),
+                    String::from_utf8_lossy(&logs.stderr)
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

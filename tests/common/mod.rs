@@ -79,11 +79,50 @@ pub fn pg_bin() -> PathBuf {
         .expect("PostgreSQL server (initdb) is missing: run scripts/test.sh")
 }
 
+/// Where scripts/test.sh (`ensure pgversions`) installs the other PostgreSQL
+/// versions: `<dir>/<major>/{bin,lib,share}`.
+pub fn pg_versions_dir() -> PathBuf {
+    std::env::var_os("KBACKUP_TEST_PG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/kbackup-test/pg".into())
+}
+
+/// The server programs of PostgreSQL `major`: Debian's for 15, else the cached install.
+pub fn server_bin(major: u32) -> PathBuf {
+    if major == 15 {
+        return pg_bin();
+    }
+    let bin = pg_versions_dir().join(major.to_string()).join("bin");
+    assert!(
+        bin.join("postgres").exists(),
+        "PostgreSQL {major} is missing ({} not found): run scripts/test.sh, which installs it (ensure pgversions)",
+        bin.join("postgres").display()
+    );
+    bin
+}
+
+/// The newest client tools that dump a server of `major`: Debian's 15 for 15
+/// (its own), 17 (the PyPI build) for every other version it can dump.
+pub fn client_bin(major: u32) -> PathBuf {
+    if major == 15 {
+        return pg_bin();
+    }
+    let bin = pg_versions_dir().join("17").join("bin");
+    assert!(
+        bin.join("pg_dump").exists(),
+        "the PostgreSQL 17 client tools are missing ({} not found): run scripts/test.sh (ensure pgversions)",
+        bin.join("pg_dump").display()
+    );
+    bin
+}
+
 /// A throwaway cluster, socket-only, trust for everyone but `pwuser`.
 pub struct Cluster {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub port: u16,
+    /// The server's major version.
+    pub major: u32,
 }
 
 pub const PW_USER: &str = "pwuser";
@@ -91,17 +130,31 @@ pub const PW_SECRET: &str = "S3cr3t-pw-do-not-leak";
 
 pub fn cluster() -> &'static Cluster {
     static C: OnceLock<Cluster> = OnceLock::new();
-    C.get_or_init(start_cluster)
+    C.get_or_init(|| start_cluster(15))
 }
 
 /// Another server, for what must run away from the first (verification).
 pub fn second_cluster() -> &'static Cluster {
     static C: OnceLock<Cluster> = OnceLock::new();
-    C.get_or_init(start_cluster)
+    C.get_or_init(|| start_cluster(15))
 }
 
-fn start_cluster() -> Cluster {
-    let bin = pg_bin();
+/// One cluster of PostgreSQL `major` per test binary (15: the same as `cluster()`).
+pub fn cluster_of(major: u32) -> &'static Cluster {
+    if major == 15 {
+        return cluster();
+    }
+    static ALL: Mutex<BTreeMap<u32, &'static Cluster>> = Mutex::new(BTreeMap::new());
+    let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
+    all.entry(major)
+        .or_insert_with(|| Box::leak(Box::new(start_cluster(major))))
+}
+
+fn start_cluster(major: u32) -> Cluster {
+    let bin = server_bin(major);
+    // The npm builds need their own lib/ (scripts/lib.sh made its links).
+    let lib = bin.parent().unwrap().join("lib");
+    let env = format!("LD_LIBRARY_PATH={}", lib.display());
     let dir = tempfile::Builder::new()
         .prefix("kbt-")
         .tempdir_in("/tmp")
@@ -113,7 +166,7 @@ fn start_cluster() -> Cluster {
     run_ok(Command::new("chown").args(["-R", "postgres:", dir.to_str().unwrap()]));
     run_ok(
         Command::new("runuser")
-            .args(["-u", "postgres", "--"])
+            .args(["-u", "postgres", "--", "env", &env])
             .arg(bin.join("initdb"))
             .args([
                 "--no-sync",
@@ -132,7 +185,7 @@ fn start_cluster() -> Cluster {
     std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
     let port = 5432;
     let script = format!(
-        "{} -D {} -c listen_addresses= -k {} -p {port} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 >{}/log 2>&1",
+        "{env} {} -D {} -c listen_addresses= -k {} -p {port} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 >{}/log 2>&1",
         bin.join("postgres").display(),
         data.display(),
         socket.display(),
@@ -143,7 +196,12 @@ fn start_cluster() -> Cluster {
         &script,
         &format!("kill -INT $child; wait $child; rm -rf {}", dir.display()),
     );
-    let c = Cluster { dir, socket, port };
+    let c = Cluster {
+        dir,
+        socket,
+        port,
+        major,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.try_psql("postgres", "SELECT 1").is_err() {
         assert!(
@@ -311,6 +369,27 @@ GRANT SELECT ON app.items TO drill_reader;
 GRANT USAGE ON SCHEMA app TO drill_reader;
 "#;
 
+/// Everything the drill compares besides table contents.
+pub fn drill_extras(c: &Cluster, db: &str) -> Vec<String> {
+    [
+        "SELECT last_value || '/' || is_called FROM app.counter",
+        "SELECT count(*) || '/' || md5(string_agg(md5(lo_get(oid)), ',' ORDER BY md5(lo_get(oid)))) FROM pg_largeobject_metadata",
+        "SELECT obj_description('app.items'::regclass, 'pg_class')",
+        "SELECT col_description('app.items'::regclass, 8)",
+        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'app.items'::regclass",
+        "SELECT has_table_privilege('drill_reader', 'app.items', 'SELECT')::text",
+        "SELECT extversion IS NOT NULL FROM pg_extension WHERE extname = 'citext'",
+        "SELECT n FROM app.item_count",
+        "SELECT count(*) FROM app.expensive",
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'items_touch'",
+        "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'app'",
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'app.events'::regclass",
+    ]
+    .iter()
+    .map(|q| c.psql(db, q))
+    .collect()
+}
+
 /// One test's world: a store folder and the environment kbackup runs with.
 pub struct Kb {
     pub home: tempfile::TempDir,
@@ -321,13 +400,21 @@ pub struct Kb {
 impl Kb {
     /// kbackup pointed at `db` in the harness cluster, direct mode.
     pub fn direct(db: &str) -> Kb {
-        let c = cluster();
+        Kb::on(cluster(), db, &pg_bin())
+    }
+
+    /// kbackup pointed at `db` on cluster `c`, with the client tools in `bin`.
+    /// No other client is searched for (POSTGRES_CLIENT_PATHS holds only an empty folder).
+    pub fn on(c: &Cluster, db: &str, bin: &Path) -> Kb {
         let mut kb = Kb::bare();
+        let none = kb.home.path().join("no-other-clients");
+        std::fs::create_dir_all(&none).unwrap();
         kb.set("DB_NAME", db)
             .set("DB_USER", "postgres")
             .set("POSTGRES_HOST", c.socket.to_str().unwrap())
             .set("POSTGRES_PORT", &c.port.to_string())
-            .set("POSTGRES_BIN_DIR", pg_bin().to_str().unwrap());
+            .set("POSTGRES_BIN_DIR", bin.to_str().unwrap())
+            .set("POSTGRES_CLIENT_PATHS", none.to_str().unwrap());
         kb
     }
 
