@@ -59,6 +59,15 @@ impl Zone {
     }
 }
 
+/// How far ahead of the clock a backup's time may be (clocks of two machines
+/// differ a little); anything later is refused (`--time`) or reported (`status`).
+pub const MAX_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+/// True when `t` is later than `now` by more than [`MAX_SKEW`].
+pub fn in_future(t: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    t > now + MAX_SKEW
+}
+
 /// Parses `--time`: RFC 3339 (`2025-12-26T07:00:01+01:00`) or `YYYY-MM-DD HH:MM:SS`
 /// in `zone`. A local time that the zone skips or repeats is refused with advice.
 pub fn parse_time(text: &str, zone: Zone, flag: &str) -> anyhow::Result<DateTime<Utc>> {

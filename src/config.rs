@@ -79,7 +79,7 @@ pub const SETTINGS: &[Spec] = &[
     Spec { key: "backup.keep_monthly", env: &["BACKUP_KEEP_MONTHLY"], default: Some("0"), secret: false,
         doc: "monthly/ keeps its newest N backups (0, the default, turns the tier off)." },
     Spec { key: "backup.retention_days", env: &["BACKUP_RETENTION_DAYS"], default: None, secret: false,
-        doc: "Also delete backups older than N days from every tier (unset or 0: off). The newest backup is always kept." },
+        doc: "Also delete backups older than N days from every tier (unset or 0: off), measured from the clock. Each tier's newest backup is always kept." },
     Spec { key: "backup.retention_count", env: &["BACKUP_RETENTION_COUNT"], default: None, secret: false,
         doc: "named/ keeps its newest N backups (unset: all)." },
     Spec { key: "backup.week_start", env: &["BACKUP_WEEK_START"], default: Some("sunday"), secret: false,

@@ -127,7 +127,9 @@ pub fn plan<K: Clone + Ord>(
                     false
                 }
             };
-            if let Some((days, cut)) = cutoff {
+            // The age rule never empties a tier: its newest stays, however old
+            // (a clock that jumped forward must not wipe the store).
+            if let Some((days, cut)) = cutoff.filter(|_| rank > 1) {
                 if c.time < cut {
                     reasons.push(Reason::OlderThan { days });
                     keep = false;
@@ -270,13 +272,17 @@ mod tests {
     }
 
     #[test]
-    fn age_limit_applies_to_every_tier_but_spares_the_newest() {
+    fn age_limit_applies_to_every_tier_but_spares_each_tiers_newest() {
         let day = 86_400;
         let items: Vec<_> = [
             (Tier::Hourly, 0),
             (Tier::Daily, 1),
             (Tier::Named, 2),
             (Tier::Weekly, 3),
+            (Tier::Hourly, 4),
+            (Tier::Daily, 5),
+            (Tier::Named, 6),
+            (Tier::Weekly, 7),
         ]
         .iter()
         .map(|(tier, k)| Candidate {
@@ -288,11 +294,17 @@ mod tests {
         let mut p = policy(24, 7, 4, 0);
         p.max_age_days = Some(30);
         let plan = plan(&items, &p, at(1_100 * day));
-        let kept: Vec<_> = plan.iter().filter(|d| d.keep).map(|d| d.key).collect();
-        assert_eq!(kept, vec![3], "only the newest survives: {plan:?}");
+        let mut kept: Vec<_> = plan.iter().filter(|d| d.keep).map(|d| d.key).collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            vec![4, 5, 6, 7],
+            "each tier's newest survives: {plan:?}"
+        );
         assert!(plan
             .iter()
-            .any(|d| d.reasons.contains(&Reason::OlderThan { days: 30 })));
+            .filter(|d| !d.keep)
+            .all(|d| d.reasons.contains(&Reason::OlderThan { days: 30 })));
     }
 
     #[test]
@@ -416,5 +428,39 @@ mod tests {
             placed.iter().map(|p| p.0).collect::<Vec<_>>(),
             vec![Tier::Weekly, Tier::Monthly]
         );
+    }
+
+    #[test]
+    fn the_age_rule_never_empties_a_tier() {
+        // A clock that jumped 40 years ahead: every backup is "older than 30 days".
+        let t0 = Utc.with_ymd_and_hms(2025, 6, 1, 0, 0, 0).unwrap();
+        let items: Vec<Candidate<u32>> = (0..20u32)
+            .map(|i| Candidate {
+                key: i,
+                tier: Tier::ALL[(i % 4) as usize],
+                time: t0 + chrono::Duration::hours(i64::from(i)),
+            })
+            .collect();
+        let policy = Policy {
+            keep_hourly: 24,
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_monthly: 3,
+            max_age_days: Some(30),
+            keep_named: None,
+        };
+        let far = Utc.with_ymd_and_hms(2065, 1, 1, 0, 0, 0).unwrap();
+        let plan = plan(&items, &policy, far);
+        for tier in &Tier::ALL[..4] {
+            let newest = items
+                .iter()
+                .filter(|c| c.tier == *tier)
+                .map(|c| c.time)
+                .max()
+                .unwrap();
+            let kept: Vec<_> = plan.iter().filter(|d| d.tier == *tier && d.keep).collect();
+            assert_eq!(kept.len(), 1, "{tier:?}: {kept:?}");
+            assert_eq!(kept[0].time, newest, "{tier:?}");
+        }
     }
 }

@@ -47,7 +47,19 @@ impl Target {
 
     fn new(cfg: &Config, args: &BackupArgs) -> Result<Target> {
         let (taken_at, backfill) = match &args.time {
-            Some(t) => (clock::parse_time(t, cfg.calendar.zone, "--time")?, true),
+            Some(t) => {
+                let at = clock::parse_time(t, cfg.calendar.zone, "--time")?;
+                // A backup dated in the future would outrank every real one and
+                // make the age rule measure from a time that has not come.
+                if clock::in_future(at, Utc::now()) {
+                    return Err(usage(format!(
+                        "--time {t:?} is in the future (now is {}); a backfill records a past time. \
+                         If this machine's clock is wrong, fix it first (timedatectl)",
+                        cfg.calendar.zone.local_time(Utc::now()).to_rfc3339()
+                    )));
+                }
+                (at, true)
+            }
             None => (Utc::now(), false),
         };
         let mut t = Target {
@@ -173,8 +185,8 @@ async fn job(
 
     tracing::info!("Rotating old backups...");
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
-    let now = Utc::now().max(target.taken_at);
-    let decisions = rotate::plan(cfg, &backups, now);
+    // Ages are measured from the wall clock, never from a backup's own time.
+    let decisions = rotate::plan(cfg, &backups, Utc::now());
     rotate::apply(store, &decisions)?;
 
     let after = store.scan(&cfg.calendar, &cfg.prefix)?;
@@ -494,8 +506,7 @@ fn dry_run(cfg: &Config, store: &Store, pg: &Postgres, target: &Target) -> Resul
         }
     }
     with_new.push(hypothetical(cfg, store, target.tier, &stem, target));
-    let now = Utc::now().max(target.taken_at);
-    let decisions = rotate::plan(cfg, &with_new, now);
+    let decisions = rotate::plan(cfg, &with_new, Utc::now());
     let deletions: Vec<_> = decisions.iter().filter(|(d, _)| !d.keep).collect();
     if deletions.is_empty() {
         println!("Rotation would delete nothing.");

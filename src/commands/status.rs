@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::error::{usage, Coded, ExitKind};
 use crate::manifest::Verification;
 use crate::naming::Tier;
-use crate::state;
 use crate::store::{human_size, Store};
+use crate::{clock, state};
 
 pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     let max_age = match &args.max_age {
@@ -40,6 +40,22 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     let free = store.free_space().ok();
 
     let mut problems = Vec::new();
+    // A backup dated ahead of the clock (a wrong clock, an old --time) says
+    // nothing about freshness: the newest backup is judged among the others.
+    let (future, ours): (Vec<_>, Vec<_>) = ours
+        .into_iter()
+        .partition(|b| clock::in_future(b.time.with_timezone(&Utc), now));
+    if let Some(f) = future.iter().max_by_key(|b| b.time) {
+        problems.push(format!(
+            "{} backup(s) dated in the future (latest {}, {}): this machine's clock is behind, or it was \
+             wrong when they were taken; they outrank real backups in rotation: check the clock \
+             (timedatectl) and move them out of {}",
+            future.len(),
+            f.rel_path,
+            f.time.format("%Y-%m-%d %H:%M:%S %:z"),
+            store.root.display()
+        ));
+    }
     let newest = ours.iter().max_by_key(|b| b.time);
     match newest {
         None => problems.push(format!(
