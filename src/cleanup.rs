@@ -1,68 +1,276 @@
-//! Undo actions for the moment a run is interrupted.
+//! Undo guards: what a run must undo if it does not finish.
 //!
-//! A restore that has created a scratch database, or closed the target to new
-//! connections, registers the SQL that undoes it. On Ctrl-C/SIGTERM, `main` drops
-//! the command (killing its children) and then runs what is registered, so the
-//! target is left as it was and no scratch database survives.
+//! A step that changes something outside its own memory (creates a scratch
+//! database, closes the target to connections, writes a large temporary file,
+//! drops the target of an in-place restore) registers its undo *before* it
+//! runs, and disarms it with [`Registered::done`] once the step is over or
+//! undone on the normal path. Whatever is still registered when the command ends
+//! (an error returned anywhere, an early return, SIGINT/SIGTERM/SIGHUP) is run by
+//! `main` through [`run_pending`]: the whole class of "cleanup only on the happy
+//! path" goes away.
+//!
+//! SQL undo actions are also journaled in `BACKUP_DIR/.kbackup/undo/` (server
+//! and statements, never a password), so that what a `kill -9` stranded is found
+//! by the next run and undone by `kbackup cleanup`.
 
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use crate::config::DbConfig;
 use crate::postgres::Postgres;
+
+enum Undo {
+    /// Statements run on the maintenance database.
+    Sql {
+        pg: Postgres,
+        statements: Vec<String>,
+        journal: Option<PathBuf>,
+    },
+    /// A temporary file or folder to remove (if its owner has not already).
+    File(PathBuf),
+    /// Something that cannot be undone, said plainly if the run stops.
+    Notice {
+        message: String,
+        journal: Option<PathBuf>,
+    },
+}
 
 struct Action {
     id: u64,
-    pg: Postgres,
-    statements: Vec<String>,
+    undo: Undo,
 }
 
 static PENDING: Mutex<Vec<Action>> = Mutex::new(Vec::new());
 static NEXT: Mutex<u64> = Mutex::new(0);
+static JOURNAL: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The folder of the undo journal in a store.
+pub fn journal_dir(store_root: &Path) -> PathBuf {
+    store_root.join(crate::state::STATE_DIR).join("undo")
+}
+
+/// Journals SQL undo actions in `store_root` from now on (commands that may
+/// change a server call this; dry runs do not).
+pub fn journal_in(store_root: &Path) {
+    *JOURNAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(journal_dir(store_root));
+}
 
 /// A registered undo action. It stays registered until [`done`](Registered::done):
-/// dropping it (as an interrupt drops the command's future) keeps it, so that
-/// `run_pending` finds it.
+/// dropping it (as an interrupt drops the command's future, or `?` returns
+/// early) keeps it, so that `run_pending` finds it.
 #[must_use = "call done() once the step is over or undone"]
 pub struct Registered(u64);
 
 impl Registered {
     /// The step is over (or was undone on the normal path): forget the action.
     pub fn done(self) {
-        PENDING
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|a| a.id != self.0);
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = pending.iter().position(|a| a.id == self.0) {
+            match pending.remove(i).undo {
+                Undo::Sql {
+                    journal: Some(p), ..
+                }
+                | Undo::Notice {
+                    journal: Some(p), ..
+                } => {
+                    let _ = std::fs::remove_file(p);
+                }
+                _ => {}
+            }
+        }
     }
 }
 
-/// Registers statements (run on the maintenance database) that undo a step if
-/// the run is interrupted before the step is over.
-pub fn register(pg: &Postgres, statements: Vec<String>) -> Registered {
+/// Registers the action that `make` builds from its id.
+fn push_with(make: impl FnOnce(u64) -> Undo) -> Registered {
     let mut n = NEXT.lock().unwrap_or_else(|e| e.into_inner());
     *n += 1;
+    let undo = make(*n);
     PENDING
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push(Action {
-            id: *n,
-            pg: pg.clone(),
-            statements,
-        });
+        .push(Action { id: *n, undo });
     Registered(*n)
 }
 
-/// Runs every registered undo action, newest first. Called after an interrupt.
-pub async fn run_pending() {
+fn push(undo: Undo) -> Registered {
+    push_with(|_| undo)
+}
+
+/// Registers statements (run on the maintenance database) that undo a step:
+/// call it before the step's own statement.
+pub fn register(pg: &Postgres, statements: Vec<String>) -> Registered {
+    push_with(|id| Undo::Sql {
+        journal: journal_entry(
+            Entry {
+                pid: std::process::id(),
+                server: Some(ServerRef::of(&pg.db)),
+                statements: statements.clone(),
+                note: None,
+            },
+            id,
+        ),
+        pg: pg.clone(),
+        statements,
+    })
+}
+
+/// Registers a temporary file (or folder) to remove when the run ends, however
+/// it ends: its owner normally removes it first; a blocking thread still
+/// writing it when a signal stops the run would not.
+pub fn remove_at_exit(path: &Path) {
+    let _ = push(Undo::File(path.to_path_buf()));
+}
+
+/// Registers what to tell the operator if the run stops before `done` (also
+/// journaled: a run killed outright is reported by the next one).
+pub fn notice(message: String) -> Registered {
+    push_with(|id| Undo::Notice {
+        journal: journal_entry(
+            Entry {
+                pid: std::process::id(),
+                server: None,
+                statements: vec![],
+                note: Some(message.clone()),
+            },
+            id,
+        ),
+        message,
+    })
+}
+
+/// Runs every registered undo action, newest first; returns the notices of
+/// steps that cannot be undone (to be said in the final error).
+pub async fn run_pending() -> Vec<String> {
     let actions: Vec<Action> =
         std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut notices = Vec::new();
     for a in actions.into_iter().rev() {
-        let what = a.statements.join("; ");
-        tracing::warn!("Interrupted: undoing: {what}");
-        if let Err(e) =
-            a.pg.admin(&a.statements, Some(Duration::from_secs(30)))
-                .await
-        {
-            tracing::error!("could not undo ({what}): {e:#}");
+        match a.undo {
+            Undo::Sql {
+                pg,
+                statements,
+                journal,
+            } => {
+                let what = statements.join("; ");
+                tracing::warn!("Undoing: {what}");
+                match pg.admin(&statements, Some(Duration::from_secs(30))).await {
+                    Ok(_) => {
+                        if let Some(p) = journal {
+                            let _ = std::fs::remove_file(p);
+                        }
+                    }
+                    Err(e) => tracing::error!(
+                        "could not undo ({what}): {e:#}; `kbackup cleanup` will try again"
+                    ),
+                }
+            }
+            Undo::File(p) => {
+                let removed = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                if removed.is_ok() {
+                    tracing::warn!("Removed the temporary file {}", p.display());
+                }
+            }
+            Undo::Notice { message, journal } => {
+                notices.push(message);
+                if let Some(p) = journal {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
         }
     }
+    notices
+}
+
+/// One journaled undo action, as `kbackup cleanup` reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// The kbackup process that registered it.
+    pub pid: u32,
+    /// Where the statements run (None: a note only).
+    pub server: Option<ServerRef>,
+    pub statements: Vec<String>,
+    /// What the operator must know (a step that cannot be undone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Where the statements run: the connection settings without any password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRef {
+    pub host: Option<String>,
+    pub port: u16,
+    pub container: Option<String>,
+    pub user: String,
+    pub maintenance_db: String,
+}
+
+impl ServerRef {
+    pub fn of(db: &DbConfig) -> ServerRef {
+        ServerRef {
+            host: db.host.clone(),
+            port: db.port,
+            container: db.container.clone(),
+            user: db.user.clone(),
+            maintenance_db: db.maintenance_db.clone(),
+        }
+    }
+
+    /// `db` pointed at this server; its password kept only when `db` is the same server.
+    pub fn apply(&self, db: &DbConfig) -> DbConfig {
+        let same = ServerRef::of(db) == *self;
+        DbConfig {
+            host: self.host.clone(),
+            port: self.port,
+            container: self.container.clone(),
+            user: self.user.clone(),
+            maintenance_db: self.maintenance_db.clone(),
+            password: if same { db.password.clone() } else { None },
+            ..db.clone()
+        }
+    }
+}
+
+fn journal_entry(entry: Entry, id: u64) -> Option<PathBuf> {
+    let dir = JOURNAL.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+    let path = dir.join(format!("{}-{id}.json", std::process::id()));
+    let bytes = serde_json::to_vec_pretty(&entry).ok()?;
+    match crate::store::write_replace(&path, &bytes) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!("cannot journal an undo action in {}: {e:#}", dir.display());
+            None
+        }
+    }
+}
+
+/// The journal's entries left by processes that are gone: (file, entry).
+pub fn stranded(store_root: &Path) -> Vec<(PathBuf, Entry)> {
+    let Ok(rd) = std::fs::read_dir(journal_dir(store_root)) else {
+        return vec![];
+    };
+    let mut out: Vec<(PathBuf, Entry)> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| {
+            let entry: Entry = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            (!kbackup_alive(entry.pid)).then(|| (e.path(), entry))
+        })
+        .collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out
+}
+
+/// Whether `pid` is a running kbackup (not merely a reused pid).
+pub fn kbackup_alive(pid: u32) -> bool {
+    pid == std::process::id()
+        || std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim().starts_with("kbackup"))
 }

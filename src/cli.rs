@@ -15,7 +15,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
                   Settings come from flags > environment > .env > TOML (--config) > defaults; \
                   `kbackup config` shows the effective values and where each came from.",
     after_help = "Exit codes: 0 success, 1 failure, 2 bad input or setting, 3 store locked by another run, \
-                  130 interrupted (Ctrl-C), 143 terminated."
+                  129 hung up (SIGHUP), 130 interrupted (Ctrl-C), 143 terminated."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -74,6 +74,9 @@ pub enum Command {
     Notify(NotifyArgs),
     /// Apply the retention policy on its own.
     Rotate(RotateArgs),
+    /// Clear what runs that were killed left: scratch and verification databases,
+    /// a target left closed to connections, temporary files (listing each).
+    Cleanup(CleanupArgs),
     /// Print the effective settings and where each came from (secrets redacted).
     Config(ConfigArgs),
 }
@@ -112,6 +115,13 @@ pub struct RotateArgs {
     /// Print the decisions as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// List what would be cleared; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -64,6 +64,8 @@ pub const SETTINGS: &[Spec] = &[
         doc: "Database restore connects to when it creates, renames or drops databases." },
     Spec { key: "restore.jobs", env: &["BACKUP_RESTORE_JOBS"], default: None, secret: false,
         doc: "Parallel pg_restore jobs for restore and verify (default: the machine's cores; 1 streams the archive, no temporary file)." },
+    Spec { key: "restore.swap_timeout", env: &["BACKUP_SWAP_TIMEOUT"], default: Some("30s"), secret: false,
+        doc: "Longest time restore keeps the target closed to connections while it waits for its sessions to end; then it reopens it, names what holds it, and stops." },
     Spec { key: "restore.environment", env: &["ENVIRONMENT"], default: None, secret: false,
         doc: "Set to production to mark a production server: restoring over a database there warns loudly (Kaizen seed)." },
     Spec { key: "backup.dir", env: &["BACKUP_DIR"], default: Some("backups"), secret: false,
@@ -265,6 +267,8 @@ pub struct Config {
     pub production: bool,
     /// pg_restore jobs (BACKUP_RESTORE_JOBS).
     pub restore_jobs: u32,
+    /// Longest time a restore keeps its target closed (BACKUP_SWAP_TIMEOUT).
+    pub swap_timeout: Duration,
     /// The age past which status is unhealthy (default twice BACKUP_INTERVAL).
     pub max_age: Duration,
     pub metrics_file: Option<PathBuf>,
@@ -725,6 +729,8 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
     };
     let interval = duration("backup.interval")?.unwrap_or(Duration::from_secs(3600));
     let max_age = duration("backup.max_age")?.unwrap_or(interval * 2);
+    let swap_timeout =
+        duration("restore.swap_timeout")?.expect("restore.swap_timeout has a default");
     let metrics_file = values.string("backup.metrics_file").map(|f| cwd.join(f));
     let verify_port = values.parse("verify.port", "a TCP port number (1-65535)", |s| {
         s.parse::<u16>().ok().filter(|p| *p > 0)
@@ -912,6 +918,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         debug,
         production,
         restore_jobs,
+        swap_timeout,
         max_age,
         metrics_file,
         verify_server,

@@ -14,6 +14,8 @@ pub enum ExitKind {
     Usage = 2,
     /// Another kbackup run holds the store's lock. Nothing was changed.
     Locked = 3,
+    /// The terminal went away (SIGHUP: an SSH session dropped); partial work was cleaned up.
+    Hangup = 129,
     /// Interrupted by SIGINT (Ctrl-C); partial work was cleaned up.
     Interrupted = 130,
     /// Terminated by SIGTERM; partial work was cleaned up.

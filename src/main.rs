@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod dump;
 mod error;
+mod leftovers;
 mod logging;
 mod manifest;
 mod metrics;
@@ -48,11 +49,15 @@ fn main() -> ExitCode {
     let writes_store = match &cli.command {
         Command::Backup(a) => !a.dry_run,
         Command::Rotate(a) => !a.dry_run,
+        Command::Cleanup(a) => !a.dry_run,
         Command::Restore(a) => !a.dry_run,
         Command::Verify(_) | Command::Sync => true,
         _ => false,
     };
     let log_dir = writes_store.then_some(cfg.backup_dir.as_path());
+    if writes_store {
+        cleanup::journal_in(&cfg.backup_dir);
+    }
     if let Err(e) = logging::init(cfg.log_format, cfg.debug, cfg.calendar.zone, log_dir) {
         eprintln!("ERROR: {e:#}");
         return ExitCode::from(ExitKind::Failure as u8);
@@ -65,30 +70,32 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
         // Dropping the command's future on a signal drops its temporary files and
-        // kills its children (kill_on_drop): the store is left as it was.
-        let interrupted = |kind, signal: &str| {
-            Err(anyhow::Error::new(error::Coded {
+        // kills its children (kill_on_drop).
+        let stopped = |kind, signal: &str| Err((kind, signal.to_string()));
+        let outcome = tokio::select! {
+            r = dispatch(&cli.command, &cfg) => Ok(r),
+            _ = int.recv() => stopped(ExitKind::Interrupted, "interrupted (SIGINT)"),
+            _ = term.recv() => stopped(ExitKind::Terminated, "terminated (SIGTERM)"),
+            _ = hup.recv() => stopped(ExitKind::Hangup, "hung up (SIGHUP)"),
+        };
+        // Whatever way the command ended, the undo guards it left armed run now:
+        // what it did on the server is undone, its temporary files removed.
+        let notices = cleanup::run_pending().await;
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if notices.is_empty() => Err(e),
+            Ok(Err(e)) => Err(e.context(notices.join(" "))),
+            Err((kind, signal)) => Err(anyhow::Error::new(error::Coded {
                 kind,
-                message: format!(
-                    "{signal}: stopped; partial work was undone and nothing was kept from this run"
-                ),
-            }))
-        };
-        let result = tokio::select! {
-            r = dispatch(&cli.command, &cfg) => r,
-            _ = int.recv() => interrupted(ExitKind::Interrupted, "interrupted (SIGINT)"),
-            _ = term.recv() => interrupted(ExitKind::Terminated, "terminated (SIGTERM)"),
-        };
-        // The command's future is gone now: its children are killed and its
-        // temporary files removed. What it did on the server is undone here.
-        if result
-            .as_ref()
-            .is_err_and(|e| matches!(exit_kind(e), ExitKind::Interrupted | ExitKind::Terminated))
-        {
-            cleanup::run_pending().await;
+                message: if notices.is_empty() {
+                    format!("{signal}: stopped; partial work was undone and nothing was kept from this run")
+                } else {
+                    format!("{signal}: stopped. {}", notices.join(" "))
+                },
+            })),
         }
-        result
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
     match result {
@@ -107,6 +114,7 @@ async fn dispatch(command: &Command, cfg: &config::Config) -> anyhow::Result<()>
         Command::List(a) => commands::list::run(cfg, a),
         Command::Restore(a) => commands::restore::run(cfg, a).await,
         Command::Rotate(a) => commands::rotate::run(cfg, a).await,
+        Command::Cleanup(a) => commands::cleanup::run(cfg, a).await,
         Command::Verify(a) => commands::verify::run(cfg, a).await,
         Command::Status(a) => commands::status::run(cfg, a),
         Command::Sync => commands::sync::run(cfg).await,

@@ -4,7 +4,7 @@
 //! RCLONE_* variables as its own options).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -199,11 +199,7 @@ impl Remote {
 
 /// A `--files-from-raw` list in a temporary file next to the store.
 fn files_from(local_root: &Path, files: &[String]) -> Result<tempfile::NamedTempFile> {
-    let dir: PathBuf = local_root.join(crate::state::STATE_DIR);
-    std::fs::create_dir_all(&dir)?;
-    let mut f = tempfile::Builder::new()
-        .prefix(".kbackup-files-")
-        .tempfile_in(&dir)?;
+    let mut f = crate::store::state_temp(local_root, "files")?;
     for rel in files {
         writeln!(f, "{rel}")?;
     }

@@ -220,18 +220,24 @@ impl Store {
     /// Removes what runs that were killed left behind: temporary files, and
     /// sidecars (manifest, globals) whose dump was never published. Call under the lock.
     /// Temporary files of restores and downloads (in `.kbackup/`, not under the
-    /// lock) go only once they are a day old: a running restore may be reading one.
+    /// lock) go once the run that made them is gone (their names carry its pid;
+    /// one without a pid, once a day old).
     pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         if let Ok(entries) = fs::read_dir(self.root.join(crate::state::STATE_DIR)) {
             for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
                 let old = e
                     .metadata()
                     .and_then(|m| m.modified())
                     .ok()
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age > std::time::Duration::from_secs(86_400));
-                if old && e.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
+                let orphaned = match partial_owner(&name) {
+                    Some(pid) => !crate::cleanup::kbackup_alive(pid),
+                    None => old,
+                };
+                if orphaned && name.starts_with(PARTIAL_PREFIX) {
                     let p = e.path();
                     let _ = if p.is_dir() {
                         fs::remove_dir_all(&p)
@@ -512,6 +518,45 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         other => other,
     }
+}
+
+/// A private (0600) temporary file in the store's state folder (`.kbackup/`,
+/// 0700), named `.kbackup-<kind>-<pid>-XXXX.partial` so that a later run knows
+/// whether its owner is still running; removed when the run ends, however it ends.
+pub fn state_temp(root: &Path, kind: &str) -> Result<NamedTempFile> {
+    state_temp_with(root, kind, 0o600, |b, dir| b.tempfile_in(dir))
+}
+
+/// [`state_temp`]'s folder counterpart (0700).
+pub fn state_temp_dir(root: &Path, kind: &str) -> Result<tempfile::TempDir> {
+    state_temp_with(root, kind, 0o700, |b, dir| b.tempdir_in(dir))
+}
+
+fn state_temp_with<T: AsRef<Path>>(
+    root: &Path,
+    kind: &str,
+    mode: u32,
+    make: impl FnOnce(&tempfile::Builder, &Path) -> io::Result<T>,
+) -> Result<T> {
+    let dir = root.join(crate::state::STATE_DIR);
+    create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let prefix = format!("{PARTIAL_PREFIX}{kind}-{}-", std::process::id());
+    let t = make(
+        tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(PARTIAL_SUFFIX)
+            .permissions(fs::Permissions::from_mode(mode)),
+        &dir,
+    )
+    .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    crate::cleanup::remove_at_exit(t.as_ref());
+    Ok(t)
+}
+
+/// The process that owns a state temporary file, from its name.
+pub fn partial_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PARTIAL_PREFIX)?;
+    rest.split('-').nth(1)?.parse().ok()
 }
 
 fn temp_in(dir: &Path) -> Result<NamedTempFile> {

@@ -90,3 +90,150 @@ fn status_reports_backups_dated_in_the_future() {
     assert_eq!(r.code(), 1);
     assert!(!r.all().contains("more than the max age"), "{}", r.all());
 }
+
+fn datallowconn(c: &Cluster, db: &str) -> String {
+    c.psql(
+        "postgres",
+        &format!("SELECT datallowconn FROM pg_database WHERE datname = '{db}'"),
+    )
+}
+
+fn leftover_dbs(c: &Cluster, db: &str) -> Vec<String> {
+    c.psql("postgres", "SELECT datname FROM pg_database ORDER BY 1")
+        .lines()
+        .filter(|d| d.starts_with(&format!("{db}_kb")))
+        .map(String::from)
+        .collect()
+}
+
+/// A prepared transaction keeps a database "in use" until it is resolved: the
+/// swap cannot rename it (a real fault, made with PREPARE TRANSACTION).
+fn hold_with_prepared_transaction(c: &Cluster, db: &str, gid: &str) {
+    c.psql(
+        db,
+        &format!("BEGIN; INSERT INTO t VALUES (-1); PREPARE TRANSACTION '{gid}'"),
+    );
+}
+
+#[test]
+fn a_swap_that_cannot_happen_is_bounded_names_the_holder_and_leaks_nothing() {
+    let c = cluster();
+    let db = c.new_db("held");
+    c.psql(
+        &db,
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 50)",
+    );
+    let mut kb = Kb::direct(&db);
+    kb.set("BACKUP_SWAP_TIMEOUT", "3s");
+    kb.ok(&["backup"]);
+    c.psql(&db, "DELETE FROM t WHERE x > 10");
+    hold_with_prepared_transaction(c, &db, "kbt_held");
+
+    let started = std::time::Instant::now();
+    let r = kb.run(&["restore", "--latest", "--yes"]);
+    let took = started.elapsed();
+    assert_eq!(r.code(), 1, "{}", r.all());
+    // Defect: 40 retries of the server's 5 s wait held production closed ~3.5 min.
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+    let err = r.stderr();
+    for want in [
+        "BACKUP_SWAP_TIMEOUT",
+        "prepared transaction 'kbt_held'",
+        "ROLLBACK PREPARED 'kbt_held'",
+        "was not changed and is open again",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+    // Defect: the log said "the restored copy is dropped"; nothing dropped it.
+    assert_eq!(leftover_dbs(c, &db), Vec::<String>::new());
+    assert_eq!(datallowconn(c, &db), "t");
+    c.psql(&db, "ROLLBACK PREPARED 'kbt_held'");
+    assert_eq!(
+        c.psql(&db, "SELECT count(*) FROM t"),
+        "10",
+        "target untouched"
+    );
+}
+
+#[test]
+fn restoring_the_maintenance_database_works_from_another_one() {
+    let c = cluster();
+    let db = c.new_db("maint");
+    c.psql(
+        &db,
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 5)",
+    );
+    let mut kb = Kb::direct(&db);
+    // As DB_NAME=postgres with the default maintenance database (the official image).
+    kb.set("POSTGRES_MAINTENANCE_DB", &db);
+    kb.ok(&["backup"]);
+    c.psql(&db, "DELETE FROM t");
+    let r = kb.ok(&["restore", "--latest", "--yes", "--drop-old"]);
+    assert!(
+        r.stderr().contains("restore works from template1"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "5");
+    assert_eq!(leftover_dbs(c, &db), Vec::<String>::new());
+}
+
+#[test]
+fn a_run_killed_during_the_swap_is_reported_and_cleanup_undoes_it() {
+    let c = cluster();
+    let db = c.new_db("killswap");
+    c.psql(
+        &db,
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 50)",
+    );
+    let mut kb = Kb::direct(&db);
+    kb.set("BACKUP_SWAP_TIMEOUT", "60s");
+    kb.ok(&["backup"]);
+    hold_with_prepared_transaction(c, &db, "kbt_killswap");
+    let mut child = kb
+        .command(&["restore", "--latest", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The target is closed while the swap waits on the prepared transaction: kill -9 then.
+    wait_for(30, "the target closed by the swap", || {
+        (datallowconn(c, &db) == "f").then_some(())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        datallowconn(c, &db),
+        "f",
+        "the kill stranded it (the case to handle)"
+    );
+    assert_eq!(leftover_dbs(c, &db).len(), 1);
+
+    // The next run says what was left and how to clear it (this backup itself
+    // fails: the database is closed to connections).
+    let r = kb.run(&["backup"]);
+    assert!(
+        r.stderr().contains("An earlier kbackup run was stopped")
+            && r.stderr().contains("`kbackup cleanup`")
+            && r.stderr().contains("ALLOW_CONNECTIONS true"),
+        "{}",
+        r.all()
+    );
+    // --dry-run lists and changes nothing.
+    let dry = kb.ok(&["cleanup", "--dry-run"]);
+    assert!(dry.stdout().contains("would clear:"), "{}", dry.all());
+    assert_eq!(datallowconn(c, &db), "f");
+    // cleanup undoes it, listing what it does; then there is nothing left.
+    let r = kb.ok(&["cleanup"]);
+    assert!(r.stdout().contains("cleared:"), "{}", r.all());
+    assert_eq!(datallowconn(c, &db), "t");
+    assert_eq!(leftover_dbs(c, &db), Vec::<String>::new());
+    let again = kb.ok(&["cleanup"]);
+    assert!(
+        again.stdout().contains("Nothing to clean up"),
+        "{}",
+        again.all()
+    );
+    c.psql(&db, "ROLLBACK PREPARED 'kbt_killswap'");
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "50");
+}

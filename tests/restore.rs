@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -226,12 +226,7 @@ fn start_slow_restore(hint: &str) -> SlowRestore {
     kb.ok(&["backup"]);
     c.psql(&db, "DELETE FROM big WHERE id > 10");
     let before = c.fingerprint(&db);
-    let child = kb
-        .command(&["restore", "--latest", "--yes"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = kb.spawn(&["restore", "--latest", "--yes"]);
     SlowRestore {
         db,
         before,
@@ -265,32 +260,110 @@ fn a_restore_killed_midway_leaves_the_target_untouched() {
     );
 }
 
+/// The store's temporary files (restore copies, downloads) left in `.kbackup/`.
+fn partial_files(kb: &Kb) -> Vec<String> {
+    kb.files()
+        .into_iter()
+        .filter(|f| f.ends_with(".partial"))
+        .collect()
+}
+
+/// SIGINT, SIGTERM and SIGHUP (an SSH session that drops) during pg_restore:
+/// the scratch database and the temporary archive go, the target stays open.
 #[test]
-fn ctrl_c_during_a_restore_removes_the_scratch_database() {
-    let SlowRestore {
-        db,
-        before: fp,
-        child,
-        _kb,
-    } = start_slow_restore("sigint_restore");
-    wait_for_pg_restore(&db);
+fn a_signal_during_a_restore_removes_the_scratch_database_and_temporary_files() {
+    for (signal, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
+        let SlowRestore {
+            db,
+            before: fp,
+            child,
+            _kb,
+        } = start_slow_restore(&format!("sig{}_restore", signal.to_lowercase()));
+        wait_for_pg_restore(&db);
+        run_ok(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]));
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "SIG{signal}: {err}");
+        assert_eq!(cluster().fingerprint(&db), fp, "SIG{signal}");
+        assert!(
+            scratch_dbs(&db).is_empty(),
+            "SIG{signal}: scratch left behind: {:?}\n{err}",
+            scratch_dbs(&db)
+        );
+        assert_eq!(
+            cluster().psql(
+                "postgres",
+                &format!("SELECT datallowconn FROM pg_database WHERE datname = '{db}'")
+            ),
+            "t"
+        );
+        assert_eq!(
+            partial_files(&_kb),
+            Vec::<String>::new(),
+            "SIG{signal}: {err}"
+        );
+    }
+}
+
+/// Defect: a restore stopped during its check pass left the decompressed
+/// archive (960 MB seen) in `.kbackup/` until a backup a day later.
+#[test]
+fn a_signal_during_the_check_pass_removes_the_temporary_archive() {
+    let c = cluster();
+    let db = big_db("sig_check");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let child = kb.spawn(&["restore", "--latest", "--yes"]);
+    wait_for(30, "the temporary archive", || {
+        (!partial_files(&kb).is_empty()).then_some(())
+    });
+    run_ok(Command::new("kill").args(["-HUP", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(129), "{err}");
+    assert_eq!(partial_files(&kb), Vec::<String>::new(), "{err}");
+    assert!(scratch_dbs(&db).is_empty());
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM big"), "400000");
+}
+
+/// Defect: Ctrl-C during `--in-place` printed "partial work was undone and
+/// nothing was kept" over a dropped, half-restored target.
+#[test]
+fn ctrl_c_during_an_in_place_restore_says_the_target_is_incomplete() {
+    let c = cluster();
+    let db = big_db("inplace_sigint");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let child = kb.spawn(&["restore", "--latest", "--yes", "--in-place"]);
+    let dbname = format!("--dbname {db} ");
+    wait_for(60, "pg_restore into the target", || {
+        processes_matching(&dbname)
+            .into_iter()
+            .find(|(_, a)| a.contains("pg_restore"))
+    });
     run_ok(Command::new("kill").args(["-INT", &child.id().to_string()]));
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
-    assert_eq!(cluster().fingerprint(&db), fp);
-    assert!(
-        scratch_dbs(&db).is_empty(),
-        "scratch left behind: {:?}\n{err}",
-        scratch_dbs(&db)
+    assert!(!err.contains("nothing was kept"), "{err}");
+    assert!(err.contains(&format!("{db} is INCOMPLETE")), "{err}");
+    let safety = kb.dumps("named");
+    assert_eq!(safety.len(), 1, "{safety:?}");
+    let hint = format!(
+        "kbackup restore --file {} --in-place --yes",
+        kb.store.join(&safety[0]).display()
     );
-    assert_eq!(
-        cluster().psql(
-            "postgres",
-            &format!("SELECT datallowconn FROM pg_database WHERE datname = '{db}'")
-        ),
-        "t"
-    );
+    assert!(err.contains(&hint), "missing {hint:?} in {err}");
+    // The command it names puts the database back.
+    let r = kb.ok(&[
+        "restore",
+        "--file",
+        kb.store.join(&safety[0]).to_str().unwrap(),
+        "--in-place",
+        "--yes",
+    ]);
+    assert!(r.stdout().contains("Restore complete"), "{}", r.all());
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM big"), "400000");
 }
 
 #[test]

@@ -156,6 +156,7 @@ async fn job(
             p.display()
         );
     }
+    crate::leftovers::report(cfg).await;
     if target.tier == Tier::Named
         && store.has_stem(Tier::Named, &naming::stem(&cfg.prefix, &target.label, 1))
     {

@@ -1,6 +1,7 @@
 //! One module per subcommand; each is orchestration only.
 
 pub mod backup;
+pub mod cleanup;
 pub mod config;
 pub mod list;
 pub mod notify;

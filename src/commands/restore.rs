@@ -36,7 +36,7 @@ use crate::error::usage;
 use crate::manifest::Manifest;
 use crate::naming::{self, Tier, GLOBALS_EXT, MANIFEST_EXT};
 use crate::postgres::{ident, literal, version_major, Postgres, RestoreClient};
-use crate::process::StreamError;
+use crate::process::{ProcessError, StreamError};
 use crate::remote::Remote;
 use crate::select::{self, Selection, Selector};
 use crate::store::{human_size, loose_file, Backup, Store};
@@ -85,8 +85,22 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| cfg.db.name.clone());
     check_name(&target)?;
-    let pg = Postgres::new(cfg.db.clone());
+    let mut db = cfg.db.clone();
+    if target == db.maintenance_db {
+        // The database restore works from cannot be renamed or dropped while it
+        // is connected to: work from another one (the official image's DB_NAME
+        // is `postgres`, the default maintenance database).
+        let other = "template1";
+        tracing::info!(
+            "{target} is the maintenance database (POSTGRES_MAINTENANCE_DB); restore works from {other} instead"
+        );
+        db.maintenance_db = other.into();
+    }
+    let pg = Postgres::new(db);
 
+    if !args.dry_run {
+        crate::leftovers::report(cfg).await;
+    }
     tracing::info!("Checking {}...", source.shown);
     let checked = check_file(cfg, &pg, &source).await?;
     tracing::info!(
@@ -249,11 +263,7 @@ async fn choose_remote(cfg: &Config, store: &Store, args: &RestoreArgs) -> Resul
                 remote.root()
             ),
         };
-    let dir = store.root.join(crate::state::STATE_DIR);
-    std::fs::create_dir_all(&dir)?;
-    let download = tempfile::Builder::new()
-        .prefix(".kbackup-download-")
-        .tempdir_in(&dir)?;
+    let download = crate::store::state_temp_dir(&store.root, "download")?;
     let stem = &chosen.parsed.stem;
     let fetch = |ext: &'static str| {
         let rel = format!("{}/{}", chosen.tier.dir(), naming::sidecar(stem, ext));
@@ -343,6 +353,12 @@ fn check_name(target: &str) -> Result<()> {
     if target.is_empty() || target.len() > MAX_IDENT || target.contains('\0') {
         return Err(usage(format!(
             "--target-db {target:?}: a database name must be 1 to {MAX_IDENT} bytes"
+        )));
+    }
+    if matches!(target, "template0" | "template1") {
+        return Err(usage(format!(
+            "--target-db {target}: a template database is never restored over; restore into another \
+             database (--target-db NAME)"
         )));
     }
     Ok(())
@@ -806,17 +822,10 @@ pub(crate) async fn check_pass(
     let parallel = cfg.restore_jobs > 1 && !pg.is_docker();
     let mut tmp = None;
     if parallel && dump::is_zstd(path) {
-        let dir = cfg.backup_dir.join(crate::state::STATE_DIR);
-        let room = std::fs::create_dir_all(&dir)
-            .ok()
-            .and_then(|_| crate::store::free_space(&dir).ok())
-            .is_some_and(|free| free > size_hint + size_hint / 10);
+        let room = crate::store::free_space(&cfg.backup_dir)
+            .is_ok_and(|free| free > size_hint + size_hint / 10);
         if room {
-            tmp = tempfile::Builder::new()
-                .prefix(".kbackup-restore-")
-                .suffix(".partial")
-                .tempfile_in(&dir)
-                .ok();
+            tmp = crate::store::state_temp(&cfg.backup_dir, "restore").ok();
         }
     }
     let src = path.to_path_buf();
@@ -905,12 +914,7 @@ async fn run_as_script(
         Input::Seekable { path, .. } => path.clone(),
         Input::Stream if !dump::is_zstd(path) => path.to_path_buf(),
         Input::Stream => {
-            let dir = cfg.backup_dir.join(crate::state::STATE_DIR);
-            std::fs::create_dir_all(&dir)?;
-            let tmp = tempfile::Builder::new()
-                .prefix(".kbackup-restore-")
-                .suffix(".partial")
-                .tempfile_in(&dir)
+            let tmp = crate::store::state_temp(&cfg.backup_dir, "restore")
                 .context("temporary archive for pg_restore")?;
             let (src, out) = (path.to_path_buf(), tmp.reopen()?);
             tokio::task::spawn_blocking(move || dump::write_archive(&src, out)).await??;
@@ -987,13 +991,16 @@ async fn via_scratch(
     let now = Local::now();
     let scratch = scratch_name(target, now);
     tracing::info!("Creating scratch database {scratch}...");
-    create_database(pg, &scratch, &checked.summary, rc.server_major).await?;
+    // Armed before CREATE DATABASE: whatever ends this run before the swap
+    // (an error, a signal) drops the scratch copy.
     let undo_scratch = cleanup::register(pg, drop_statements(&scratch));
+    create_database(pg, &scratch, &checked.summary, rc.server_major).await?;
     if let Err(e) = restore_and_check(cfg, rc, source, checked, &scratch).await {
         if let Err(d) = drop_database(pg, &scratch).await {
             tracing::error!("{d:#}; drop it by hand: dropdb {scratch}");
+        } else {
+            undo_scratch.done();
         }
-        undo_scratch.done();
         return Err(e.context(format!(
             "the restore into a scratch database failed; {target} was not touched"
         )));
@@ -1001,9 +1008,8 @@ async fn via_scratch(
 
     let old = if target_exists {
         let old = free_name(pg, &old_name(target, now)).await?;
-        swap(pg, target, &scratch, &old).await.inspect_err(|_| {
-            tracing::error!("{target} was not touched; the restored copy is dropped");
-        })?;
+        // On failure the scratch copy is dropped by its guard, still armed.
+        swap(cfg, pg, target, &scratch, &old).await?;
         Some(old)
     } else {
         pg.admin(
@@ -1060,27 +1066,26 @@ async fn free_name(pg: &Postgres, name: &str) -> Result<String> {
 }
 
 /// Step 4: close the target to new sessions, end its sessions, and rename both
-/// databases in one transaction. On failure the target is reopened as it was.
-async fn swap(pg: &Postgres, target: &str, scratch: &str, old: &str) -> Result<()> {
+/// databases in one transaction. The target stays closed at most
+/// BACKUP_SWAP_TIMEOUT; on failure it is reopened as it was (its guard is armed
+/// before it is closed) and the error says what held it.
+async fn swap(cfg: &Config, pg: &Postgres, target: &str, scratch: &str, old: &str) -> Result<()> {
     let (t, s, o) = (ident(target), ident(scratch), ident(old));
     tracing::info!("Swapping: {target} -> {old}, {scratch} -> {target}...");
     let reopen = format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS true");
-    let closed = match pg
+    let closed = cleanup::register(pg, vec![reopen.clone()]);
+    if let Err(e) = pg
         .admin(
             &[format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS false")],
             None,
         )
         .await
     {
-        Ok(_) => Some(cleanup::register(pg, vec![reopen.clone()])),
-        Err(e) => {
-            tracing::warn!(
-                "cannot close {target} to new connections ({}); ending its sessions anyway",
-                e.stderr().trim()
-            );
-            None
-        }
-    };
+        tracing::warn!(
+            "cannot close {target} to new connections ({}); ending its sessions anyway",
+            e.stderr().trim()
+        );
+    }
     let terminate = format!(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
         literal(target)
@@ -1088,33 +1093,35 @@ async fn swap(pg: &Postgres, target: &str, scratch: &str, old: &str) -> Result<(
     let rename = format!(
         "BEGIN; ALTER DATABASE {t} RENAME TO {o}; ALTER DATABASE {s} RENAME TO {t}; COMMIT;"
     );
-    let mut result = Err(anyhow!("not tried"));
-    for _ in 0..40 {
+    let deadline = Instant::now() + cfg.swap_timeout;
+    let result = loop {
+        // Each try is left to finish (the server waits up to 5 s for sessions to
+        // go, then fails): a try given up midway could still rename after we
+        // reported failure. The deadline is checked between tries.
         match pg.admin(&[&terminate, &rename], None).await {
-            Ok(_) => {
-                result = Ok(());
-                break;
-            }
-            Err(e) if e.stderr().contains("being accessed by other users") => {
-                result = Err(anyhow!(e));
+            Ok(_) => break Ok(()),
+            Err(e) if is_in_use(&e) && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => {
-                result = Err(anyhow!(e));
-                break;
+            Err(e) if is_in_use(&e) => {
+                let held = holders(pg, target).await;
+                break Err(anyhow!(e).context(format!(
+                    "{target} stayed in use for {} (BACKUP_SWAP_TIMEOUT): {held}",
+                    humantime::format_duration(cfg.swap_timeout)
+                )));
             }
+            Err(e) => break Err(anyhow!(e)),
         }
-    }
+    };
     if let Err(e) = result {
-        if let Some(undo) = closed {
-            let _ = pg.admin(&[&reopen], None).await;
-            undo.done();
+        if pg.admin(&[&reopen], None).await.is_ok() {
+            closed.done();
         }
-        return Err(e.context(format!("cannot swap the restored copy in for {target}")));
+        return Err(e.context(format!(
+            "cannot swap the restored copy in for {target}; {target} was not changed and is open again"
+        )));
     }
-    if let Some(undo) = closed {
-        undo.done();
-    }
+    closed.done();
     // The previous database stays reachable for inspection.
     if let Err(e) = pg
         .admin(
@@ -1126,6 +1133,36 @@ async fn swap(pg: &Postgres, target: &str, scratch: &str, old: &str) -> Result<(
         tracing::warn!("cannot reopen {old} to connections: {}", e.stderr().trim());
     }
     Ok(())
+}
+
+/// "database is being accessed by other users" (SQLSTATE 55006, object_in_use).
+fn is_in_use(e: &ProcessError) -> bool {
+    e.stderr().contains("55006") || e.stderr().contains("being accessed by other users")
+}
+
+/// What keeps `db` busy: its sessions and its prepared transactions.
+async fn holders(pg: &Postgres, db: &str) -> String {
+    let sql = format!(
+        "SELECT 'session pid ' || pid || ' (' || coalesce(nullif(application_name, ''), 'no application name') || \
+                ', user ' || coalesce(usename, '?') || ', ' || coalesce(state, '?') || ')' \
+           FROM pg_stat_activity WHERE datname = {l} AND pid <> pg_backend_pid() \
+         UNION ALL \
+         SELECT 'prepared transaction ' || quote_literal(gid) || ' (owner ' || owner || ', since ' || prepared || \
+                '): in that database, COMMIT PREPARED or ROLLBACK PREPARED ' || quote_literal(gid) \
+           FROM pg_prepared_xacts WHERE database = {l}",
+        l = literal(db)
+    );
+    match pg.query(&pg.db.maintenance_db, &sql).await {
+        Ok(rows) if rows.is_empty() => "nothing visible holds it now; try again".to_string(),
+        Ok(rows) => format!(
+            "held by {}",
+            rows.iter()
+                .map(|r| r.join(" "))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Err(e) => format!("(cannot list what holds it: {e:#})"),
+    }
 }
 
 /// `--in-place`: the seed's drop-and-recreate, for servers where creating a
@@ -1165,6 +1202,16 @@ async fn in_place(
         ),
         None => String::new(),
     };
+    // From the drop on, nothing can put the old database back but the safety
+    // backup: if the run stops (an error, a signal), say so plainly.
+    let incomplete = cleanup::notice(format!(
+        "The in-place restore of {target} did not finish: {target} is INCOMPLETE (dropped, partly restored). {}",
+        if undo_hint.is_empty() {
+            format!("It did not exist before; drop it: dropdb {target}")
+        } else {
+            undo_hint.clone()
+        }
+    ));
     let result = async {
         if target_exists {
             tracing::info!("Dropping {target}...");
@@ -1174,8 +1221,11 @@ async fn in_place(
         restore_and_check(cfg, rc, source, checked, target).await
     }
     .await;
+    incomplete.done();
     if let Err(e) = result {
-        return Err(e.context(format!("in-place restore of {target} failed. {undo_hint}")));
+        return Err(e.context(format!(
+            "in-place restore of {target} failed: {target} is INCOMPLETE. {undo_hint}"
+        )));
     }
     if let Some(p) = safety {
         tracing::info!(

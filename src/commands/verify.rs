@@ -56,6 +56,9 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
     let subjects = choose(cfg, &store, &backups, args)?;
     let server = server(cfg, args)?;
     let _lock = store.verify_lock()?;
+    if !args.quick {
+        crate::leftovers::report(cfg).await;
+    }
 
     let mut reports = Vec::new();
     for s in &subjects {
@@ -473,6 +476,8 @@ async fn full_checks(
         }
     };
     let pg = &rc.pg;
+    // Armed before CREATE DATABASE: an error or a signal from here on drops it.
+    let undo = cleanup::register(pg, drop_statements(&temp));
     if let Err(e) = create_database(pg, &temp, summary, rc.server_major).await {
         checks.push(check(
             "test restore",
@@ -481,7 +486,6 @@ async fn full_checks(
         ));
         return;
     }
-    let undo = cleanup::register(pg, drop_statements(&temp));
     let started = Instant::now();
     let path = s.path.clone();
     let restored = run_pg_restore(
@@ -516,10 +520,8 @@ async fn full_checks(
     }
     match drop_database(pg, &temp).await {
         Ok(()) => undo.done(),
-        Err(e) => {
-            tracing::error!("{e:#}; drop it by hand: dropdb {temp}");
-            undo.done();
-        }
+        // Its guard stays armed: tried again as this run ends, then by `kbackup cleanup`.
+        Err(e) => tracing::error!("{e:#}; it is dropped again as this run ends"),
     }
 }
 

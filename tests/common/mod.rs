@@ -185,7 +185,7 @@ fn start_cluster(major: u32) -> Cluster {
     std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
     let port = 5432;
     let script = format!(
-        "{env} {} -D {} -c listen_addresses= -k {} -p {port} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 >{}/log 2>&1",
+        "{env} {} -D {} -c listen_addresses= -k {} -p {port} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c max_prepared_transactions=10 >{}/log 2>&1",
         bin.join("postgres").display(),
         data.display(),
         socket.display(),
@@ -454,6 +454,15 @@ impl Kb {
             c.env("DOCKER_HOST", h);
         }
         c
+    }
+
+    /// Starts kbackup in the background, its output captured (for signals and kills).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kbackup")
     }
 
     pub fn run(&self, args: &[&str]) -> Run {

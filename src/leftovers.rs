@@ -1,0 +1,197 @@
+//! What earlier runs that were killed (`kill -9`, a lost machine) left behind,
+//! found at the start of every backup, restore and verify, and cleared by
+//! `kbackup cleanup`: undo actions journaled by runs that are gone (drop a
+//! scratch database, reopen a target it closed), scratch and verification
+//! databases whose run is gone, and temporary files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+
+use crate::cleanup::{self, Entry};
+use crate::config::Config;
+use crate::postgres::{ident, Postgres};
+
+#[derive(Debug, Clone)]
+pub enum Leftover {
+    /// A journaled undo action of a run that is gone.
+    Undo { file: PathBuf, entry: Entry },
+    /// A `*_kbrestore_*` or `*_kbverify_*` database whose run is gone, no session in it.
+    Database { pg: Postgres, name: String },
+    /// A temporary file of a run that is gone.
+    File(PathBuf),
+}
+
+impl Leftover {
+    pub fn describe(&self) -> String {
+        match self {
+            Leftover::Undo { entry, .. } => match (&entry.server, &entry.note) {
+                (_, Some(note)) => format!("kbackup pid {} was killed: {note}", entry.pid),
+                (Some(s), None) => format!(
+                    "unfinished undo of kbackup pid {} on {}: {}",
+                    entry.pid,
+                    server_text(&s.host, s.port, &s.container),
+                    entry.statements.join("; ")
+                ),
+                (None, None) => format!("an empty undo entry of kbackup pid {}", entry.pid),
+            },
+            Leftover::Database { pg, name } => {
+                format!(
+                    "database {name} on {} (its run is gone)",
+                    pg.describe_server()
+                )
+            }
+            Leftover::File(p) => format!("temporary file {}", p.display()),
+        }
+    }
+}
+
+fn server_text(host: &Option<String>, port: u16, container: &Option<String>) -> String {
+    match container {
+        Some(c) => format!("container {c}"),
+        None => format!("{}:{port}", host.as_deref().unwrap_or("local socket")),
+    }
+}
+
+/// The pid in a scratch or verification database's name
+/// (`<db>_kbrestore_<YYYYmmddHHMMSS>_<pid>`, `<db>_kbverify_..._<pid>`).
+pub fn owner_of_database(name: &str) -> Option<u32> {
+    let (_, tail) = name
+        .rsplit_once("_kbrestore_")
+        .or_else(|| name.rsplit_once("_kbverify_"))?;
+    let (stamp, pid) = tail.split_once('_')?;
+    (stamp.len() == 14 && stamp.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// Everything earlier runs left, on the configured servers and in the store.
+/// A server that cannot be reached is skipped (the command says so itself).
+pub async fn find(cfg: &Config) -> Vec<Leftover> {
+    let root = &cfg.backup_dir;
+    let mut out: Vec<Leftover> = cleanup::stranded(root)
+        .into_iter()
+        .map(|(file, entry)| Leftover::Undo { file, entry })
+        .collect();
+    let journaled: Vec<String> = out
+        .iter()
+        .filter_map(|l| match l {
+            Leftover::Undo { entry, .. } => Some(entry.statements.join(";")),
+            _ => None,
+        })
+        .collect();
+    let mut servers = vec![Postgres::new(cfg.db.clone())];
+    servers.extend(cfg.verify_server.clone().map(Postgres::new));
+    for pg in servers {
+        let Ok(rows) = pg
+            .query(
+                &pg.db.maintenance_db,
+                "SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname) \
+                   FROM pg_database d \
+                  WHERE d.datname LIKE '%\\_kbrestore\\_%' OR d.datname LIKE '%\\_kbverify\\_%'",
+            )
+            .await
+        else {
+            continue;
+        };
+        for row in rows {
+            let [name, sessions] = &row[..] else {
+                continue;
+            };
+            let owner_gone = owner_of_database(name).is_some_and(|p| !cleanup::kbackup_alive(p));
+            let mentioned = journaled.iter().any(|s| s.contains(&ident(name)));
+            if owner_gone && sessions == "0" && !mentioned {
+                out.push(Leftover::Database {
+                    pg: pg.clone(),
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+    out.extend(temp_files(root).into_iter().map(Leftover::File));
+    out
+}
+
+/// Temporary files in the store's state folder whose run is gone.
+fn temp_files(root: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(root.join(crate::state::STATE_DIR)) else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            crate::store::partial_owner(&name).is_some_and(|pid| !cleanup::kbackup_alive(pid))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Warns about what earlier runs left, with the command that clears it.
+pub async fn report(cfg: &Config) {
+    let found = find(cfg).await;
+    if found.is_empty() {
+        return;
+    }
+    let list: Vec<String> = found.iter().map(Leftover::describe).collect();
+    tracing::warn!(
+        "An earlier kbackup run was stopped before it could clean up: {}. `kbackup cleanup` clears this \
+         (`kbackup cleanup --dry-run` lists only)",
+        list.join("; ")
+    );
+}
+
+/// Clears one leftover.
+pub async fn clear(cfg: &Config, l: &Leftover) -> Result<()> {
+    match l {
+        Leftover::Undo { file, entry } => {
+            if let Some(server) = entry
+                .server
+                .as_ref()
+                .filter(|_| !entry.statements.is_empty())
+            {
+                let pg = Postgres::new(server.apply(&cfg.db));
+                pg.admin(&entry.statements, None)
+                    .await
+                    .map_err(|e| anyhow!(e))?;
+            }
+            std::fs::remove_file(file)?;
+        }
+        Leftover::Database { pg, name } => {
+            pg.admin(&cleanup_drop(name), None)
+                .await
+                .map_err(|e| anyhow!(e))?;
+        }
+        Leftover::File(p) if p.is_dir() => std::fs::remove_dir_all(p)?,
+        Leftover::File(p) => std::fs::remove_file(p)?,
+    }
+    Ok(())
+}
+
+fn cleanup_drop(name: &str) -> Vec<String> {
+    vec![format!("DROP DATABASE IF EXISTS {}", ident(name))]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_and_verification_names_carry_their_pid() {
+        assert_eq!(
+            owner_of_database("app_kbrestore_20261122031805_8449"),
+            Some(8449)
+        );
+        assert_eq!(
+            owner_of_database("app_kbverify_20261122031805_12"),
+            Some(12)
+        );
+        assert_eq!(
+            owner_of_database("weird_kbrestore_x_kbrestore_20261122031805_7"),
+            Some(7)
+        );
+        assert_eq!(owner_of_database("app_pre_restore_20261122_031805"), None);
+        assert_eq!(owner_of_database("app_kbrestore_2026_1"), None);
+        assert_eq!(owner_of_database("app_kbrestore_20261122031805_x"), None);
+        assert_eq!(owner_of_database("app"), None);
+    }
+}
