@@ -218,6 +218,53 @@ impl<R: BufRead> Reader<R> {
     fn skip(&mut self, n: usize, context: &str) -> Result<(), ArchiveError> {
         self.c.stream(n as u64, context, |_| {})
     }
+
+    /// One TOC entry, laid out as `WriteToc` writes this archive's version.
+    fn toc_entry(&mut self, ctx: &str) -> Result<RawEntry, ArchiveError> {
+        let dump_id = self.int(ctx)?;
+        self.int(ctx)?; // hadDumper
+        self.string(ctx)?; // table oid
+        self.string(ctx)?; // oid
+        let tag = self.string(ctx)?;
+        let desc = self.string(ctx)?.unwrap_or_default();
+        self.int(ctx)?; // section
+        let defn = self.string(ctx)?;
+        self.string(ctx)?; // drop statement
+        self.string(ctx)?; // copy statement
+        let schema = self.string(ctx)?;
+        self.string(ctx)?; // tablespace
+        if self.ver >= version(1, 14, 0) {
+            self.string(ctx)?; // table access method
+        }
+        if self.ver >= version(1, 16, 0) {
+            self.int(ctx)?; // relkind
+        }
+        let owner = self.string(ctx)?;
+        self.string(ctx)?; // "with oids"
+        while self.string(ctx)?.is_some() {} // dependencies, ended by a NULL
+        let flag = self.c.byte(ctx)?;
+        self.skip(self.off_size, ctx)?;
+        Ok(RawEntry {
+            dump_id,
+            tag,
+            desc,
+            defn,
+            schema,
+            owner,
+            flag,
+        })
+    }
+}
+
+/// A TOC entry's fields that the reader uses.
+struct RawEntry {
+    dump_id: i64,
+    tag: Option<String>,
+    desc: String,
+    defn: Option<String>,
+    schema: Option<String>,
+    owner: Option<String>,
+    flag: u8,
 }
 
 /// An archive's header: what wrote it, from which server, and how.
@@ -316,6 +363,33 @@ fn head<R: BufRead>(input: R) -> Result<(Header, Reader<R>), ArchiveError> {
     Ok((h, r))
 }
 
+/// The table of contents repeated after the data; `sign` is the first byte of
+/// its count, already read. Nothing may follow it.
+fn trailing_toc<R: BufRead>(
+    r: &mut Reader<R>,
+    sign: u8,
+    n_entries: i64,
+) -> Result<(), ArchiveError> {
+    let ctx = "the table of contents after the data";
+    let mut bytes = [0u8; 8];
+    r.c.exact(&mut bytes[..r.int_size], ctx)?;
+    let count = i64::from_le_bytes(bytes);
+    if sign != 0 || count != n_entries {
+        return Err(r.c.corrupt(format!(
+            "unexpected bytes after the last data block (not a copy of the {n_entries}-entry table of contents)"
+        )));
+    }
+    for _ in 0..count {
+        r.toc_entry(ctx)?;
+    }
+    if r.c.byte_or_eof()?.is_some() {
+        return Err(r
+            .c
+            .corrupt("unexpected bytes after the table of contents that ends the archive"));
+    }
+    Ok(())
+}
+
 /// Reads a whole archive from `input`, checking it is complete.
 pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
     let (
@@ -328,7 +402,6 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
         },
         mut r,
     ) = head(input)?;
-    let ver = r.ver;
     let n_entries = r.int("the table of contents")?;
     if !(0..=10_000_000).contains(&n_entries) {
         return Err(r.c.corrupt(format!("implausible TOC size {n_entries}")));
@@ -340,29 +413,15 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
     let mut database_entries = DatabaseEntries::default();
     let ctx = "the table of contents";
     for _ in 0..n_entries {
-        let dump_id = r.int(ctx)?;
-        r.int(ctx)?; // hadDumper
-        r.string(ctx)?; // table oid
-        r.string(ctx)?; // oid
-        let tag = r.string(ctx)?;
-        let desc = r.string(ctx)?.unwrap_or_default();
-        r.int(ctx)?; // section
-        let defn = r.string(ctx)?;
-        r.string(ctx)?; // drop statement
-        r.string(ctx)?; // copy statement
-        let schema = r.string(ctx)?;
-        r.string(ctx)?; // tablespace
-        if ver >= version(1, 14, 0) {
-            r.string(ctx)?; // table access method
-        }
-        if ver >= version(1, 16, 0) {
-            r.int(ctx)?; // relkind
-        }
-        let owner = r.string(ctx)?;
-        r.string(ctx)?; // "with oids"
-        while r.string(ctx)?.is_some() {} // dependencies, ended by a NULL
-        let flag = r.c.byte(ctx)?;
-        r.skip(r.off_size, ctx)?;
+        let RawEntry {
+            dump_id,
+            tag,
+            desc,
+            defn,
+            schema,
+            owner,
+            flag,
+        } = r.toc_entry(ctx)?;
         if flag != OFFSET_NO_DATA {
             expected.insert(dump_id);
         }
@@ -399,6 +458,13 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
     let mut large_objects = 0u64;
     let mut seen: BTreeSet<i64> = BTreeSet::new();
     while let Some(kind) = r.c.byte_or_eof()? {
+        // pg_dump 17 writing to a seekable file appends the table of contents
+        // again after the data (with the data offsets set): a count, the same
+        // entries, the end. It comes after every data block or not at all.
+        if !matches!(kind, BLK_DATA | BLK_BLOBS) && seen.len() == expected.len() {
+            trailing_toc(&mut r, kind, n_entries)?;
+            break;
+        }
         let id = r.int("a data block header")?;
         let Some(entry) = entries.get(&id) else {
             return Err(r
@@ -609,6 +675,21 @@ mod tests {
         archive_of(14, rows, with_end_marker)
     }
 
+    /// `archive_of`, as pg_dump 17 writes it to a seekable file: the table of
+    /// contents again after the data.
+    fn with_trailing_toc(minor: u8) -> Vec<u8> {
+        let a = archive_of(minor, &["1\tx"], true);
+        // The TOC starts after the header's last string, pg_dump's version.
+        let header_len = a.windows(5).rposition(|w| w == b"15.18").unwrap() + 5;
+        let toc_end = a
+            .windows(7)
+            .position(|w| w == [BLK_DATA, 0, 11, 0, 0, 0, 0])
+            .unwrap();
+        let mut v = a.clone();
+        v.extend_from_slice(&a[header_len..toc_end]);
+        v
+    }
+
     /// A minimal archive of format 1.`minor`, laid out as pg_backup_archiver.c
     /// writes that version (WriteHead, WriteToc): 1.15 moved the compression
     /// into one byte, 1.14 added the table access method, 1.16 the relkind.
@@ -706,6 +787,27 @@ mod tests {
                 assert!(scan(&a[..cut]).is_err(), "1.{minor} cut at {cut}");
             }
         }
+    }
+
+    #[test]
+    fn a_table_of_contents_repeated_after_the_data_is_accepted_and_checked() {
+        for minor in [14, 16] {
+            let a = with_trailing_toc(minor);
+            let s = scan(&a[..]).unwrap_or_else(|e| panic!("1.{minor}: {e}"));
+            assert_eq!(s.tables[0].rows, Some(1));
+            // Cut anywhere inside it, or followed by anything: refused.
+            let plain = archive_of(minor, &["1\tx"], true).len();
+            for cut in plain + 1..a.len() {
+                assert!(scan(&a[..cut]).is_err(), "1.{minor} cut at {cut}");
+            }
+            let mut more = a.clone();
+            more.push(0);
+            assert!(scan(&more[..]).is_err());
+        }
+        // Garbage after the data is not a table of contents.
+        let mut junk = archive_of(16, &["1\tx"], true);
+        junk.extend([0, 9, 0, 0, 0]);
+        assert!(matches!(scan(&junk[..]), Err(ArchiveError::Corrupt { .. })));
     }
 
     #[test]

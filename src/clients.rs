@@ -63,6 +63,16 @@ pub fn oldest_reader_of(format: ArchiveFormat) -> u32 {
     }
 }
 
+/// A major version as a number that orders across PostgreSQL's two numbering
+/// schemes: 9.6 (906) < 10 < 17. Every comparison of majors goes through it.
+pub fn order(major: u32) -> u32 {
+    if major >= 100 {
+        major
+    } else {
+        major * 100
+    }
+}
+
 /// `17`, `9.6`: a major version number as people write it.
 pub fn major_text(major: u32) -> String {
     if major >= 100 {
@@ -110,7 +120,7 @@ pub enum Need {
 impl Need {
     pub fn met_by(&self, major: u32) -> bool {
         match *self {
-            Need::Dump { server_major } => major >= server_major,
+            Need::Dump { server_major } => order(major) >= order(server_major),
             Need::Read { format } => restore_reads_up_to(major) >= format,
         }
     }
@@ -136,7 +146,7 @@ pub fn choose(configured: Option<u32>, found: &[Candidate], need: Need) -> Choic
     found
         .iter()
         .filter(|c| need.met_by(c.major))
-        .min_by_key(|c| c.major)
+        .min_by_key(|c| order(c.major))
         .map(|c| Choice::Found(c.clone()))
         .unwrap_or(Choice::None)
 }
@@ -156,7 +166,7 @@ pub enum RestoreMode {
 /// The session settings pg_restore of `client_major` sends that a server of
 /// `server_major` rejects, and so how the restore must run.
 pub fn restore_mode(client_major: u32, server_major: u32) -> RestoreMode {
-    if client_major >= 17 && server_major < 17 {
+    if order(client_major) >= order(17) && order(server_major) < order(17) {
         RestoreMode::Script {
             drop: vec!["SET transaction_timeout = 0;"],
         }
@@ -169,16 +179,13 @@ pub fn restore_mode(client_major: u32, server_major: u32) -> RestoreMode {
 /// output is only promised to load into the same or a newer major version.
 pub fn can_load(backup_server_major: Option<u32>, target_server_major: u32) -> Result<(), String> {
     match backup_server_major {
-        Some(from) if from > target_server_major => Err(format!(
+        Some(from) if order(from) > order(target_server_major) => Err(format!(
             "this backup is of PostgreSQL {} and the target server runs PostgreSQL {}: pg_dump's archives \
-             restore only into the same or a newer major version (pg_restore {} cannot read what \
-             pg_dump {} wrote, and a newer pg_restore would replay SQL the older server does not know). \
-             Restore it into a PostgreSQL {} or newer server (BACKUP_VERIFY_HOST for verify, or \
-             POSTGRES_HOST/POSTGRES_PORT), or restore a backup taken before the upgrade",
+             restore only into the same or a newer major version (the older server lacks what the newer \
+             one's dump uses). Restore it into a PostgreSQL {} or newer server (BACKUP_VERIFY_HOST for \
+             verify, or POSTGRES_HOST/POSTGRES_PORT), or restore a backup taken before the upgrade",
             major_text(from),
             major_text(target_server_major),
-            major_text(target_server_major),
-            major_text(from),
             major_text(from),
         )),
         _ => Ok(()),
@@ -314,6 +321,38 @@ mod tests {
         assert_eq!(
             choose(None, &twins, Need::Dump { server_major: 17 }),
             Choice::Found(cand("/first", 17))
+        );
+    }
+
+    #[test]
+    fn nine_point_x_orders_before_ten() {
+        assert!(order(906) < order(10));
+        assert!(order(902) < order(906));
+        assert!(Need::Dump { server_major: 906 }.met_by(13));
+        assert!(
+            !Need::Dump { server_major: 13 }.met_by(906),
+            "pg_dump 9.6 cannot dump 13"
+        );
+        assert!(!Need::Dump { server_major: 16 }.met_by(902));
+        assert!(
+            can_load(Some(906), 17).is_ok(),
+            "9.6 -> 17 is the classic upgrade"
+        );
+        assert!(can_load(Some(13), 906).is_err());
+        assert_eq!(
+            restore_mode(17, 906),
+            RestoreMode::Script {
+                drop: vec!["SET transaction_timeout = 0;"]
+            }
+        );
+        let found = [cand("/a", 906), cand("/b", 16), cand("/c", 10)];
+        assert_eq!(
+            choose(None, &found, Need::Dump { server_major: 906 }),
+            Choice::Found(cand("/a", 906))
+        );
+        assert_eq!(
+            choose(Some(902), &found, Need::Dump { server_major: 13 }),
+            Choice::Found(cand("/b", 16))
         );
     }
 

@@ -645,7 +645,11 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
             .split(':')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(|p| cwd.join(p).display().to_string())
+            .map(|p| {
+                cwd.join(expand_home(p).unwrap_or_else(|| p.into()))
+                    .display()
+                    .to_string()
+            })
             .collect(),
     };
 

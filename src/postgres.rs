@@ -357,17 +357,19 @@ impl Postgres {
                 bail!(
                     "{have}, and no {tool} {v} or newer was found in POSTGRES_CLIENT_PATHS ({}). Install the \
                      PostgreSQL {v} client tools (Debian/Ubuntu: postgresql-client-{v} from apt.postgresql.org; \
-                     RHEL: postgresql{v}; Homebrew: postgresql@{v}) or set POSTGRES_BIN_DIR to the folder holding them",
-                    self.db.client_paths.join(":")
+                     RHEL: postgresql{}; Homebrew: postgresql@{v}) or set POSTGRES_BIN_DIR to the folder holding them",
+                    self.db.client_paths.join(":"),
+                    v.replace('.', "")
                 )
             }
         }
     }
 
-    /// A `Postgres` whose `tool` runs at all, before any version is known: the
-    /// configured one, else (direct mode) the newest found in
-    /// POSTGRES_CLIENT_PATHS, else the configured one's error ("pg_dump command
-    /// not found", the seed's).
+    /// A `Postgres` whose `tool` runs at all, to ask the server its version
+    /// before a client is chosen for it: the configured one, else (direct mode)
+    /// any found in POSTGRES_CLIENT_PATHS, else the configured one's error
+    /// ("pg_dump command not found", the seed's). Not the client the job uses:
+    /// `client_for` chooses that.
     pub async fn with_some_client(&self, tool: &str) -> Result<Postgres> {
         let Err(e) = self.tool_major(tool).await else {
             return Ok(self.clone());
@@ -375,7 +377,12 @@ impl Postgres {
         if self.is_docker() {
             return Err(e);
         }
-        match self.search(tool).await.into_iter().max_by_key(|c| c.major) {
+        match self
+            .search(tool)
+            .await
+            .into_iter()
+            .max_by_key(|c| clients::order(c.major))
+        {
             Some(c) => {
                 tracing::warn!("{e:#}; using {}", c.describe(tool));
                 Ok(self.with_bin_dir(c.dir))
@@ -455,13 +462,25 @@ impl Postgres {
         let (pg, client) = self
             .client_for("pg_restore", Need::Read { format }, &job)
             .await?;
-        if let Some(from) = backup_major.filter(|m| *m < server_major) {
+        if let Some(from) =
+            backup_major.filter(|m| clients::order(*m) < clients::order(server_major))
+        {
             tracing::info!(
                 "Restoring a PostgreSQL {} backup into PostgreSQL {server_version} (an upgrade: pg_dump's archives load into newer servers)",
                 clients::major_text(from)
             );
         }
         let mode = clients::restore_mode(client.major, server_major);
+        if pg.is_docker() && mode != RestoreMode::Direct {
+            bail!(
+                "{} in container {} is newer than the server it restores into (PostgreSQL {server_version}) and \
+                 would open its session with settings that server rejects; kbackup runs such a restore through \
+                 psql in direct mode only: restore with POSTGRES_HOST/POSTGRES_PORT instead of CONTAINER_DB, or \
+                 give the container client tools of the server's version",
+                client.describe("pg_restore"),
+                pg.db.container.as_deref().unwrap_or("?")
+            );
+        }
         Ok(RestoreClient {
             pg,
             client,

@@ -207,7 +207,6 @@ fn a_newer_backup_is_refused_by_an_older_server_before_anything_is_created() {
     source.ok(&["backup"]);
     let file = the_backup(&source);
 
-    let before = databases_like(old, "");
     for client in [client_bin(15), client_bin(17)] {
         let kb = Kb::on(old, "downgraded", &client);
         for args in [
@@ -236,7 +235,29 @@ fn a_newer_backup_is_refused_by_an_older_server_before_anything_is_created() {
             );
         }
     }
-    assert_eq!(databases_like(old, ""), before, "nothing was created");
+    // Nothing was created (other tests share the cluster: look at this one's names).
+    assert_eq!(databases_like(old, "downgraded"), Vec::<String>::new());
+    assert_eq!(
+        databases_like(old, &format!("{db}_kbverify")),
+        Vec::<String>::new()
+    );
+
+    // A verification server still on the old version: the verification cannot
+    // run, which says nothing about the backup (never recorded as FAILED).
+    let mut source = source;
+    source
+        .set("BACKUP_VERIFY_HOST", old.socket.to_str().unwrap())
+        .set("BACKUP_VERIFY_PORT", &old.port.to_string());
+    let r = source.run(&["verify"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(r.stderr().contains("cannot run on"), "{}", r.all());
+    assert!(
+        !r.all().contains("do not rely on this backup"),
+        "{}",
+        r.all()
+    );
+    let list = source.list_json();
+    assert!(list.iter().all(|b| b["verified"].is_null()), "{list:#?}");
 }
 
 #[test]
@@ -246,7 +267,6 @@ fn an_old_pg_restore_is_refused_naming_both_versions_or_replaced() {
     let kb17 = Kb::on(c, &db, &client_bin(17));
     kb17.ok(&["backup"]);
     let file = the_backup(&kb17);
-    let before = databases_like(c, "");
 
     // Debian's pg_restore 15 and nothing else: refused, with the fix.
     let mut kb = Kb::on(c, "old_client_target", &client_bin(15));
@@ -260,7 +280,11 @@ fn an_old_pg_restore_is_refused_naming_both_versions_or_replaced() {
             "POSTGRES_BIN_DIR",
         ],
     );
-    assert_eq!(databases_like(c, ""), before, "nothing was created");
+    assert_eq!(
+        databases_like(c, "old_client_target"),
+        Vec::<String>::new(),
+        "nothing was created"
+    );
 
     // With the usual folders searched, the 17 client is found and named.
     let search = format!("{}/*/bin", pg_versions_dir().display());
@@ -387,4 +411,80 @@ fn every_version_is_installed_where_the_harness_looks() {
     for tool in ["pg_dump", "pg_restore", "psql", "pg_dumpall"] {
         assert!(client_bin(17).join(tool).exists(), "{tool}");
     }
+}
+
+/// The seed's `pg_dump -Fc > file`, by pg_dump 17 (which, writing to a seekable
+/// file, repeats the table of contents after the data), in every compression:
+/// listed, verified and restored like any backup.
+#[test]
+fn seed_style_dumps_written_to_a_file_by_pg_dump_17_are_read() {
+    let c = cluster_of(17);
+    let db = drill_on(c, "seedfile");
+    let fp = c.fingerprint(&db);
+    let kb = Kb::on(c, &db, &client_bin(17));
+    std::fs::create_dir_all(kb.store.join("hourly")).unwrap();
+    for (i, z) in ["-Z0", "-Zgzip", "-Zlz4", "-Zzstd"].iter().enumerate() {
+        let file = kb
+            .store
+            .join(format!("hourly/{db}_2026-11-20_1{i}-00-00.dump"));
+        run_ok(
+            std::process::Command::new(client_bin(17).join("pg_dump"))
+                .args([
+                    "-Fc",
+                    z,
+                    "-h",
+                    c.socket.to_str().unwrap(),
+                    "-U",
+                    "postgres",
+                    "-f",
+                ])
+                .arg(&file)
+                .arg(&db),
+        );
+        let v = kb.run(&["verify", "--quick", file.to_str().unwrap()]);
+        assert_eq!(v.code(), 0, "{z}: {}", v.all());
+    }
+    let target = format!("{db}_from_file");
+    let mut kb = kb;
+    kb.set("DB_NAME", &target);
+    let newest = kb
+        .store
+        .join(format!("hourly/{db}_2026-11-20_13-00-00.dump"));
+    kb.ok(&["restore", "--file", newest.to_str().unwrap(), "--yes"]);
+    assert_eq!(c.fingerprint(&target), fp);
+}
+
+/// With no usable pg_dump configured, the lowest version that can dump the
+/// server is chosen (its archive stays readable by that version's pg_restore),
+/// and a folder lacking the job's other tools is passed over.
+#[test]
+fn a_missing_pg_dump_is_replaced_by_the_lowest_sufficient_complete_client() {
+    let c = cluster_of(13);
+    let db = drill_on(c, "lowest");
+    let mut kb = Kb::on(c, &db, &client_bin(13));
+    let only_psql = kb.home.path().join("only-psql");
+    let dump_only = kb.home.path().join("dump-only/14/bin");
+    std::fs::create_dir_all(&only_psql).unwrap();
+    std::fs::create_dir_all(&dump_only).unwrap();
+    std::os::unix::fs::symlink(client_bin(17).join("psql"), only_psql.join("psql")).unwrap();
+    std::os::unix::fs::symlink(client_bin(17).join("pg_dump"), dump_only.join("pg_dump")).unwrap();
+    let search = format!(
+        "{}/dump-only/*/bin:/usr/lib/postgresql/*/bin:{}/*/bin",
+        kb.home.path().display(),
+        pg_versions_dir().display()
+    );
+    kb.set("POSTGRES_BIN_DIR", only_psql.to_str().unwrap())
+        .set("POSTGRES_CLIENT_PATHS", &search);
+    let r = kb.ok(&["backup"]);
+    assert!(
+        r.stderr().contains("Using pg_dump 15.")
+            && r.stderr().contains("/usr/lib/postgresql/15/bin"),
+        "{}",
+        r.all()
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(the_backup(&kb).replace(".dump.zst", ".manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["archive"]["format_version"], "1.14.0");
 }

@@ -359,8 +359,7 @@ pub(crate) async fn take(
 /// returns the server and the `Postgres` whose tools will run.
 async fn preflight(pg: &Postgres) -> Result<(ServerInfo, Postgres)> {
     pg.check_container().await?;
-    let pg = pg.with_some_client("pg_dump").await?;
-    let info = pg.server_info().await?;
+    let info = pg.with_some_client("pg_dump").await?.server_info().await?;
     let need = Need::Dump {
         server_major: info.major(),
     };

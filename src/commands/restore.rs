@@ -618,7 +618,7 @@ fn create_database_sql(
         let opts = create_options(create);
         for (key, since) in CREATE_OPTIONS {
             let known = match locale_for {
-                Some(server) => server >= *since,
+                Some(server) => clients::order(server) >= clients::order(*since),
                 None => *key == "ENCODING",
             };
             if let Some(v) = opts.get(*key).filter(|_| known) {
@@ -1360,7 +1360,8 @@ fn print_plan(
             .as_deref()
             .and_then(version_major)
         {
-            Some(m) if m < rc.server_major => " (an upgrade: allowed)",
+            Some(m) if clients::order(m) < clients::order(rc.server_major) =>
+                " (an upgrade: allowed)",
             Some(_) => " (same major version)",
             None => "",
         }
@@ -1416,9 +1417,16 @@ fn print_plan(
     // The command the restore will run: see `check_pass` and `run_pg_restore`.
     let into = |db: &str| match &checked.input {
         _ if matches!(rc.mode, RestoreMode::Script { .. }) => format!(
-            "{} {} | {}",
+            "{} {} | (its opening SET transaction_timeout left out) {}",
             pg.tool("pg_restore").args(["--file", "-"]),
-            source.path.display(),
+            match &checked.input {
+                Input::Seekable { path, .. } => path.display().to_string(),
+                Input::Stream if dump::is_zstd(&source.path) => format!(
+                    "<{} decompressed to a temporary file in BACKUP_DIR/.kbackup>",
+                    source.path.display()
+                ),
+                Input::Stream => source.path.display().to_string(),
+            },
             pg.psql_script(db)
         ),
         Input::Seekable { path, .. } => format!(

@@ -67,7 +67,22 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
             s.shown,
             if args.quick { "quick" } else { "full" }
         );
-        let v = verify_one(cfg, &server, s, args.quick).await;
+        let v = match verify_one(cfg, &server, s, args.quick).await {
+            Ok(v) => v,
+            Err(e) => {
+                let message = format!("{e:#}");
+                notify::alert(
+                    cfg,
+                    notify::Alert {
+                        kind: notify::Kind::Verify,
+                        title: format!("Verification of {} backups could not run", cfg.db.name),
+                        body: message.clone(),
+                    },
+                )
+                .await;
+                return Err(e);
+            }
+        };
         if !s.copies.is_empty() {
             if let Err(e) = store.record_verification(&s.copies, &v) {
                 tracing::warn!("cannot record the verification of {}: {e:#}", s.shown);
@@ -265,7 +280,14 @@ fn pass_fail(name: &str, ok: bool, detail: impl Into<String>) -> Check {
     check(name, if ok { Outcome::Pass } else { Outcome::Fail }, detail)
 }
 
-async fn verify_one(cfg: &Config, server: &Postgres, s: &Subject<'_>, quick: bool) -> Verification {
+/// Verifies one backup. An Err means the verification could not run here (the
+/// server or client cannot take this backup): nothing is said of the backup.
+async fn verify_one(
+    cfg: &Config,
+    server: &Postgres,
+    s: &Subject<'_>,
+    quick: bool,
+) -> Result<Verification> {
     let started = Instant::now();
     let mut checks = Vec::new();
     // A full verification's test restore can reuse the check pass's decompression.
@@ -349,7 +371,7 @@ async fn verify_one(cfg: &Config, server: &Postgres, s: &Subject<'_>, quick: boo
         match &summary {
             Some(summary) => {
                 server_name = Some(server.describe_server());
-                full_checks(cfg, server, s, &input, summary, &mut checks).await;
+                full_checks(cfg, server, s, &input, summary, &mut checks).await?;
             }
             None => checks.push(check(
                 "test restore",
@@ -358,7 +380,7 @@ async fn verify_one(cfg: &Config, server: &Postgres, s: &Subject<'_>, quick: boo
             )),
         }
     }
-    Verification {
+    Ok(Verification {
         verified_at: Local::now().fixed_offset(),
         quick,
         passed: checks.iter().all(|c| c.outcome != Outcome::Fail),
@@ -366,7 +388,7 @@ async fn verify_one(cfg: &Config, server: &Postgres, s: &Subject<'_>, quick: boo
         server: server_name,
         duration_ms: started.elapsed().as_millis() as u64,
         checks,
-    }
+    })
 }
 
 /// The manifest's tables and row counts, against what the archive holds.
@@ -450,7 +472,7 @@ async fn full_checks(
     input: &Input,
     summary: &Summary,
     checks: &mut Vec<Check>,
-) {
+) -> Result<()> {
     let base = summary
         .database
         .clone()
@@ -463,18 +485,16 @@ async fn full_checks(
             std::process::id()
         ),
     );
-    // The pg_restore that can read this archive, checked before anything is created.
-    let rc = match pg.restore_client(summary).await {
-        Ok(rc) => rc,
-        Err(e) => {
-            checks.push(check(
-                "test restore",
-                Outcome::Fail,
-                format!("on {}: {e:#}", pg.describe_server()),
-            ));
-            return;
-        }
-    };
+    // The pg_restore that can read this archive, checked before anything is
+    // created. A server or client that cannot take it is this machine's problem,
+    // not the backup's: the verification does not run (and records nothing).
+    let rc = pg.restore_client(summary).await.map_err(|e| {
+        e.context(format!(
+            "the verification of {} cannot run on {}",
+            s.shown,
+            pg.describe_server()
+        ))
+    })?;
     let pg = &rc.pg;
     // Armed before CREATE DATABASE: an error or a signal from here on drops it.
     let undo = cleanup::register(pg, drop_statements(&temp));
@@ -484,7 +504,7 @@ async fn full_checks(
             Outcome::Fail,
             format!("cannot create {temp} on {}: {e:#}", pg.describe_server()),
         ));
-        return;
+        return Ok(());
     }
     let started = Instant::now();
     let path = s.path.clone();
@@ -523,6 +543,7 @@ async fn full_checks(
         // Its guard stays armed: tried again as this run ends, then by `kbackup cleanup`.
         Err(e) => tracing::error!("{e:#}; it is dropped again as this run ends"),
     }
+    Ok(())
 }
 
 async fn restored_checks(
