@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::archive::Summary;
 use crate::clients::{self, ArchiveFormat, Candidate, Choice, Need, RestoreMode};
 use crate::config::DbConfig;
-use crate::process::{Cmd, ProcessError};
+use crate::process::{Cmd, ProcessError, StreamError};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -39,6 +39,8 @@ pub struct ServerInfo {
     pub version_num: u32,
     pub version: String,
     pub database_size: u64,
+    /// The role may read password hashes (pg_authid): pg_dumpall can save them.
+    pub reads_role_passwords: bool,
 }
 
 impl ServerInfo {
@@ -118,6 +120,10 @@ impl Postgres {
     /// container, with the password (and `env`) in its environment only:
     /// `docker exec -e NAME` copies a variable in without its value in argv.
     fn program(&self, name: &str, stdin: bool, env: &[(&str, &str)]) -> Cmd {
+        // The tools' own messages in English whatever the operator's locale
+        // (LANGUAGE=de...): the few that kbackup tells apart are theirs.
+        let env: Vec<(&str, &str)> = env.iter().copied().chain([("LC_ALL", "C")]).collect();
+        let env = &env[..];
         match &self.db.container {
             Some(container) => {
                 let mut c = Cmd::new("docker").arg("exec");
@@ -170,10 +176,14 @@ impl Postgres {
         c.args(["--database", &self.db.name])
     }
 
-    /// psql running `sql` in database `db`: unaligned, tuples only, fields
-    /// separated by the ASCII unit separator, stopping at the first error.
-    pub fn psql_on(&self, db: &str, sql: &str) -> Cmd {
-        self.tool("psql")
+    /// psql for kbackup's own SQL, in database `db`: no psqlrc, quiet, unaligned,
+    /// tuples only, fields separated by the ASCII unit separator, stopping at the
+    /// first error, client encoding UTF-8, errors with their SQLSTATE. The SQL
+    /// itself goes on stdin ([`run_sql`](Self::run_sql)), never in argv: other
+    /// local users can read a process's argv, and statements may carry secrets
+    /// (a role's password hash).
+    pub fn psql_stdin(&self, db: &str) -> Cmd {
+        self.tool_with("psql", true, &[("PGCLIENTENCODING", "UTF8")])
             .args([
                 "-X",
                 "-q",
@@ -183,10 +193,48 @@ impl Postgres {
                 "\x1f",
                 "-v",
                 "ON_ERROR_STOP=1",
-                "-c",
-                sql,
+                "-v",
+                "VERBOSITY=verbose",
             ])
             .args(["--dbname", db])
+    }
+
+    /// Runs `statements` in `db` through psql's stdin, each in its own
+    /// transaction (CREATE/DROP DATABASE cannot share one), stopping at the
+    /// first error; returns psql's output. Statement text is logged (debug) only
+    /// when it carries no password.
+    pub async fn run_sql<S: AsRef<str>>(
+        &self,
+        db: &str,
+        statements: &[S],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, ProcessError> {
+        let mut script = String::new();
+        for s in statements {
+            let s = s.as_ref().trim_end();
+            tracing::debug!("SQL on {db}: {}", loggable(s));
+            script.push_str(s);
+            if !s.ends_with(';') {
+                script.push(';');
+            }
+            script.push('\n');
+        }
+        let cmd = self.psql_stdin(db);
+        let result = cmd
+            .feed(timeout, move |mut stdin| {
+                use std::io::Write;
+                stdin.write_all(script.as_bytes())?;
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(out) => Ok(out),
+            Err(StreamError::Process(p)) => Err(p),
+            Err(StreamError::Local(e)) => Err(ProcessError::Spawn {
+                program: "psql".into(),
+                source: std::io::Error::other(format!("{e:#}")),
+            }),
+        }
     }
 
     /// Runs `sql` in `db` and returns its rows.
@@ -212,8 +260,7 @@ impl Postgres {
         timeout: Option<Duration>,
     ) -> Result<Vec<Vec<String>>> {
         let out = self
-            .psql_on(db, sql)
-            .output(timeout)
+            .run_sql(db, &[sql], timeout)
             .await
             .map_err(|e| self.connect_error(e))?;
         Ok(String::from_utf8_lossy(&out)
@@ -231,15 +278,12 @@ impl Postgres {
         statements: &[S],
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>, ProcessError> {
-        let mut cmd = self
-            .tool("psql")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
-        for s in statements {
-            cmd = cmd.args(["-c", s.as_ref()]);
-        }
-        cmd.args(["--dbname", &self.db.maintenance_db])
-            .output(timeout.or(Some(QUERY_TIMEOUT)))
-            .await
+        self.run_sql(
+            &self.db.maintenance_db,
+            statements,
+            timeout.or(Some(QUERY_TIMEOUT)),
+        )
+        .await
     }
 
     /// psql running the SQL script on its stdin in `db`, stopping at the first
@@ -547,15 +591,37 @@ impl Postgres {
         let sql =
             "SELECT current_setting('server_version_num'), current_setting('server_version'), \
                    pg_database_size(current_database())";
-        let rows = self.query(&self.db.name, sql).await?;
-        let Some([num, version, size]) = rows.first().map(|r| &r[..]) else {
+        let sql = format!("{sql}, has_table_privilege('pg_catalog.pg_authid', 'SELECT')");
+        let rows = match self.query(&self.db.name, &sql).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.missing_database(e).await),
+        };
+        let Some([num, version, size, authid]) = rows.first().map(|r| &r[..]) else {
             return Err(anyhow!("unexpected answer from the server: {rows:?}"));
         };
         Ok(ServerInfo {
             version_num: num.parse().context("server_version_num")?,
             version: version.to_string(),
             database_size: size.parse().context("pg_database_size")?,
+            reads_role_passwords: authid == "t",
         })
+    }
+
+    /// A failed connection to the database, explained without reading the
+    /// server's (translatable) words: when the maintenance database answers and
+    /// lists no such database, it does not exist.
+    async fn missing_database(&self, e: anyhow::Error) -> anyhow::Error {
+        let sql = format!(
+            "SELECT count(*) FROM pg_database WHERE datname = {}",
+            literal(&self.db.name)
+        );
+        match self.run_sql(&self.db.maintenance_db, &[sql], Some(QUERY_TIMEOUT)).await {
+            Ok(out) if String::from_utf8_lossy(&out).trim() == "0" => anyhow!(
+                "Cannot connect to database: {}: the database does not exist; check DB_NAME/POSTGRES_DB",
+                self.describe()
+            ),
+            _ => e,
+        }
     }
 
     pub fn connect_error(&self, e: ProcessError) -> anyhow::Error {
@@ -585,6 +651,35 @@ impl Postgres {
             }
             _ => self.tool_error("psql", e),
         }
+    }
+}
+
+/// The SQLSTATE of the first error psql reported: with VERBOSITY=verbose it
+/// prints `ERROR:  55006: ...` whatever the server's language, so errors are told
+/// apart by code, never by their (translatable) text.
+pub fn sqlstate(stderr: &str) -> Option<&str> {
+    stderr.lines().find_map(|l| {
+        let rest = &l[l.find(":  ")? + 3..];
+        let code = rest.get(..5)?;
+        (code
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+            && rest.get(5..)?.starts_with(": "))
+        .then_some(code)
+    })
+}
+
+/// SQLSTATE 55006 (object_in_use): "database is being accessed by other users".
+pub fn in_use(e: &ProcessError) -> bool {
+    sqlstate(e.stderr()) == Some("55006")
+}
+
+/// A statement as the debug log may show it: never one that sets a password.
+fn loggable(statement: &str) -> std::borrow::Cow<'_, str> {
+    if statement.to_ascii_uppercase().contains("PASSWORD") {
+        "<a statement that carries a password, not shown>".into()
+    } else {
+        statement.into()
     }
 }
 
@@ -671,12 +766,14 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert_eq!(
-            &argv[..7],
+            &argv[..9],
             [
                 "docker",
                 "exec",
                 "-e",
                 "PGAPPNAME",
+                "-e",
+                "LC_ALL",
                 "-e",
                 "PGPASSWORD",
                 "postgres-db"
@@ -706,7 +803,7 @@ mod tests {
         d.bin_dir = Some("/usr/lib/postgresql/16/bin".into());
         d.host = Some("/run/pg".into());
         let s = Postgres::new(d).pg_dump("kbackup-test").to_string();
-        assert!(s.starts_with("PGAPPNAME=kbackup-test /usr/lib/postgresql/16/bin/pg_dump --no-password --username n8n_user --host /run/pg"), "{s}");
+        assert!(s.starts_with("PGAPPNAME=kbackup-test LC_ALL=C /usr/lib/postgresql/16/bin/pg_dump --no-password --username n8n_user --host /run/pg"), "{s}");
     }
 }
 
@@ -723,6 +820,24 @@ pub fn literal(value: &str) -> String {
 #[cfg(test)]
 mod quoting_tests {
     use super::*;
+
+    #[test]
+    fn sqlstates_are_read_in_any_language() {
+        assert_eq!(
+            sqlstate("psql:<stdin>:1: ERROR:  55006: database \"x\" is being accessed by other users\nDETAIL: ..."),
+            Some("55006")
+        );
+        assert_eq!(
+            sqlstate("psql:<stdin>:2: FEHLER:  55006: auf Datenbank »x« wird von anderen Benutzern zugegriffen"),
+            Some("55006")
+        );
+        assert_eq!(
+            sqlstate("psql: error: connection to server failed: No such file"),
+            None
+        );
+        assert_eq!(sqlstate("ERROR:  syntax error"), None);
+        assert_eq!(sqlstate("x:  ÄÖÜ: y"), None);
+    }
 
     #[test]
     fn identifiers_and_literals_are_quoted() {

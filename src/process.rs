@@ -375,6 +375,13 @@ fn set_blocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The longest stderr line kept (a child printing megabytes without a newline
+/// is still drained; only the start of such a line is kept).
+const STDERR_LINE_MAX: usize = 4096;
+
+/// Drains a child's stderr to its end, whatever it holds: bytes, not text (a
+/// line that is not UTF-8 is converted lossily, never a reason to stop reading
+/// and leave the child to die of SIGPIPE). Keeps the last lines, each capped.
 fn drain_stderr(
     stderr: Option<tokio::process::ChildStderr>,
     label: String,
@@ -384,9 +391,11 @@ fn drain_stderr(
         let Some(stderr) = stderr else {
             return String::new();
         };
-        let mut lines = BufReader::new(stderr).lines();
+        let mut reader = BufReader::new(stderr);
         let mut tail: std::collections::VecDeque<String> = Default::default();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut keep = |raw: &[u8]| {
+            let line = String::from_utf8_lossy(raw);
+            let line = line.trim_end_matches(['\n', '\r']);
             tracing::trace!("{label}: {line}");
             if show {
                 eprintln!("{line}");
@@ -394,7 +403,28 @@ fn drain_stderr(
             if tail.len() == STDERR_TAIL_LINES {
                 tail.pop_front();
             }
-            tail.push_back(line);
+            tail.push_back(line.to_string());
+        };
+        let mut line: Vec<u8> = Vec::new();
+        loop {
+            let chunk = match reader.fill_buf().await {
+                Ok(c) if !c.is_empty() => c,
+                _ => break,
+            };
+            let (take, ends) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            let room = STDERR_LINE_MAX.saturating_sub(line.len());
+            line.extend_from_slice(&chunk[..take.min(room)]);
+            reader.consume(take);
+            if ends {
+                keep(&line);
+                line.clear();
+            }
+        }
+        if !line.is_empty() {
+            keep(&line);
         }
         tail.into_iter().collect::<Vec<_>>().join("\n")
     })
@@ -464,6 +494,38 @@ mod tests {
             "PGPASSWORD=<redacted> pg_dump --format=custom --dbname 'my db'"
         );
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// Defect: the stderr reader stopped at the first non-UTF-8 line and dropped
+    /// the pipe; the child died of SIGPIPE and its real message was lost.
+    #[tokio::test]
+    async fn non_utf8_and_endless_stderr_lines_are_drained_to_the_real_error() {
+        let script = "printf 'caf\\351 \\377\\376\\n' >&2; head -c 300000 /dev/zero | tr '\\0' x >&2; \
+                      echo >&2; i=0; while [ $i -lt 2000 ]; do echo \"noise $i\" >&2; i=$((i+1)); done; \
+                      echo 'the real error' >&2; exit 7";
+        let e = Cmd::new("sh")
+            .args(["-c", script])
+            .output(Some(Duration::from_secs(20)))
+            .await
+            .unwrap_err();
+        match &e {
+            ProcessError::Failed { code, stderr, .. } => {
+                assert_eq!(*code, Some(7), "{e}");
+                assert!(stderr.ends_with("the real error"), "{stderr}");
+                assert!(
+                    stderr.lines().all(|l| l.len() <= STDERR_LINE_MAX),
+                    "lines are capped"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The lossy line itself, when it is among the last kept.
+        let e = Cmd::new("sh")
+            .args(["-c", "printf 'caf\\351\\n' >&2; exit 2"])
+            .output(None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.stderr(), "caf\u{FFFD}");
     }
 
     #[tokio::test]

@@ -237,3 +237,68 @@ fn a_run_killed_during_the_swap_is_reported_and_cleanup_undoes_it() {
     c.psql(&db, "ROLLBACK PREPARED 'kbt_killswap'");
     assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "50");
 }
+
+/// A server that speaks German (its messages translated, as with
+/// `lc_messages = 'de_DE.UTF-8'`), run by an operator whose own locale is German.
+fn german() -> &'static Cluster {
+    static C: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+    C.get_or_init(|| cluster_with_env(15, "LANGUAGE=de"))
+}
+
+/// Defect: errors were told apart by their English words in about ten places.
+#[test]
+fn a_server_in_another_language_gets_the_same_answers() {
+    let c = german();
+    // It really speaks German.
+    let e = c
+        .try_psql("postgres", "SELECT * FROM no_such_table")
+        .unwrap_err();
+    assert!(e.contains("FEHLER"), "{e}");
+
+    let db = c.new_db("deutsch");
+    c.psql(
+        &db,
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 20)",
+    );
+    let mut kb = Kb::on(c, &db, &pg_bin());
+    kb.set("LANGUAGE", "de").set("BACKUP_SWAP_TIMEOUT", "2s");
+
+    // A database that does not exist is named as such.
+    let mut missing = Kb::on(c, "gibt_es_nicht", &pg_bin());
+    missing.set("LANGUAGE", "de");
+    let r = missing.run(&["backup"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains("the database does not exist"),
+        "{}",
+        r.stderr()
+    );
+
+    // A role that may not read password hashes: globals saved without them.
+    c.psql("postgres", "CREATE ROLE plain LOGIN");
+    c.psql(&db, "GRANT SELECT ON t TO plain");
+    let mut plain = Kb::on(c, &db, &pg_bin());
+    plain.set("LANGUAGE", "de").set("DB_USER", "plain");
+    let r = plain.ok(&["backup"]);
+    assert!(
+        r.stderr().contains("Globals saved without role passwords"),
+        "{}",
+        r.all()
+    );
+
+    // A target held open: the swap gives up in time and names the holder.
+    kb.ok(&["backup"]);
+    c.psql(
+        &db,
+        "BEGIN; INSERT INTO t VALUES (0); PREPARE TRANSACTION 'kbt_de'",
+    );
+    let r = kb.run(&["restore", "--latest", "--yes"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains("BACKUP_SWAP_TIMEOUT") && r.stderr().contains("'kbt_de'"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(leftover_dbs(c, &db), Vec::<String>::new());
+    c.psql(&db, "ROLLBACK PREPARED 'kbt_de'");
+}

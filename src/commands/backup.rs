@@ -307,7 +307,7 @@ pub(crate) async fn take(
         written.summary.tables.len()
     );
 
-    let (globals, role_passwords) = dump_globals(pg, cfg).await?;
+    let (globals, role_passwords) = dump_globals(pg, cfg, &info).await?;
     let zone = cfg.calendar.zone;
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
@@ -422,28 +422,25 @@ fn dump_error(pg: &Postgres, e: StreamError) -> anyhow::Error {
     }
 }
 
-/// `pg_dumpall --globals-only`; without superuser rights the password hashes
-/// cannot be read, so it retries without them and says so.
-async fn dump_globals(pg: &Postgres, cfg: &Config) -> Result<(Vec<u8>, bool)> {
-    match pg.pg_dumpall_globals(true).output(cfg.timeout).await {
-        Ok(out) => Ok((out, true)),
-        Err(e) if e.stderr().contains("permission denied") => {
-            let out = pg
-                .pg_dumpall_globals(false)
-                .output(cfg.timeout)
-                .await
-                .map_err(|e| pg.tool_error("pg_dumpall", e))
-                .context("saving the cluster's globals (roles, tablespaces)")?;
-            tracing::warn!(
-                "Globals saved without role passwords: {} may not read them (not a superuser); \
-                 set role passwords again after a restore onto a fresh server",
-                cfg.db.user
-            );
-            Ok((out, false))
-        }
-        Err(e) => Err(pg.tool_error("pg_dumpall", e))
-            .context("saving the cluster's globals (roles, tablespaces)"),
+/// `pg_dumpall --globals-only`, with the role password hashes when the role
+/// may read them (asked of the server up front, not guessed from an error's
+/// words); without them it says so.
+async fn dump_globals(pg: &Postgres, cfg: &Config, info: &ServerInfo) -> Result<(Vec<u8>, bool)> {
+    let with_passwords = info.reads_role_passwords;
+    let out = pg
+        .pg_dumpall_globals(with_passwords)
+        .output(cfg.timeout)
+        .await
+        .map_err(|e| pg.tool_error("pg_dumpall", e))
+        .context("saving the cluster's globals (roles, tablespaces)")?;
+    if !with_passwords {
+        tracing::warn!(
+            "Globals saved without role passwords: {} may not read them (not a superuser); \
+             set role passwords again after a restore onto a fresh server",
+            cfg.db.user
+        );
     }
+    Ok((out, with_passwords))
 }
 
 fn dry_run(cfg: &Config, store: &Store, pg: &Postgres, target: &Target) -> Result<()> {

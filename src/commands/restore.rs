@@ -36,7 +36,7 @@ use crate::error::usage;
 use crate::manifest::Manifest;
 use crate::naming::{self, Tier, GLOBALS_EXT, MANIFEST_EXT};
 use crate::postgres::{ident, literal, version_major, Postgres, RestoreClient};
-use crate::process::{ProcessError, StreamError};
+use crate::process::StreamError;
 use crate::remote::Remote;
 use crate::select::{self, Selection, Selector};
 use crate::store::{human_size, loose_file, Backup, Store};
@@ -755,7 +755,7 @@ pub(crate) async fn drop_database(pg: &Postgres, name: &str) -> Result<()> {
         let drop = format!("DROP DATABASE IF EXISTS {}", ident(name));
         match pg.admin(&[&terminate, &drop], None).await {
             Ok(_) => return Ok(()),
-            Err(e) if e.stderr().contains("being accessed by other users") => {
+            Err(e) if crate::postgres::in_use(&e) => {
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -1100,10 +1100,10 @@ async fn swap(cfg: &Config, pg: &Postgres, target: &str, scratch: &str, old: &st
         // reported failure. The deadline is checked between tries.
         match pg.admin(&[&terminate, &rename], None).await {
             Ok(_) => break Ok(()),
-            Err(e) if is_in_use(&e) && Instant::now() < deadline => {
+            Err(e) if crate::postgres::in_use(&e) && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) if is_in_use(&e) => {
+            Err(e) if crate::postgres::in_use(&e) => {
                 let held = holders(pg, target).await;
                 break Err(anyhow!(e).context(format!(
                     "{target} stayed in use for {} (BACKUP_SWAP_TIMEOUT): {held}",
@@ -1133,11 +1133,6 @@ async fn swap(cfg: &Config, pg: &Postgres, target: &str, scratch: &str, old: &st
         tracing::warn!("cannot reopen {old} to connections: {}", e.stderr().trim());
     }
     Ok(())
-}
-
-/// "database is being accessed by other users" (SQLSTATE 55006, object_in_use).
-fn is_in_use(e: &ProcessError) -> bool {
-    e.stderr().contains("55006") || e.stderr().contains("being accessed by other users")
 }
 
 /// What keeps `db` busy: its sessions and its prepared transactions.

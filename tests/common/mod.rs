@@ -150,11 +150,21 @@ pub fn cluster_of(major: u32) -> &'static Cluster {
         .or_insert_with(|| Box::leak(Box::new(start_cluster(major))))
 }
 
+/// A cluster of PostgreSQL `major` whose server runs with `env` added (e.g.
+/// `LANGUAGE=de`: a server that speaks German), for the tests that need one.
+pub fn cluster_with_env(major: u32, env: &str) -> Cluster {
+    start_cluster_env(major, env)
+}
+
 fn start_cluster(major: u32) -> Cluster {
+    start_cluster_env(major, "")
+}
+
+fn start_cluster_env(major: u32, extra_env: &str) -> Cluster {
     let bin = server_bin(major);
     // The npm builds need their own lib/ (scripts/lib.sh made its links).
     let lib = bin.parent().unwrap().join("lib");
-    let env = format!("LD_LIBRARY_PATH={}", lib.display());
+    let env = format!("LD_LIBRARY_PATH={} {extra_env}", lib.display());
     let dir = tempfile::Builder::new()
         .prefix("kbt-")
         .tempdir_in("/tmp")
@@ -166,7 +176,13 @@ fn start_cluster(major: u32) -> Cluster {
     run_ok(Command::new("chown").args(["-R", "postgres:", dir.to_str().unwrap()]));
     run_ok(
         Command::new("runuser")
-            .args(["-u", "postgres", "--", "env", &env])
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                "env",
+                &format!("LD_LIBRARY_PATH={}", lib.display()),
+            ])
             .arg(bin.join("initdb"))
             .args([
                 "--no-sync",
