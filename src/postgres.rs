@@ -163,7 +163,7 @@ impl Postgres {
     pub fn pg_dump(&self, app_name: &str) -> Cmd {
         self.tool_with("pg_dump", false, &[("PGAPPNAME", app_name)])
             .args(["--format=custom", "--compress=0"])
-            .arg(&self.db.name)
+            .args(["--dbname", &dbname(&self.db.name)])
     }
 
     pub fn pg_dumpall_globals(&self, with_role_passwords: bool) -> Cmd {
@@ -173,7 +173,7 @@ impl Postgres {
         } else {
             c.arg("--no-role-passwords")
         };
-        c.args(["--database", &self.db.name])
+        c.args(["--database", &dbname(&self.db.name)])
     }
 
     /// psql for kbackup's own SQL, in database `db`: no psqlrc, quiet, unaligned,
@@ -196,7 +196,7 @@ impl Postgres {
                 "-v",
                 "VERBOSITY=verbose",
             ])
-            .args(["--dbname", db])
+            .args(["--dbname", &dbname(db)])
     }
 
     /// Runs `statements` in `db` through psql's stdin, each in its own
@@ -297,14 +297,14 @@ impl Postgres {
             "-v",
             "ON_ERROR_STOP=1",
             "--dbname",
-            db,
+            &dbname(db),
         ])
     }
 
     /// `pg_restore` reading an archive on stdin into `db`, stopping at the first error.
     pub fn pg_restore(&self, db: &str) -> Cmd {
         self.tool_stdin("pg_restore")
-            .args(["--exit-on-error", "--dbname", db])
+            .args(["--exit-on-error", "--dbname", &dbname(db)])
     }
 
     /// Checks the container exists and runs (docker mode), with the seed's errors.
@@ -807,6 +807,17 @@ mod tests {
     }
 }
 
+/// A database name as libpq's `dbname` option, for every `--dbname`: libpq
+/// reads a bare name containing `=` (or starting `postgresql://`) as a whole
+/// connection string, so `--target-db "dbname=prod"` would write into `prod`.
+/// Quoted as a connection-string value, a name is only ever a name.
+pub fn dbname(name: &str) -> String {
+    format!(
+        "dbname='{}'",
+        name.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
 /// Quotes an SQL identifier: `"my ""db"""`.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -837,6 +848,17 @@ mod quoting_tests {
         );
         assert_eq!(sqlstate("ERROR:  syntax error"), None);
         assert_eq!(sqlstate("x:  ÄÖÜ: y"), None);
+    }
+
+    #[test]
+    fn database_names_are_never_connection_strings() {
+        assert_eq!(dbname("app"), "dbname='app'");
+        assert_eq!(dbname("dbname=prod"), "dbname='dbname=prod'");
+        assert_eq!(dbname("it's \\ x"), "dbname='it\\'s \\\\ x'");
+        assert_eq!(
+            dbname("postgresql://h/prod"),
+            "dbname='postgresql://h/prod'"
+        );
     }
 
     #[test]

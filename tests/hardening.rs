@@ -302,3 +302,121 @@ fn a_server_in_another_language_gets_the_same_answers() {
     assert_eq!(leftover_dbs(c, &db), Vec::<String>::new());
     c.psql(&db, "ROLLBACK PREPARED 'kbt_de'");
 }
+
+/// Defect: `restore --with-globals --debug` put `ALTER ROLE ... PASSWORD
+/// 'SCRAM-SHA-256$...'` in psql's argv (readable by every local user) and in
+/// backup.log.
+#[test]
+fn role_password_hashes_never_reach_argv_or_logs() {
+    let c = cluster();
+    let db = c.new_db("pwroles");
+    c.psql(
+        "postgres",
+        "CREATE ROLE hashed_owner LOGIN PASSWORD 'pw-of-hashed-owner'",
+    );
+    c.psql(&db, "CREATE TABLE owned (x int); INSERT INTO owned VALUES (1); ALTER TABLE owned OWNER TO hashed_owner");
+    let hash = c.psql(
+        "postgres",
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'hashed_owner'",
+    );
+    assert!(hash.starts_with("SCRAM-SHA-256$"), "{hash}");
+    let mut kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    c.psql("postgres", &format!("DROP DATABASE {db}"));
+    c.psql("postgres", "DROP ROLE hashed_owner");
+
+    kb.set("DEBUG", "true");
+    let child = kb.spawn(&["restore", "--latest", "--yes", "--with-globals", "--debug"]);
+    let pid = child.id();
+    let mut seen = Vec::new();
+    while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        seen.extend(
+            all_argv()
+                .into_iter()
+                .filter(|a| a.contains("SCRAM-SHA-256$")),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(seen.is_empty(), "a password hash in argv: {seen:?}");
+    let log = std::fs::read_to_string(kb.store.join("backup.log")).unwrap();
+    for text in [&all, &log] {
+        assert!(
+            !text.contains("SCRAM-SHA-256$") && !text.contains(&hash),
+            "{text}"
+        );
+    }
+    assert!(
+        all.contains("carries a password, not shown"),
+        "the debug log shows it was run: {all}"
+    );
+    assert_eq!(
+        c.psql(
+            "postgres",
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'hashed_owner'"
+        ),
+        hash,
+        "the role came back with its password"
+    );
+}
+
+/// Defect: `--target-db "dbname=app_staging"` made pg_restore write into the
+/// existing app_staging, skipping the scratch database.
+#[test]
+fn database_names_are_names_never_connection_strings() {
+    let c = cluster();
+    let db = c.new_db("conninfo_src");
+    c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)");
+    let staging = c.new_db("conninfo_staging");
+    c.psql(
+        &staging,
+        "CREATE TABLE keep (y int); INSERT INTO keep VALUES (42)",
+    );
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    for target in [
+        format!("dbname={staging}"),
+        format!("postgresql:///{staging}"),
+        "it's a \\ name".to_string(),
+    ] {
+        let r = kb.ok(&["restore", "--latest", "--yes", "--target-db", &target]);
+        assert!(r.stdout().contains("Restore complete"), "{}", r.all());
+        let lit = target.replace('\'', "''");
+        assert_eq!(
+            c.psql(
+                "postgres",
+                &format!("SELECT count(*) FROM pg_database WHERE datname = '{lit}'")
+            ),
+            "1",
+            "a database named {target:?}"
+        );
+    }
+    // The existing database of that name was never written to.
+    assert_eq!(
+        c.psql(
+            &staging,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't'"
+        ),
+        "0"
+    );
+    assert_eq!(c.psql(&staging, "SELECT y FROM keep"), "42");
+    // A database whose own name looks like a connection string backs up as itself.
+    let odd = format!("dbname={staging} host=/nonexistent");
+    c.psql("postgres", &format!("CREATE DATABASE \"{odd}\""));
+    c.psql(&format!("dbname='{odd}'"), "CREATE TABLE mine (z int)");
+    let mut other = Kb::direct(&odd);
+    other.set("BACKUP_PREFIX", "odd");
+    other.ok(&["backup"]);
+    let list = other.list_json();
+    assert_eq!(list[0]["database"], odd.as_str());
+}

@@ -879,7 +879,7 @@ pub(crate) async fn run_pg_restore(
             pg.tool("pg_restore")
                 .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
                 .args(extra)
-                .args(["--dbname", db])
+                .args(["--dbname", &crate::postgres::dbname(db)])
                 .arg(archive)
                 .output(cfg.timeout)
                 .await
@@ -1431,7 +1431,7 @@ fn print_plan(
                 "--jobs",
                 &cfg.restore_jobs.to_string(),
                 "--dbname",
-                db
+                &crate::postgres::dbname(db)
             ]),
             path.display(),
             if dump::is_zstd(&source.path) {
