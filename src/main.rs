@@ -97,7 +97,19 @@ fn main() -> ExitCode {
             })),
         }
     });
-    runtime.shutdown_timeout(Duration::from_secs(2));
+    // After a signal, a blocking read (the confirmation prompt) may never
+    // return: do not wait for it.
+    let signalled = result.as_ref().is_err_and(|e| {
+        matches!(
+            exit_kind(e),
+            ExitKind::Interrupted | ExitKind::Terminated | ExitKind::Hangup
+        )
+    });
+    if signalled {
+        runtime.shutdown_background();
+    } else {
+        runtime.shutdown_timeout(Duration::from_secs(2));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

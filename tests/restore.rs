@@ -604,3 +604,43 @@ fn list_marks_manifests_and_counts_tiers() {
     );
     assert!(out.contains("Hourly: 2, Daily: 1, Weekly: 1"), "{out}");
 }
+
+/// Defect: Ctrl-C was ignored at the confirmation prompt (the blocking read
+/// held the thread that handles signals).
+#[test]
+fn ctrl_c_at_the_confirmation_prompt_exits_at_once() {
+    let c = cluster();
+    let db = c.new_db("prompt_sigint");
+    c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let mut term = on_terminal_spawn(&kb, &["restore", "--latest"]);
+    // The kbackup under the terminal, once it waits at the prompt.
+    let store = kb.store.display().to_string();
+    let pid = wait_for(20, "kbackup at the prompt", || {
+        processes_matching("restore --latest")
+            .into_iter()
+            .find_map(|(pid, _)| {
+                let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+                (String::from_utf8_lossy(&env).contains(&store)
+                    && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.starts_with("kbackup")))
+                .then_some(pid)
+            })
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = std::time::Instant::now();
+    run_ok(Command::new("kill").args(["-INT", &pid.to_string()]));
+    let code = wait_for(10, "kbackup to exit after Ctrl-C at the prompt", || {
+        term.try_wait().unwrap().map(|s| s.code())
+    });
+    let _ = term.kill();
+    assert_eq!(code, Some(130));
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "1");
+    assert!(scratch_dbs(&db).is_empty());
+}

@@ -134,7 +134,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     }
     if let Some(e) = &existing {
         if !args.yes {
-            confirm(cfg, &target, e, &source)?;
+            confirm(cfg, &target, e, &source).await?;
         }
     }
     if args.with_globals && !missing_roles.is_empty() {
@@ -1233,7 +1233,7 @@ async fn in_place(
 
 /// When stdin is a terminal, the operator types the database name (or RESTORE)
 /// after seeing what will be replaced. Without a terminal, --yes is required.
-fn confirm(cfg: &Config, target: &str, e: &Existing, source: &Source) -> Result<()> {
+async fn confirm(cfg: &Config, target: &str, e: &Existing, source: &Source) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         return Err(usage(format!(
             "restoring over the existing database {target} needs --yes when stdin is not a terminal \
@@ -1280,8 +1280,17 @@ fn confirm(cfg: &Config, target: &str, e: &Existing, source: &Source) -> Result<
         "Type the database name ({target}) or RESTORE to continue, anything else aborts: "
     )?;
     err.flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
+    drop(err);
+    // Read on a blocking thread: the runtime stays free to see Ctrl-C, which
+    // ends the run at once (exit 130) while the prompt waits.
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map(|_| answer)
+    })
+    .await??;
     let answer = answer.trim();
     if answer == target || answer == "RESTORE" {
         Ok(())

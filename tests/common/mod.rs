@@ -625,14 +625,15 @@ pub fn manual_restore(file: &Path, db: &str) {
     );
 }
 
-/// Runs kbackup on a real pseudo-terminal (util-linux `script`), typing `answer`.
-pub fn on_terminal(kb: &Kb, args: &[&str], answer: &str) -> (i32, String) {
+/// Starts kbackup on a real pseudo-terminal (util-linux `script`); its input is
+/// the returned child's stdin.
+pub fn on_terminal_spawn(kb: &Kb, args: &[&str]) -> Child {
     let cmdline = std::iter::once(env!("CARGO_BIN_EXE_kbackup").to_string())
         .chain(args.iter().map(|a| a.to_string()))
         .collect::<Vec<_>>()
         .join(" ");
     let cmd = kb.command(&[]);
-    let mut child = Command::new("script")
+    Command::new("script")
         .args(["-qec", &cmdline, "/dev/null"])
         .env_clear()
         .envs(
@@ -644,7 +645,12 @@ pub fn on_terminal(kb: &Kb, args: &[&str], answer: &str) -> (i32, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("util-linux script");
+        .expect("util-linux script")
+}
+
+/// Runs kbackup on a real pseudo-terminal (util-linux `script`), typing `answer`.
+pub fn on_terminal(kb: &Kb, args: &[&str], answer: &str) -> (i32, String) {
+    let mut child = on_terminal_spawn(kb, args);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     // The program may be done already, with nothing to answer: ignore a closed pipe.
     let _ = child
