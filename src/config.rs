@@ -839,7 +839,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
                     .ok()
                     .map(|_| s.to_string())
             })?;
-            Some(Email {
+            let email = Email {
                 to,
                 from,
                 host: values
@@ -863,7 +863,20 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
                 user: values.string("notify.smtp_user"),
                 password: values.string("notify.smtp_password").map(Secret),
                 on_success: flag("notify.email_on_success")?,
-            })
+            };
+            // Credentials never cross the network in clear.
+            if email.tls == SmtpTls::None
+                && email.password.is_some()
+                && !crate::secrets::is_loopback(&email.host)
+            {
+                return Err(usage(format!(
+                    "BACKUP_SMTP_PASSWORD is set with BACKUP_SMTP_TLS=none for {}, which is not this machine: \
+                     the password would cross the network in clear. Set BACKUP_SMTP_TLS=starttls (port 587) or \
+                     tls (port 465), or use a local relay without credentials",
+                    email.host
+                )));
+            }
+            Some(email)
         }
         None => None,
     };
@@ -898,14 +911,16 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         .into_iter()
         .map(|(spec, raw)| {
             let raw = raw.map(|r| {
-                if spec.secret {
-                    Raw {
-                        value: "<redacted>".into(),
-                        ..r
-                    }
+                let value = if spec.secret {
+                    "<redacted>".into()
+                } else if spec.key == "remote.flags" {
+                    crate::secrets::show_rclone_flags(&shlex::split(&r.value).unwrap_or_default())
+                } else if spec.key.ends_with("_url") {
+                    crate::secrets::show_url(&r.value)
                 } else {
-                    r
-                }
+                    r.value.clone()
+                };
+                Raw { value, ..r }
             });
             (spec, raw)
         })
@@ -1113,6 +1128,29 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// Defect: SMTP credentials went out in clear with BACKUP_SMTP_TLS=none.
+    #[test]
+    fn smtp_credentials_need_tls_unless_the_server_is_this_machine() {
+        let with = |host: &str, tls: &str| {
+            load(
+                &GlobalArgs::default(),
+                &[
+                    ("DB_NAME", "a"),
+                    ("BACKUP_EMAIL_RECIPIENT", "ops@example.com"),
+                    ("BACKUP_SMTP_HOST", host),
+                    ("BACKUP_SMTP_TLS", tls),
+                    ("BACKUP_SMTP_USER", "u"),
+                    ("BACKUP_SMTP_PASSWORD", "smtp-secret"),
+                ],
+            )
+        };
+        let t = err_text(with("mail.example.com", "none"));
+        assert!(t.contains("BACKUP_SMTP_TLS=starttls") && !t.contains("smtp-secret"), "{t}");
+        assert!(with("mail.example.com", "starttls").is_ok());
+        assert!(with("127.0.0.1", "none").is_ok());
+        assert!(with("localhost", "none").is_ok());
     }
 
     #[test]

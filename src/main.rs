@@ -20,6 +20,7 @@ mod postgres;
 mod process;
 mod remote;
 mod retention;
+mod secrets;
 mod select;
 mod state;
 mod store;

@@ -346,10 +346,13 @@ async fn ntfy(c: &Ntfy, m: &Message, t: Duration) -> Result<()> {
     if let Some(token) = &c.token {
         req = req.bearer_auth(token.expose());
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| anyhow!("POST to {url}: {}", e.without_url()))?;
+    let resp = req.send().await.map_err(|e| {
+        anyhow!(
+            "POST to {}: {}",
+            crate::secrets::show_url(&url),
+            e.without_url()
+        )
+    })?;
     check(resp).await
 }
 

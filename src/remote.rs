@@ -62,7 +62,12 @@ impl Remote {
         if let Some(conf) = &self.cfg.config {
             c = c.arg("--config").arg(conf);
         }
-        c.args(&self.cfg.flags)
+        // Secret-bearing flags go to rclone's environment, never its argv.
+        let (args, env) = crate::secrets::split_rclone_flags(&self.cfg.flags);
+        for (k, v) in env {
+            c = c.secret_env(&k, v);
+        }
+        c.args(args)
     }
 
     /// Long transfers show progress on a terminal; under cron they stay quiet.

@@ -243,3 +243,68 @@ fn transfers_show_progress_on_a_terminal_and_stay_quiet_under_cron() {
         r.stderr()
     );
 }
+
+/// Defect: secrets in RCLONE_FLAGS (an S3 key, a WebDAV password) and in
+/// NTFY_URL printed in clear in `kbackup config`, debug logs, errors and argv.
+#[test]
+fn secrets_in_rclone_flags_and_urls_stay_out_of_argv_logs_and_config() {
+    let db = cluster().sample_db("osecret");
+    let mut kb = Kb::direct(&db);
+    let dav_dir = kb.home.path().join("dav");
+    let dav = Webdav::start_with_login(&dav_dir, None, Some(("kbuser", "dav-pw-9f3")));
+    for (k, v) in dav.settings() {
+        kb.set(&k, &v);
+    }
+    let obscured = String::from_utf8(
+        run_ok(std::process::Command::new("rclone").args(["obscure", "dav-pw-9f3"])).stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    kb.set(
+        "RCLONE_FLAGS",
+        &format!("--webdav-user kbuser --webdav-pass {obscured} --transfers 2"),
+    )
+    .set("NTFY_URL", "http://ntfyuser:ntfy-pw-77@127.0.0.1:9/")
+    .set("DEBUG", "true");
+
+    let config = kb.ok(&["config"]).all();
+    for secret in [obscured.as_str(), "ntfy-pw-77"] {
+        assert!(!config.contains(secret), "{secret} in: {config}");
+    }
+    assert!(
+        config.contains("--webdav-pass <redacted>") && config.contains("--transfers 2"),
+        "{config}"
+    );
+
+    let child = kb.spawn(&["backup"]);
+    let pid = child.id();
+    let mut leaked = Vec::new();
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+        leaked.extend(all_argv().into_iter().filter(|a| a.contains(&obscured)));
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let out = child.wait_with_output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The upload worked: rclone got the password, from its environment.
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(files_under(&dav_dir.join("backups"))
+        .iter()
+        .any(|f| f.ends_with(".dump.zst")));
+    assert!(leaked.is_empty(), "in argv: {leaked:?}");
+    let log = std::fs::read_to_string(kb.store.join("backup.log")).unwrap();
+    for text in [&all, &log] {
+        assert!(
+            !text.contains(&obscured) && !text.contains("ntfy-pw-77"),
+            "{text}"
+        );
+    }
+    assert!(
+        all.contains("RCLONE_WEBDAV_PASS=<redacted>"),
+        "debug shows it was set: {all}"
+    );
+}

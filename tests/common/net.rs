@@ -128,11 +128,20 @@ pub struct Webdav {
 
 impl Webdav {
     pub fn start(dir: &Path, port: Option<u16>) -> Webdav {
+        Webdav::start_with_login(dir, port, None)
+    }
+
+    /// A server that asks for `login` (user, password).
+    pub fn start_with_login(dir: &Path, port: Option<u16>, login: Option<(&str, &str)>) -> Webdav {
         require_tool("rclone", "rclone");
         std::fs::create_dir_all(dir).unwrap();
         let port = port.unwrap_or_else(free_port);
-        let child = Command::new("rclone")
-            .args(["serve", "webdav", "--addr", &format!("127.0.0.1:{port}")])
+        let mut cmd = Command::new("rclone");
+        cmd.args(["serve", "webdav", "--addr", &format!("127.0.0.1:{port}")]);
+        if let Some((user, pass)) = login {
+            cmd.args(["--user", user, "--pass", pass]);
+        }
+        let child = cmd
             .arg(dir)
             .env("RCLONE_CONFIG", "/dev/null")
             .stdout(Stdio::null())

@@ -1,0 +1,189 @@
+//! Secrets that hide inside ordinary settings: credentials in a URL's user
+//! part (`NTFY_URL=https://user:pass@ntfy.example`), secret-bearing rclone flags
+//! in RCLONE_FLAGS (`--s3-secret-access-key KEY`). Pure: decides what is secret
+//! and how it is shown; the callers keep it out of argv, logs and errors.
+
+/// Whether an rclone flag (without its dashes) carries a secret by its name.
+pub fn secret_flag(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "secret",
+        "password",
+        "pass",
+        "token",
+        "key",
+        "credential",
+        "sas-url",
+        "bearer",
+    ]
+    .iter()
+    .any(|w| {
+        n.split(['-', '_']).any(|part| part == *w) || n.contains(&format!("{w}-")) || n.ends_with(w)
+    })
+}
+
+/// RCLONE_FLAGS split into the arguments rclone may see in its argv and the
+/// secret ones, moved to rclone's environment (`--s3-secret-access-key K` ->
+/// `RCLONE_S3_SECRET_ACCESS_KEY=K`, which rclone reads for every flag).
+pub fn split_rclone_flags(flags: &[String]) -> (Vec<String>, Vec<(String, String)>) {
+    let mut args = Vec::new();
+    let mut env = Vec::new();
+    let mut it = flags.iter().peekable();
+    while let Some(f) = it.next() {
+        let Some(name) = f.strip_prefix("--") else {
+            args.push(f.clone());
+            continue;
+        };
+        let (name, inline) = match name.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (name, None),
+        };
+        if !secret_flag(name) {
+            args.push(f.clone());
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => match it.peek() {
+                Some(v) if !v.starts_with("--") => it.next().cloned().unwrap_or_default(),
+                _ => "true".to_string(),
+            },
+        };
+        env.push((
+            format!("RCLONE_{}", name.to_ascii_uppercase().replace('-', "_")),
+            value,
+        ));
+    }
+    (args, env)
+}
+
+/// RCLONE_FLAGS as `kbackup config` shows them: secret values redacted.
+pub fn show_rclone_flags(flags: &[String]) -> String {
+    let (args, env) = split_rclone_flags(flags);
+    let mut shown = args;
+    for (name, _) in env {
+        let flag = name
+            .trim_start_matches("RCLONE_")
+            .to_ascii_lowercase()
+            .replace('_', "-");
+        shown.push(format!("--{flag} <redacted>"));
+    }
+    shown.join(" ")
+}
+
+/// A URL without the credentials of its user part:
+/// `https://u:p@host/x` -> `https://<redacted>@host/x`.
+pub fn show_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// Whether an SMTP host is this machine (credentials may then cross without TLS).
+pub fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn secret_rclone_flags_move_to_the_environment() {
+        let (args, env) = split_rclone_flags(&v(&[
+            "--s3-no-head",
+            "--s3-secret-access-key",
+            "SECRET1",
+            "--transfers",
+            "2",
+            "--s3-access-key-id=AKIA",
+            "--webdav-pass",
+            "obscured",
+            "--drive-token={\"a\":1}",
+            "-v",
+        ]));
+        assert_eq!(args, v(&["--s3-no-head", "--transfers", "2", "-v"]));
+        assert_eq!(
+            env,
+            [
+                (
+                    "RCLONE_S3_SECRET_ACCESS_KEY".to_string(),
+                    "SECRET1".to_string()
+                ),
+                ("RCLONE_S3_ACCESS_KEY_ID".to_string(), "AKIA".to_string()),
+                ("RCLONE_WEBDAV_PASS".to_string(), "obscured".to_string()),
+                ("RCLONE_DRIVE_TOKEN".to_string(), "{\"a\":1}".to_string()),
+            ]
+        );
+        let shown = show_rclone_flags(&v(&[
+            "--s3-secret-access-key",
+            "SECRET1",
+            "--transfers",
+            "2",
+        ]));
+        assert!(
+            !shown.contains("SECRET1") && shown.contains("--transfers 2"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("--s3-secret-access-key <redacted>"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn ordinary_flags_stay_flags() {
+        for f in [
+            "transfers",
+            "s3-no-head",
+            "bwlimit",
+            "s3-chunk-size",
+            "checkers",
+            "keep-alive",
+        ] {
+            assert!(!secret_flag(f), "{f}");
+        }
+        for f in [
+            "s3-secret-access-key",
+            "sftp-pass",
+            "b2-key",
+            "dropbox-token",
+            "password",
+        ] {
+            assert!(secret_flag(f), "{f}");
+        }
+    }
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            show_url("https://u:p@ntfy.example/x"),
+            "https://<redacted>@ntfy.example/x"
+        );
+        assert_eq!(show_url("https://ntfy.sh"), "https://ntfy.sh");
+        assert_eq!(show_url("https://host/a@b"), "https://host/a@b");
+        assert_eq!(show_url("no scheme"), "no scheme");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["localhost", "127.0.0.1", "::1", "[::1]", "127.0.0.53"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["mail.example.com", "10.0.0.1", "localhost.example.com"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+}
