@@ -1147,7 +1147,10 @@ mod tests {
             )
         };
         let t = err_text(with("mail.example.com", "none"));
-        assert!(t.contains("BACKUP_SMTP_TLS=starttls") && !t.contains("smtp-secret"), "{t}");
+        assert!(
+            t.contains("BACKUP_SMTP_TLS=starttls") && !t.contains("smtp-secret"),
+            "{t}"
+        );
         assert!(with("mail.example.com", "starttls").is_ok());
         assert!(with("127.0.0.1", "none").is_ok());
         assert!(with("localhost", "none").is_ok());

@@ -51,6 +51,25 @@ pub fn locked(message: impl Into<String>) -> anyhow::Error {
     })
 }
 
+/// The operator said no at the confirmation prompt (exit 1, and no alert: nothing failed).
+#[derive(Debug)]
+pub struct Declined(pub String);
+
+impl fmt::Display for Declined {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Declined {}
+
+/// Whether a failure deserves an alert: not bad input (the operator sees it
+/// at once), not Ctrl-C, not a "no" at the prompt; everything else does.
+pub fn alerts(err: &anyhow::Error) -> bool {
+    !matches!(exit_kind(err), ExitKind::Usage | ExitKind::Interrupted)
+        && !err.chain().any(|e| e.downcast_ref::<Declined>().is_some())
+}
+
 /// The exit code for an error: the first [`Coded`] in its chain, else 1.
 pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
     err.chain()

@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         // Whatever way the command ended, the undo guards it left armed run now:
         // what it did on the server is undone, its temporary files removed.
         let notices = cleanup::run_pending().await;
-        match outcome {
+        let result = match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if notices.is_empty() => Err(e),
             Ok(Err(e)) => Err(e.context(notices.join(" "))),
@@ -96,7 +96,23 @@ fn main() -> ExitCode {
                     format!("{signal}: stopped. {}", notices.join(" "))
                 },
             })),
+        };
+        // Every failure of a job alerts, once: commands alert with their own
+        // words where they know more; whatever failed without one alerts here.
+        if let (Err(e), Some(kind)) = (&result, alert_kind(&cli.command)) {
+            if error::alerts(e) && !notify::alerted() {
+                notify::alert(
+                    &cfg,
+                    notify::Alert {
+                        kind,
+                        title: format!("kbackup {} of {} failed", kind.name(), cfg.db.name),
+                        body: format!("{e:#}"),
+                    },
+                )
+                .await;
+            }
         }
+        result
     });
     // After a signal, a blocking read (the confirmation prompt) may never
     // return: do not wait for it.
@@ -117,6 +133,20 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::from(exit_kind(&e) as u8)
         }
+    }
+}
+
+/// The commands that do a job (run by cron, or by hand to change things): their
+/// failures alert. Dry runs, reports (list, status, config) and `notify --test` do not.
+fn alert_kind(command: &Command) -> Option<notify::Kind> {
+    match command {
+        Command::Backup(a) if !a.dry_run => Some(notify::Kind::Backup),
+        Command::Restore(a) if !a.dry_run => Some(notify::Kind::Restore),
+        Command::Verify(_) => Some(notify::Kind::Verify),
+        Command::Sync => Some(notify::Kind::Sync),
+        Command::Rotate(a) if !a.dry_run => Some(notify::Kind::Rotate),
+        Command::Cleanup(a) if !a.dry_run => Some(notify::Kind::Cleanup),
+        _ => None,
     }
 }
 

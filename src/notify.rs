@@ -24,6 +24,8 @@ pub enum Kind {
     Rotate,
     Sync,
     Verify,
+    Restore,
+    Cleanup,
     Locked,
     Test,
 }
@@ -35,6 +37,8 @@ impl Kind {
             Kind::Rotate => "rotate",
             Kind::Sync => "sync",
             Kind::Verify => "verify",
+            Kind::Restore => "restore",
+            Kind::Cleanup => "cleanup",
             Kind::Locked => "locked",
             Kind::Test => "test",
         }
@@ -50,6 +54,10 @@ impl Kind {
                 "The local backup is kept. Check the remote (`rclone lsd REMOTE:`, credentials, quota); the next run uploads whatever is missing, or run `kbackup sync`."
             }
             Kind::Verify => "Do not rely on the failed backups; `kbackup verify --json` names the failing checks.",
+            Kind::Restore => {
+                "Read the error: a restore that fails before its swap leaves the target as it was; `kbackup cleanup --dry-run` lists anything a stopped run left."
+            }
+            Kind::Cleanup => "`kbackup cleanup --dry-run` lists what is still left; the error names what could not be cleared.",
             Kind::Locked => {
                 "Another kbackup run still holds the store: a backup that hangs (a lock wait, a slow remote)? The message names its pid."
             }
@@ -115,12 +123,24 @@ fn failure_message(cfg: &Config, a: &Alert) -> Message {
     }
 }
 
+static ALERTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this run has raised an alert already (so a failure alerts once).
+pub fn alerted() -> bool {
+    ALERTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Raises a failure alert on every configured channel (and the healthcheck's /fail).
 pub async fn alert(cfg: &Config, a: Alert) {
+    ALERTED.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::warn!("Alert: {}: {}", a.title, a.body);
     let m = failure_message(cfg, &a);
     let ping = async {
-        if a.kind != Kind::Verify && a.kind != Kind::Test {
+        // The healthcheck follows the scheduled job: backup and what it runs.
+        if matches!(
+            a.kind,
+            Kind::Backup | Kind::Rotate | Kind::Sync | Kind::Locked
+        ) {
             ping(cfg, "/fail", &m.text).await;
         }
     };

@@ -246,3 +246,57 @@ fn a_failed_verification_alerts() {
     assert_eq!(v["event"], "verify");
     assert!(v["error"].as_str().unwrap().contains("checksum"), "{v}");
 }
+
+/// Defect: no alert when BACKUP_DIR could not be created, for `verify` on an
+/// empty store, for a failed restore. Every failing job alerts exactly once;
+/// bad input, a dry run and a "no" at the prompt do not.
+#[test]
+fn every_failing_job_alerts_once_and_only_failures_do() {
+    let db = cluster().new_db("aonce");
+    cluster().psql(&db, "CREATE TABLE t (x int)");
+    let alerts_for = |kb: &mut Kb, args: &[&str]| -> (i32, usize, String) {
+        let ntfy = Recorder::start(Mode::Ok);
+        kb.set("NTFY_URL", &ntfy.url).set("NTFY_TOPIC", "t");
+        let r = kb.run(args);
+        // Alerts are sent before the process exits: what arrived is all there is.
+        let got = ntfy.requests();
+        let title = got
+            .first()
+            .map(|q| q.headers["title"].clone())
+            .unwrap_or_default();
+        (r.code(), got.len(), title)
+    };
+
+    // BACKUP_DIR that cannot be created (its parent is a file).
+    let mut kb = Kb::direct(&db);
+    let file = kb.home.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    kb.set("BACKUP_DIR", file.join("store").to_str().unwrap());
+    let (code, n, title) = alerts_for(&mut kb, &["backup"]);
+    assert_eq!((code, n), (1, 1), "{title}");
+    assert!(title.contains("backup FAILED"), "{title}");
+
+    // verify with nothing to verify.
+    let mut kb = Kb::direct(&db);
+    let (code, n, title) = alerts_for(&mut kb, &["verify"]);
+    assert_eq!((code, n), (1, 1), "{title}");
+    assert!(title.contains("verify FAILED"), "{title}");
+
+    // A restore of a damaged backup: one alert, not two.
+    let mut kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let dump = kb.store.join(&kb.dumps("hourly")[0]);
+    let mut bytes = std::fs::read(&dump).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&dump, bytes).unwrap();
+    let (code, n, title) = alerts_for(&mut kb, &["restore", "--latest", "--yes"]);
+    assert_eq!((code, n), (1, 1), "{title}");
+    assert!(title.contains("restore FAILED"), "{title}");
+
+    // Not failures of a job: bad input, a dry run.
+    let (code, n, _) = alerts_for(&mut kb, &["backup", "--time", "not a time"]);
+    assert_eq!((code, n), (2, 0));
+    let (code, n, _) = alerts_for(&mut kb, &["restore", "--latest", "--dry-run"]);
+    assert_eq!((code, n), (1, 0));
+}

@@ -414,7 +414,13 @@ fn on_a_terminal_the_operator_types_the_name() {
     kb.ok(&["backup"]);
     c.psql(&db, "DELETE FROM traces");
     kb.set("ENVIRONMENT", "production");
+    let ntfy = common::net::Recorder::start(common::net::Mode::Ok);
+    kb.set("NTFY_URL", &ntfy.url).set("NTFY_TOPIC", "t");
     let (code, screen) = on_terminal(&kb, &["restore", "--latest"], "no thanks");
+    assert!(
+        ntfy.requests().is_empty(),
+        "a \"no\" at the prompt is not a failure to alert"
+    );
     assert_eq!(code, 1, "{screen}");
     assert!(
         screen.contains("PRODUCTION ENVIRONMENT DETECTED")

@@ -1295,7 +1295,9 @@ async fn confirm(cfg: &Config, target: &str, e: &Existing, source: &Source) -> R
     if answer == target || answer == "RESTORE" {
         Ok(())
     } else {
-        bail!("restore aborted at the prompt; nothing was changed")
+        Err(anyhow::Error::new(crate::error::Declined(
+            "restore aborted at the prompt; nothing was changed".into(),
+        )))
     }
 }
 
