@@ -65,7 +65,12 @@ impl Write for &LazyLogFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
-            if !self.path.parent().is_some_and(Path::exists) {
+            // Only into a store that exists and that nobody else can write.
+            if !self
+                .path
+                .parent()
+                .is_some_and(|d| d.exists() && crate::store::check_root(d).is_ok())
+            {
                 return Ok(buf.len());
             }
             *guard = Some(
@@ -73,6 +78,8 @@ impl Write for &LazyLogFile {
                     .create(true)
                     .append(true)
                     .mode(0o600)
+                    // Never through a symlink planted in the store.
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(&self.path)?,
             );
         }

@@ -146,7 +146,8 @@ impl Store {
                 "cannot create the backup folder {} (BACKUP_DIR)",
                 self.root.display()
             )
-        })
+        })?;
+        check_root(&self.root)
     }
 
     /// Creates a tier folder (0700), tightening one that is readable by others.
@@ -503,10 +504,48 @@ trait PrivateMode {
 }
 
 impl PrivateMode for OpenOptions {
+    /// 0600, and never through a symlink planted in the store (O_NOFOLLOW):
+    /// a link to /etc/shadow must not be truncated by a run as root.
     fn mode_private(&mut self) -> &mut Self {
         use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
+        self.mode(0o600).custom_flags(libc::O_NOFOLLOW)
     }
+}
+
+/// The store is trusted only if nobody else can change it: a folder another
+/// user owns, or one that group or others may write, is refused (exit 2) with
+/// the fix, before anything is written there.
+pub fn check_root(root: &Path) -> Result<()> {
+    let meta = fs::metadata(root).with_context(|| {
+        format!(
+            "cannot read the backup folder {} (BACKUP_DIR)",
+            root.display()
+        )
+    })?;
+    // SAFETY: geteuid has no failure mode and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    let mode = meta.permissions().mode();
+    if meta.uid() != me {
+        return Err(crate::error::usage(format!(
+            "the backup folder {} (BACKUP_DIR) belongs to user id {}, not to this user ({me}): another user \
+             could replace or read its backups. Run kbackup as its owner, or `chown {me} {}`",
+            root.display(),
+            meta.uid(),
+            root.display()
+        )));
+    }
+    if mode & 0o022 != 0 {
+        return Err(crate::error::usage(format!(
+            "the backup folder {} (BACKUP_DIR) is writable by {} (mode {:o}): anyone there could plant or \
+             replace files in it. `chmod go-w {}` (kbackup makes its folders 0700), or point BACKUP_DIR at \
+             a folder of its own inside it, which kbackup creates private",
+            root.display(),
+            if mode & 0o002 != 0 { "every user" } else { "its group" },
+            mode & 0o7777,
+            root.display()
+        )));
+    }
+    Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {

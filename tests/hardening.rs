@@ -420,3 +420,76 @@ fn database_names_are_names_never_connection_strings() {
     let list = other.list_json();
     assert_eq!(list[0]["database"], odd.as_str());
 }
+
+/// Defect: the store trusted its own folder: `.kbackup.lock` and `backup.log`
+/// were opened through planted symlinks (their targets truncated as root), a
+/// group- or world-writable BACKUP_DIR was used as is, and `restore --dry-run`
+/// created `.kbackup` 0755.
+#[test]
+fn the_store_trusts_nothing_planted_in_it() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let c = cluster();
+    let db = c.new_db("trust");
+    c.psql(&db, "CREATE TABLE t (x int)");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+
+    // Symlinks planted where kbackup writes.
+    let victim = kb.home.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    for planted in [".kbackup.lock", "backup.log"] {
+        let link = kb.store.join(planted);
+        std::fs::remove_file(&link).unwrap();
+        symlink(&victim, &link).unwrap();
+        let r = kb.run(&["backup"]);
+        if planted == ".kbackup.lock" {
+            assert_eq!(r.code(), 1, "{}", r.all());
+            assert!(
+                r.stderr().contains("cannot open the lock file"),
+                "{}",
+                r.all()
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "precious",
+            "{planted}"
+        );
+        std::fs::remove_file(&link).unwrap();
+    }
+
+    // A store others may write to, or another user's: refused with the fix.
+    for mode in [0o770, 0o777, 0o1777] {
+        std::fs::set_permissions(&kb.store, std::fs::Permissions::from_mode(mode)).unwrap();
+        let before = kb.files();
+        let r = kb.run(&["backup"]);
+        assert_eq!(r.code(), 2, "{mode:o}: {}", r.all());
+        assert!(r.stderr().contains("chmod go-w"), "{}", r.stderr());
+        assert_eq!(kb.files(), before, "nothing written");
+    }
+    std::fs::set_permissions(&kb.store, std::fs::Permissions::from_mode(0o700)).unwrap();
+    run_ok(
+        std::process::Command::new("chown")
+            .args(["nobody"])
+            .arg(&kb.store),
+    );
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 2, "{}", r.all());
+    assert!(r.stderr().contains("chown"), "{}", r.stderr());
+    run_ok(
+        std::process::Command::new("chown")
+            .args(["root"])
+            .arg(&kb.store),
+    );
+
+    // A dry run writes nothing into the store; private folders are 0700.
+    let state = kb.store.join(".kbackup");
+    let _ = std::fs::remove_dir_all(&state);
+    kb.ok(&["restore", "--latest", "--dry-run"]);
+    assert!(!state.exists(), "the dry run created {}", state.display());
+    kb.ok(&["backup"]);
+    for dir in [kb.store.clone(), state, kb.store.join("hourly")] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+}

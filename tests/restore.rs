@@ -335,7 +335,7 @@ fn ctrl_c_during_an_in_place_restore_says_the_target_is_incomplete() {
     let kb = Kb::direct(&db);
     kb.ok(&["backup"]);
     let child = kb.spawn(&["restore", "--latest", "--yes", "--in-place"]);
-    let dbname = format!("--dbname {db} ");
+    let dbname = format!("--dbname dbname='{db}' ");
     wait_for(60, "pg_restore into the target", || {
         processes_matching(&dbname)
             .into_iter()

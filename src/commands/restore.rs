@@ -102,7 +102,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         crate::leftovers::report(cfg).await;
     }
     tracing::info!("Checking {}...", source.shown);
-    let checked = check_file(cfg, &pg, &source).await?;
+    let checked = check_file(cfg, &pg, &source, !args.dry_run).await?;
     tracing::info!(
         "Backup is a complete archive ({}): {} tables, {}",
         checked.checksum,
@@ -365,7 +365,12 @@ fn check_name(target: &str) -> Result<()> {
 }
 
 /// Step 1: the checksum and a full read of the archive, before touching anything.
-async fn check_file(cfg: &Config, pg: &Postgres, source: &Source) -> Result<Checked> {
+async fn check_file(
+    cfg: &Config,
+    pg: &Postgres,
+    source: &Source,
+    for_restore: bool,
+) -> Result<Checked> {
     let size_hint = source
         .manifest
         .as_ref()
@@ -375,7 +380,7 @@ async fn check_file(cfg: &Config, pg: &Postgres, source: &Source) -> Result<Chec
                 .map(|m| m.len() * 10)
                 .unwrap_or(0)
         });
-    let (summary, sha, input) = check_pass(cfg, pg, &source.path, size_hint).await?;
+    let (summary, sha, input) = check_pass(cfg, pg, &source.path, size_hint, for_restore).await?;
     if let Some(m) = source.manifest.as_ref().filter(|m| m.file.sha256 != sha) {
         bail!(
             "{} is corrupted: its SHA-256 is {sha} but its manifest records {}. Refusing to restore it; \
@@ -818,10 +823,12 @@ pub(crate) async fn check_pass(
     pg: &Postgres,
     path: &std::path::Path,
     size_hint: u64,
+    for_restore: bool,
 ) -> Result<(Result<Summary>, String, Input)> {
     let parallel = cfg.restore_jobs > 1 && !pg.is_docker();
     let mut tmp = None;
-    if parallel && dump::is_zstd(path) {
+    // A dry run reads the file but keeps no copy (and writes nothing to the store).
+    if parallel && for_restore && dump::is_zstd(path) {
         let room = crate::store::free_space(&cfg.backup_dir)
             .is_ok_and(|free| free > size_hint + size_hint / 10);
         if room {

@@ -308,7 +308,7 @@ async fn verify_one(
                     .map(|m| m.len() * 10)
                     .unwrap_or(0)
             });
-        check_pass(cfg, server, &s.path, size_hint).await
+        check_pass(cfg, server, &s.path, size_hint, true).await
     };
     let (summary, sha, input) = match read {
         Ok((Ok(summary), sha, input)) => (Some(summary), sha, input),
