@@ -185,6 +185,79 @@ struct Reader<R> {
     off_size: usize,
     /// The archive's format version.
     ver: u32,
+    /// The encoding of its strings: the database's, from its ENCODING entry.
+    text: TextEncoding,
+}
+
+/// How an archive's strings are decoded. pg_dump writes names and SQL in the
+/// database's encoding (its TOC's ENCODING entry says which): a LATIN1
+/// database's `résumé` is not UTF-8, and read as such would never match the
+/// table it names.
+#[derive(Debug, Clone, Copy)]
+pub enum TextEncoding {
+    Utf8,
+    /// ISO 8859-1: every byte is the code point of the same value.
+    Latin1,
+    Other(&'static encoding_rs::Encoding),
+}
+
+impl TextEncoding {
+    /// The decoding for a PostgreSQL encoding name (`LATIN1`, `WIN1252`,
+    /// `EUC_JP`...); UTF-8 (lossy) for UTF8, SQL_ASCII and the few that no
+    /// standard decoder knows (MULE_INTERNAL, EUC_TW, EUC_JIS_2004).
+    pub fn for_postgres(name: &str) -> TextEncoding {
+        let upper = name.trim().to_ascii_uppercase();
+        let label = match upper.as_str() {
+            "LATIN1" => return TextEncoding::Latin1,
+            "LATIN2" => "iso-8859-2",
+            "LATIN3" => "iso-8859-3",
+            "LATIN4" => "iso-8859-4",
+            "LATIN5" => "iso-8859-9",
+            "LATIN6" => "iso-8859-10",
+            "LATIN7" => "iso-8859-13",
+            "LATIN8" => "iso-8859-14",
+            "LATIN9" => "iso-8859-15",
+            "LATIN10" => "iso-8859-16",
+            "ISO_8859_5" => "iso-8859-5",
+            "ISO_8859_6" => "iso-8859-6",
+            "ISO_8859_7" => "iso-8859-7",
+            "ISO_8859_8" => "iso-8859-8",
+            "KOI8R" | "KOI8" => "koi8-r",
+            "KOI8U" => "koi8-u",
+            "WIN866" | "ALT" => "ibm866",
+            "WIN874" => "windows-874",
+            "EUC_JP" => "euc-jp",
+            "EUC_KR" => "euc-kr",
+            "EUC_CN" | "GBK" => "gbk",
+            "GB18030" => "gb18030",
+            "BIG5" => "big5",
+            "SJIS" => "shift_jis",
+            w if w.starts_with("WIN125") => {
+                return encoding_rs::Encoding::for_label(format!("windows-{}", &w[3..]).as_bytes())
+                    .map(TextEncoding::Other)
+                    .unwrap_or(TextEncoding::Utf8)
+            }
+            _ => return TextEncoding::Utf8,
+        };
+        encoding_rs::Encoding::for_label(label.as_bytes())
+            .map(TextEncoding::Other)
+            .unwrap_or(TextEncoding::Utf8)
+    }
+
+    pub fn decode(self, bytes: &[u8]) -> String {
+        match self {
+            TextEncoding::Utf8 => String::from_utf8_lossy(bytes).into_owned(),
+            TextEncoding::Latin1 => bytes.iter().map(|&b| char::from(b)).collect(),
+            TextEncoding::Other(e) => e.decode_without_bom_handling(bytes).0.into_owned(),
+        }
+    }
+}
+
+/// The encoding named by an ENCODING entry: `SET client_encoding = 'LATIN1';`.
+fn encoding_of(defn: &str) -> Option<&str> {
+    let start = defn.find('\'')? + 1;
+    let len = defn[start..].find('\'')?;
+    Some(&defn[start..start + len])
 }
 
 impl<R: BufRead> Reader<R> {
@@ -210,9 +283,12 @@ impl<R: BufRead> Reader<R> {
                 .c
                 .corrupt(format!("implausible string length {len} in {context}")));
         }
-        let mut buf = vec![0u8; len as usize];
-        self.c.exact(&mut buf, context)?;
-        Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+        // Grown as the bytes arrive: a claimed length is never allocated up
+        // front (a crafted archive cannot make a small file cost a gigabyte).
+        let mut buf = Vec::new();
+        self.c
+            .stream(len as u64, context, |piece| buf.extend_from_slice(piece))?;
+        Ok(Some(self.text.decode(&buf)))
     }
 
     fn skip(&mut self, n: usize, context: &str) -> Result<(), ArchiveError> {
@@ -327,6 +403,7 @@ fn head<R: BufRead>(input: R) -> Result<(Header, Reader<R>), ArchiveError> {
         int_size,
         off_size,
         ver,
+        text: TextEncoding::Utf8,
     };
 
     let compression = if ver >= version(1, 15, 0) {
@@ -402,8 +479,11 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
         },
         mut r,
     ) = head(input)?;
+    // No cap on the count: every entry is read from bytes that must really be
+    // there, so a claimed count costs nothing until the entries arrive (a
+    // PostgreSQL 16 database has one entry per large object: millions is fine).
     let n_entries = r.int("the table of contents")?;
-    if !(0..=10_000_000).contains(&n_entries) {
+    if !(0..=i64::from(i32::MAX)).contains(&n_entries) {
         return Err(r.c.corrupt(format!("implausible TOC size {n_entries}")));
     }
     let mut entries: HashMap<i64, TocEntry> = HashMap::new();
@@ -422,10 +502,21 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
             owner,
             flag,
         } = r.toc_entry(ctx)?;
-        if flag != OFFSET_NO_DATA {
+        if desc == "ENCODING" {
+            if let Some(name) = defn.as_deref().and_then(encoding_of) {
+                r.text = TextEncoding::for_postgres(name);
+            }
+        }
+        let has_data = flag != OFFSET_NO_DATA;
+        if has_data {
             expected.insert(dump_id);
         }
-        *objects.entry(desc.clone()).or_default() += 1;
+        match objects.get_mut(desc.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                objects.insert(desc.clone(), 1);
+            }
+        }
         if let Some(o) = owner.as_deref().filter(|o| !o.is_empty()) {
             roles.insert(o.to_string());
         }
@@ -451,7 +542,11 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
             }
             _ => {}
         }
-        entries.insert(dump_id, TocEntry { desc, schema, tag });
+        // Only entries with data are kept (for their block and its name):
+        // memory grows with tables, not with schema objects or large objects.
+        if has_data {
+            entries.insert(dump_id, TocEntry { desc, schema, tag });
+        }
     }
 
     let mut tables = Vec::new();

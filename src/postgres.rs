@@ -632,6 +632,16 @@ impl Postgres {
                     .find(|l| !l.trim().is_empty())
                     .unwrap_or("")
                     .trim();
+                // A SQLSTATE means the session was up and a statement failed:
+                // say so, not "cannot connect".
+                if let Some(code) = sqlstate(stderr) {
+                    let message = stderr
+                        .lines()
+                        .find(|l| l.contains(code))
+                        .unwrap_or(first)
+                        .trim();
+                    return anyhow!("SQL on {} failed: {message}", self.describe());
+                }
                 if stderr.contains("does not exist") && stderr.contains("database") {
                     anyhow!(
                         "Cannot connect to database: {}: the database does not exist ({first}); check DB_NAME/POSTGRES_DB",

@@ -493,3 +493,108 @@ fn the_store_trusts_nothing_planted_in_it() {
         assert_eq!(mode, 0o700, "{}", dir.display());
     }
 }
+
+/// Defect: a LATIN1 database with non-ASCII names could be neither verified
+/// nor restored (the archive's names were read as UTF-8), and SQL errors were
+/// all labelled "Cannot connect to database".
+#[test]
+fn latin1_databases_with_non_ascii_names_verify_and_restore() {
+    let c = cluster();
+    let db = c.new_db("latin1_base");
+    let lat = format!("{db}_lat");
+    c.psql(
+        "postgres",
+        &format!("CREATE DATABASE {lat} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"),
+    );
+    c.psql(
+        &lat,
+        "CREATE SCHEMA données; CREATE TABLE données.\"résumé\" (x text, \"clé\" int); \
+         INSERT INTO données.\"résumé\" SELECT 'é' || g, g FROM generate_series(1, 30) g; \
+         CREATE TABLE \"Ünïcödé\" (y text); INSERT INTO \"Ünïcödé\" VALUES ('ß')",
+    );
+    let fp = c.fingerprint(&lat);
+    let kb = Kb::direct(&lat);
+    kb.ok(&["backup"]);
+    let list = kb.list_json();
+    assert_eq!(list[0]["rows"], 31);
+    let v = kb.run(&["verify", "--json"]);
+    assert_eq!(v.code(), 0, "{}", v.all());
+    c.psql(&lat, "DELETE FROM données.\"résumé\" WHERE \"clé\" > 3");
+    let r = kb.ok(&["restore", "--latest", "--yes", "--drop-old"]);
+    assert!(r.stdout().contains("31 rows"), "{}", r.all());
+    assert_eq!(c.fingerprint(&lat), fp);
+    assert_eq!(
+        c.psql(
+            "postgres",
+            &format!(
+                "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = '{lat}'"
+            )
+        ),
+        "LATIN1"
+    );
+}
+
+/// Defect: a 190 KB crafted backup made `verify --quick` abort on a 1 GB
+/// allocation (claimed sizes were allocated before the bytes arrived). Run with
+/// a 300 MB address-space limit (prlimit): refused cleanly, no abort.
+#[test]
+fn crafted_archives_claiming_huge_sizes_are_refused_in_bounded_memory() {
+    let mut crafted = b"PGDMP".to_vec();
+    crafted.extend([1, 14, 0, 4, 8, 1]);
+    let int = |v: &mut Vec<u8>, i: u32| {
+        v.push(0);
+        v.extend(i.to_le_bytes());
+    };
+    int(&mut crafted, 0); // compression
+    for d in [0, 0, 12, 1, 0, 125, 0] {
+        int(&mut crafted, d);
+    }
+    let mut huge_string = crafted.clone();
+    int(&mut huge_string, (1 << 30) - 1); // a database name of "1 GB"
+    huge_string.extend(vec![b'x'; 190_000]);
+    let mut huge_toc = crafted.clone();
+    for s in ["app", "15.18", "15.18"] {
+        int(&mut huge_toc, s.len() as u32);
+        huge_toc.extend(s.as_bytes());
+    }
+    int(&mut huge_toc, 2_000_000_000); // "two billion" TOC entries
+    huge_toc.extend(vec![0u8; 20_000]);
+
+    let kb = Kb::bare();
+    std::fs::create_dir_all(kb.store.join("hourly")).unwrap();
+    for (name, bytes) in [("a", &huge_string), ("b", &huge_toc)] {
+        let file = kb
+            .store
+            .join(format!("hourly/crafted_{name}_2026-01-01_00-00-00.dump"));
+        std::fs::write(&file, bytes).unwrap();
+        let cmd = kb.command(&[
+            "--db",
+            "crafted",
+            "verify",
+            "--quick",
+            file.to_str().unwrap(),
+        ]);
+        let program = cmd.get_program().to_owned();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let out = std::process::Command::new("prlimit")
+            .arg("--as=300000000")
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .env_clear()
+            .envs(
+                cmd.get_envs()
+                    .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+            )
+            .current_dir(kb.home.path())
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{name}: {all}");
+        assert!(all.contains("archive is truncated"), "{name}: {all}");
+    }
+}
