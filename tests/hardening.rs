@@ -598,3 +598,59 @@ fn crafted_archives_claiming_huge_sizes_are_refused_in_bounded_memory() {
         assert!(all.contains("archive is truncated"), "{name}: {all}");
     }
 }
+
+/// `--file`/`--remote` never lead out of the store by `..` or by a link planted
+/// in it; nothing is touched when they are refused.
+#[test]
+fn restore_paths_stay_in_the_store() {
+    let c = cluster();
+    let db = c.new_db("paths");
+    c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let mut kb = Kb::direct(&db);
+    let remote = kb.home.path().join("remote");
+    kb.set("RCLONE_CONFIG", "/dev/null")
+        .set("RCLONE_CONFIG_LOC_TYPE", "local")
+        .set("RCLONE_REMOTE_NAME", "loc")
+        .set("RCLONE_REMOTE_PATH", remote.to_str().unwrap());
+    kb.ok(&["backup"]);
+    let real = kb.store.join(&kb.dumps("hourly")[0]);
+    let outside = kb.home.path().join("outside.dump.zst");
+    std::fs::copy(&real, &outside).unwrap();
+    let link = kb
+        .store
+        .join(format!("hourly/{db}_2026-01-01_00-00-00.dump.zst"));
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let rel_link = link
+        .strip_prefix(&kb.store)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    for args in [
+        vec!["restore", "--file", "../outside.dump.zst", "--yes"],
+        vec![
+            "restore",
+            "--file",
+            "hourly/../../outside.dump.zst",
+            "--dry-run",
+        ],
+        vec!["restore", "--remote", "../outside.dump.zst", "--yes"],
+        vec!["restore", "--file", &rel_link, "--yes"],
+    ] {
+        let r = kb.run(&args);
+        assert_eq!(r.code(), 2, "{args:?}: {}", r.all());
+        assert!(
+            r.stderr().contains("out of the store") || r.stderr().contains("symlink"),
+            "{}",
+            r.stderr()
+        );
+    }
+    assert!(
+        kb.list_json()
+            .iter()
+            .all(|b| b["path"] != rel_link.as_str()),
+        "a link is not a backup"
+    );
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "1");
+    assert!(leftover_dbs(c, &db).is_empty());
+}

@@ -215,6 +215,15 @@ fn selector(cfg: &Config, args: &RestoreArgs) -> Result<Selector> {
         .as_ref()
         .or(remote_file.map(PathBuf::from).as_ref())
     {
+        // A path relative to the store stays in it.
+        if !f.is_absolute() && f.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(usage(format!(
+                "{} {}: `..` leads out of the store; give the path relative to BACKUP_DIR without `..` \
+                 (as `kbackup list` shows it), or an absolute path",
+                if args.file.is_some() { "--file" } else { "--remote" },
+                f.display()
+            )));
+        }
         Selector::File(f.clone())
     } else if let Some(t) = &args.at {
         Selector::At(clock::parse_time(t, cfg.calendar.zone, "--at")?)
@@ -336,6 +345,18 @@ fn choose(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> {
             }
         }
         Selection::External(path) => {
+            // A link inside the store is never followed out of it (another user
+            // could have planted it); a path given outside the store is the
+            // operator's own choice (a backup copied from another server).
+            if path.starts_with(&store.root)
+                && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
+            {
+                return Err(usage(format!(
+                    "--file {}: a symlink in the store; kbackup does not follow links there. Give the \
+                     file it points to as an absolute path, or copy that file into the store",
+                    path.display()
+                )));
+            }
             let loose = loose_file(&path, &format!("--file {}", path.display()), &store.root)?;
             Source {
                 time: loose.manifest.as_ref().map(|m| m.started_at),
