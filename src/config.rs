@@ -279,6 +279,28 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// Every setting with its resolved value and source, for `kbackup config`.
     pub resolved: Vec<(&'static Spec, Option<Raw>)>,
+    /// What the operator should fix but that does not stop the run (logged
+    /// once logging is up): a secret in a file others can read.
+    pub warnings: Vec<String>,
+}
+
+/// A warning when `path`, which holds a secret, can be read by group or others.
+fn readable_by_others(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o044 != 0).then(|| {
+        format!(
+            "{} holds {what} and is readable by {} (mode {:o}): `chmod 600 {}`",
+            path.display(),
+            if mode & 0o004 != 0 {
+                "every user"
+            } else {
+                "its group"
+            },
+            mode & 0o777,
+            path.display()
+        )
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -906,6 +928,23 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
     let production = values
         .string("restore.environment")
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "production" | "prod"));
+    let mut warnings: Vec<String> = Vec::new();
+    if let Some(f) = values.string("database.password_file") {
+        warnings.extend(readable_by_others(&cwd.join(f), "the database password"));
+    }
+    for (spec, raw) in &resolved {
+        if let Some(Raw {
+            source: Source::DotEnv { path, var },
+            ..
+        }) = raw
+        {
+            if spec.secret {
+                warnings.extend(readable_by_others(path, &format!("a secret ({var})")));
+            }
+        }
+    }
+    warnings.sort();
+    warnings.dedup();
     // Keep provenance for `kbackup config`, but never a secret's value.
     let resolved = resolved
         .into_iter()
@@ -944,6 +983,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         remote,
         notify,
         resolved,
+        warnings,
     })
 }
 
@@ -1154,6 +1194,33 @@ mod tests {
         assert!(with("mail.example.com", "starttls").is_ok());
         assert!(with("127.0.0.1", "none").is_ok());
         assert!(with("localhost", "none").is_ok());
+    }
+
+    #[test]
+    fn secrets_in_files_others_can_read_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let load_pw = || {
+            load(
+                &GlobalArgs::default(),
+                &[
+                    ("DB_NAME", "a"),
+                    ("POSTGRES_PASSWORD_FILE", pw.to_str().unwrap()),
+                ],
+            )
+            .unwrap()
+        };
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = load_pw().warnings;
+        assert!(
+            w.len() == 1 && w[0].contains("chmod 600") && w[0].contains("every user"),
+            "{w:?}"
+        );
+        assert!(!w[0].contains("s3cret"));
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load_pw().warnings.is_empty());
     }
 
     #[test]

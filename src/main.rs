@@ -64,6 +64,10 @@ fn main() -> ExitCode {
         return ExitCode::from(ExitKind::Failure as u8);
     }
 
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
