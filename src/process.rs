@@ -277,7 +277,12 @@ impl Cmd {
         killed: bool,
     ) -> Result<T, StreamError> {
         match local {
-            Err(e) if killed || died_of_sigpipe(status) => Err(StreamError::Local(e)),
+            // Our failure is the cause only if the child died of our kill (or of
+            // the broken pipe it left); a child that had already failed by itself
+            // (the server went away, so its output ended early) speaks first.
+            Err(e) if (killed && died_of_kill(status)) || died_of_sigpipe(status) => {
+                Err(StreamError::Local(e))
+            }
             Err(e) => {
                 self.check(status, stderr)?;
                 Err(StreamError::Local(e))
@@ -348,6 +353,11 @@ impl fmt::Debug for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Cmd({self})")
     }
+}
+
+fn died_of_kill(status: ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(libc::SIGKILL) || status.code() == Some(128 + libc::SIGKILL)
 }
 
 fn died_of_sigpipe(status: ExitStatus) -> bool {

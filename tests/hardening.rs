@@ -654,3 +654,138 @@ fn restore_paths_stay_in_the_store() {
     assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "1");
     assert!(leftover_dbs(c, &db).is_empty());
 }
+
+/// Empty, truncated and zero-byte backups given to restore and verify:
+/// refused, named, nothing created.
+#[test]
+fn zero_byte_and_truncated_backups_are_refused() {
+    let c = cluster();
+    let db = c.new_db("zero");
+    c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let good = kb.store.join(&kb.dumps("hourly")[0]);
+    let bytes = std::fs::read(&good).unwrap();
+    for (name, content) in [
+        ("zero", Vec::new()),
+        ("half", bytes[..bytes.len() / 2].to_vec()),
+    ] {
+        let file = kb.store.join(format!("named/{db}_{name}.dump.zst"));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, &content).unwrap();
+        let path = file.to_str().unwrap();
+        let r = kb.run(&["restore", "--file", path, "--yes"]);
+        assert_eq!(r.code(), 1, "{name}: {}", r.all());
+        assert!(
+            r.stderr()
+                .contains("Refusing to restore it; nothing was changed"),
+            "{name}: {}",
+            r.stderr()
+        );
+        let v = kb.run(&["verify", "--quick", path]);
+        assert_eq!(v.code(), 1, "{name}: {}", v.all());
+        assert!(v.all().contains("FAIL"), "{name}: {}", v.all());
+    }
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "1");
+    assert!(leftover_dbs(c, &db).is_empty());
+}
+
+/// A restore or a verify started while a backup runs: each does its work (the
+/// backup's lock is the store's; they read finished backups only) and the
+/// backup completes.
+#[test]
+fn restore_and_verify_run_beside_a_backup() {
+    let c = cluster();
+    let db = c.new_db("beside");
+    c.psql(
+        &db,
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 100)",
+    );
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let first = kb.dumps("hourly")[0].clone();
+    // A backup held in pg_dump by a table lock, for real.
+    let lock = LockHolder::exclusive(&db, "t");
+    let backup = kb.spawn(&["backup"]);
+    wait_for(20, "pg_dump waiting on the lock", || {
+        (LockHolder::waiters(&db) > 0).then_some(())
+    });
+    let v = kb.run(&["verify", "--quick", kb.store.join(&first).to_str().unwrap()]);
+    assert_eq!(v.code(), 0, "{}", v.all());
+    let target = format!("{db}_copy");
+    let r = kb.run(&["restore", "--file", &first, "--target-db", &target, "--yes"]);
+    assert_eq!(r.code(), 0, "{}", r.all());
+    drop(lock);
+    let out = backup.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(kb.dumps("hourly").len(), 2);
+    assert_eq!(c.psql(&target, "SELECT count(*) FROM t"), "100");
+}
+
+/// The server itself stopped (fast shutdown) mid-dump and mid-restore: the run
+/// fails naming what failed, presents no partial backup, leaves no temporary
+/// file, and journals what it could not undo for the next run.
+#[test]
+fn the_server_going_down_mid_dump_or_mid_restore() {
+    for during in ["dump", "restore"] {
+        let c = cluster_with_env(15, "");
+        let db = c.new_db("down");
+        c.psql(&db, "CREATE TABLE big (id int, filler text); \
+                     INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 400000) g");
+        let kb = Kb::on(&c, &db, &pg_bin());
+        if during == "restore" {
+            kb.ok(&["backup"]);
+        }
+        let before = kb.dumps("hourly");
+        let child = kb.spawn(if during == "dump" {
+            &["backup"][..]
+        } else {
+            &["restore", "--latest", "--yes"][..]
+        });
+        let tool = if during == "dump" {
+            "pg_dump"
+        } else {
+            "pg_restore"
+        };
+        let socket = c.socket.display().to_string();
+        wait_for(30, tool, || {
+            processes_matching(&socket)
+                .into_iter()
+                .find(|(_, a)| a.contains(tool))
+        });
+        // Fast shutdown of the postmaster.
+        let pid = std::fs::read_to_string(c.dir.join("data/postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_string();
+        run_ok(std::process::Command::new("kill").args(["-INT", &pid]));
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{during}: {err}");
+        assert!(
+            err.contains(&format!("{tool} failed")) || err.contains("Cannot connect"),
+            "{during}: {err}"
+        );
+        assert_eq!(
+            kb.dumps("hourly"),
+            before,
+            "{during}: no partial backup presented"
+        );
+        let files = kb.files();
+        assert!(
+            files.iter().all(|f| !f.ends_with(".partial")),
+            "{during}: {files:?}"
+        );
+        if during == "restore" {
+            // The scratch database could not be dropped: journaled for `kbackup cleanup`.
+            assert!(
+                files.iter().any(|f| f.starts_with(".kbackup/undo/")),
+                "{files:?}"
+            );
+            assert!(err.contains("`kbackup cleanup` will try again"), "{err}");
+        }
+    }
+}
