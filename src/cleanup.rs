@@ -49,7 +49,7 @@ static JOURNAL: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// The folder of the undo journal in a store.
 pub fn journal_dir(store_root: &Path) -> PathBuf {
-    store_root.join(crate::state::STATE_DIR).join("undo")
+    store_root.join(crate::store::STATE_DIR).join("undo")
 }
 
 /// Journals SQL undo actions in `store_root` from now on (commands that may

@@ -101,6 +101,21 @@ pub fn parse_time(text: &str, zone: Zone, flag: &str) -> anyhow::Result<DateTime
     }
 }
 
+/// `45s`, `12m`, `3h`, `2d4h`, `5w`.
+pub fn age(t: DateTime<FixedOffset>, now: DateTime<Utc>) -> String {
+    let secs = (now - t.with_timezone(&Utc)).num_seconds();
+    if secs < 0 {
+        return "future".into();
+    }
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s if s < 14 * 86_400 => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+        s => format!("{}w", s / (7 * 86_400)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,7 +114,7 @@ pub async fn find(cfg: &Config) -> Vec<Leftover> {
 
 /// Temporary files in the store's state folder whose run is gone.
 fn temp_files(root: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(root.join(crate::state::STATE_DIR)) else {
+    let Ok(rd) = std::fs::read_dir(root.join(crate::store::STATE_DIR)) else {
         return vec![];
     };
     rd.flatten()

@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::store::write_replace;
 
-pub const STATE_DIR: &str = ".kbackup";
+pub use crate::store::STATE_DIR;
 
 /// The last `kbackup backup` run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -23,6 +23,8 @@ use crate::naming::{
 };
 
 const LOCK_FILE: &str = ".kbackup.lock";
+/// The store's own folder: run records, the undo journal, temporary files.
+pub const STATE_DIR: &str = ".kbackup";
 const PARTIAL_PREFIX: &str = ".kbackup-";
 const PARTIAL_SUFFIX: &str = ".partial";
 
@@ -170,7 +172,7 @@ impl Store {
     /// Serializes verifications without blocking backups (a long verify must
     /// never make the hourly backup skip).
     pub fn verify_lock(&self) -> Result<StoreLock> {
-        let dir = self.root.join(crate::state::STATE_DIR);
+        let dir = self.root.join(STATE_DIR);
         create_private_dir(&dir)?;
         self.lock_file(&dir.join("verify.lock"), "verify")
     }
@@ -225,7 +227,7 @@ impl Store {
     /// one without a pid, once a day old).
     pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
-        if let Ok(entries) = fs::read_dir(self.root.join(crate::state::STATE_DIR)) {
+        if let Ok(entries) = fs::read_dir(self.root.join(STATE_DIR)) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let old = e
@@ -577,7 +579,7 @@ fn state_temp_with<T: AsRef<Path>>(
     mode: u32,
     make: impl FnOnce(&tempfile::Builder, &Path) -> io::Result<T>,
 ) -> Result<T> {
-    let dir = root.join(crate::state::STATE_DIR);
+    let dir = root.join(STATE_DIR);
     create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let prefix = format!("{PARTIAL_PREFIX}{kind}-{}-", std::process::id());
     let t = make(
@@ -685,6 +687,21 @@ pub fn human_size(bytes: u64) -> String {
     } else {
         format!("{:.0}{}", v.ceil(), UNITS[unit])
     }
+}
+
+/// The seed's counts: `Hourly: 9, Daily: 5, Weekly: 0` (Monthly and Named when present).
+pub fn tier_counts(all: &[Backup]) -> String {
+    let count = |t: Tier| all.iter().filter(|b| b.tier == t).count();
+    let mut parts: Vec<String> = [Tier::Hourly, Tier::Daily, Tier::Weekly]
+        .iter()
+        .map(|t| format!("{}: {}", t.title(), count(*t)))
+        .collect();
+    for t in [Tier::Monthly, Tier::Named] {
+        if count(t) > 0 {
+            parts.push(format!("{}: {}", t.title(), count(t)));
+        }
+    }
+    parts.join(", ")
 }
 
 #[cfg(test)]

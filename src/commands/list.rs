@@ -1,13 +1,14 @@
 //! `kbackup list`: every backup, newest first.
 
 use anyhow::Result;
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::Utc;
 use serde_json::json;
 
 use crate::cli::ListArgs;
+use crate::clock::age;
 use crate::config::Config;
 use crate::naming::Tier;
-use crate::store::{human_size, Backup, Store};
+use crate::store::{human_size, tier_counts, Backup, Store};
 
 pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
     let store = Store::new(cfg.backup_dir.clone());
@@ -99,12 +100,12 @@ pub async fn run_remote(cfg: &Config, args: &ListArgs) -> Result<()> {
     let listing = remote.list().await?;
     let present: std::collections::BTreeSet<&str> =
         listing.iter().map(|f| f.path.as_str()).collect();
-    let backups = crate::commands::sync::remote_backups(cfg, &listing);
+    let backups = crate::offsite::remote_backups(cfg, &listing);
     let shown: Vec<_> = backups
         .iter()
         .filter(|b| args.tier.is_none_or(|t| t == b.tier))
         .collect();
-    let has_manifest = |b: &crate::commands::sync::RemoteBackup| {
+    let has_manifest = |b: &crate::offsite::RemoteBackup| {
         present.contains(
             format!(
                 "{}/{}",
@@ -159,34 +160,4 @@ pub async fn run_remote(cfg: &Config, args: &ListArgs) -> Result<()> {
         count(Tier::Named)
     );
     Ok(())
-}
-
-/// The seed's counts: `Hourly: 9, Daily: 5, Weekly: 0` (Monthly and Named when present).
-pub fn tier_counts(all: &[Backup]) -> String {
-    let count = |t: Tier| all.iter().filter(|b| b.tier == t).count();
-    let mut parts: Vec<String> = [Tier::Hourly, Tier::Daily, Tier::Weekly]
-        .iter()
-        .map(|t| format!("{}: {}", t.title(), count(*t)))
-        .collect();
-    for t in [Tier::Monthly, Tier::Named] {
-        if count(t) > 0 {
-            parts.push(format!("{}: {}", t.title(), count(t)));
-        }
-    }
-    parts.join(", ")
-}
-
-/// `45s`, `12m`, `3h`, `2d4h`, `5w`.
-pub fn age(t: DateTime<FixedOffset>, now: DateTime<Utc>) -> String {
-    let secs = (now - t.with_timezone(&Utc)).num_seconds();
-    if secs < 0 {
-        return "future".into();
-    }
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86_400 => format!("{}h", s / 3600),
-        s if s < 14 * 86_400 => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
-        s => format!("{}w", s / (7 * 86_400)),
-    }
 }

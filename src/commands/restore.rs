@@ -22,27 +22,25 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, FixedOffset, Local, Utc};
 
 use crate::archive::{self, Summary, TableData};
-use crate::checks;
 use crate::cleanup;
 use crate::cli::RestoreArgs;
 use crate::clients::{self, RestoreMode};
 use crate::clock;
-use crate::commands::backup::{self, Target as BackupTarget};
-use crate::commands::list;
-use crate::commands::sync;
 use crate::config::Config;
 use crate::dump;
 use crate::error::usage;
+use crate::lifecycle::{
+    create_database, create_database_sql, derived_name, drop_database, drop_statements, free_name,
+    retarget, swap, MAX_IDENT,
+};
 use crate::manifest::Manifest;
 use crate::naming::{self, Tier, GLOBALS_EXT, MANIFEST_EXT};
 use crate::postgres::{ident, literal, version_major, Postgres, RestoreClient};
-use crate::process::StreamError;
+use crate::readback::{check_pass, prove_rows, run_pg_restore, Input};
 use crate::remote::Remote;
 use crate::select::{self, Selection, Selector};
 use crate::store::{human_size, loose_file, Backup, Store};
-
-/// PostgreSQL's limit on identifier length, in bytes.
-const MAX_IDENT: usize = 63;
+use crate::take::{self, Target as BackupTarget};
 
 /// The backup being restored.
 struct Source {
@@ -249,7 +247,7 @@ async fn choose_remote(cfg: &Config, store: &Store, args: &RestoreArgs) -> Resul
     let present: BTreeSet<&str> = listing.iter().map(|f| f.path.as_str()).collect();
     // The remote's dumps, as a listing `select` understands (paths under the remote root).
     let root = PathBuf::from(remote.root());
-    let backups: Vec<Backup> = sync::remote_backups(cfg, &listing)
+    let backups: Vec<Backup> = crate::offsite::remote_backups(cfg, &listing)
         .into_iter()
         .map(|b| Backup {
             tier: b.tier,
@@ -584,16 +582,6 @@ fn role_statements(globals: &str, roles: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// A name derived from `base` that fits PostgreSQL's 63 bytes: `base` is cut
-/// (on a character boundary) to leave room for `suffix`.
-pub fn derived_name(base: &str, suffix: &str) -> String {
-    let mut end = base.len().min(MAX_IDENT.saturating_sub(suffix.len()));
-    while !base.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{suffix}", &base[..end])
-}
-
 /// The scratch database a restore of `target` goes into first.
 fn scratch_name(target: &str, now: DateTime<Local>) -> String {
     derived_name(
@@ -612,186 +600,6 @@ fn old_name(target: &str, now: DateTime<Local>) -> String {
         target,
         &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")),
     )
-}
-
-/// CREATE DATABASE for a restore target: the archive's encoding and locale, and
-/// its owner when that role exists.
-/// The options of CREATE DATABASE that carry the archive's encoding and
-/// locale, with the server version that introduced each: a newer pg_dump
-/// writes them all (`LOCALE_PROVIDER = libc` for a PostgreSQL 13 database).
-const CREATE_OPTIONS: &[(&str, u32)] = &[
-    ("ENCODING", 0),
-    ("LOCALE_PROVIDER", 15),
-    ("LOCALE", 13),
-    ("LC_COLLATE", 0),
-    ("LC_CTYPE", 0),
-    ("ICU_LOCALE", 15),
-    ("ICU_RULES", 16),
-    ("BUILTIN_LOCALE", 17),
-];
-
-/// CREATE DATABASE `name` with the archive's encoding, and its locale as far
-/// as a server of `locale_for` (its major version) understands it; None: the
-/// encoding only (the server's default locale).
-fn create_database_sql(
-    name: &str,
-    summary: &Summary,
-    owner_exists: bool,
-    locale_for: Option<u32>,
-) -> String {
-    let mut sql = format!("CREATE DATABASE {} WITH TEMPLATE template0", ident(name));
-    if let Some(create) = &summary.database_entries.create {
-        let opts = create_options(create);
-        for (key, since) in CREATE_OPTIONS {
-            let known = match locale_for {
-                Some(server) => clients::order(server) >= clients::order(*since),
-                None => *key == "ENCODING",
-            };
-            if let Some(v) = opts.get(*key).filter(|_| known) {
-                sql.push_str(&format!(" {key} = {v}"));
-            }
-        }
-    }
-    if let Some(owner) = summary
-        .database_entries
-        .owner
-        .as_deref()
-        .filter(|_| owner_exists)
-    {
-        sql.push_str(&format!(" OWNER = {}", ident(owner)));
-    }
-    sql
-}
-
-/// `KEY = value` pairs of a CREATE DATABASE statement, values kept as SQL.
-fn create_options(create: &str) -> BTreeMap<String, String> {
-    let mut tokens: Vec<String> = Vec::new();
-    let mut chars = create.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                let mut t = String::from('\'');
-                while let Some(c) = chars.next() {
-                    t.push(c);
-                    if c == '\'' {
-                        if chars.peek() == Some(&'\'') {
-                            t.push(chars.next().unwrap());
-                        } else {
-                            break;
-                        }
-                    }
-                }
-                tokens.push(t);
-            }
-            '=' | ';' => tokens.push(c.to_string()),
-            c if c.is_whitespace() => {}
-            c => {
-                let mut t = String::from(c);
-                while let Some(&n) = chars.peek() {
-                    if n.is_whitespace() || matches!(n, '=' | ';' | '\'') {
-                        break;
-                    }
-                    t.push(n);
-                    chars.next();
-                }
-                tokens.push(t);
-            }
-        }
-    }
-    tokens
-        .windows(3)
-        .filter(|w| w[1] == "=")
-        .map(|w| (w[0].to_ascii_uppercase(), w[2].clone()))
-        .collect()
-}
-
-/// Rewrites a statement on the archived database to name `new` instead.
-fn retarget(statement: &str, original: &str, new: &str) -> String {
-    let bare = original
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    let mut out = statement.to_string();
-    for form in [ident(original), original.to_string()] {
-        if form == original && !bare {
-            continue;
-        }
-        let needle = format!("DATABASE {form}");
-        let mut result = String::new();
-        let mut rest = out.as_str();
-        while let Some(i) = rest.find(&needle) {
-            let after = &rest[i + needle.len()..];
-            let ends_word = after
-                .chars()
-                .next()
-                .is_none_or(|c| c.is_whitespace() || c == ';');
-            result.push_str(&rest[..i]);
-            if ends_word {
-                result.push_str(&format!("DATABASE {}", ident(new)));
-            } else {
-                result.push_str(&needle);
-            }
-            rest = after;
-        }
-        result.push_str(rest);
-        out = result;
-    }
-    out
-}
-
-pub(crate) async fn create_database(
-    pg: &Postgres,
-    name: &str,
-    summary: &Summary,
-    server_major: u32,
-) -> Result<()> {
-    let owner_exists = match &summary.database_entries.owner {
-        Some(o) => !pg
-            .query(
-                &pg.db.maintenance_db,
-                &format!("SELECT 1 FROM pg_roles WHERE rolname = {}", literal(o)),
-            )
-            .await?
-            .is_empty(),
-        None => false,
-    };
-    let sql = create_database_sql(name, summary, owner_exists, Some(server_major));
-    if let Err(e) = pg.admin(&[&sql], None).await {
-        // The archive's locale may not exist on this server: fall back to the server's.
-        let fallback = create_database_sql(name, summary, owner_exists, None);
-        tracing::warn!(
-            "{sql} failed ({}); creating it with the server's default locale",
-            e.stderr().trim()
-        );
-        pg.admin(&[&fallback], None)
-            .await
-            .map_err(|e| anyhow!(e))
-            .with_context(|| format!("cannot create database {name}"))?;
-    }
-    Ok(())
-}
-
-/// Terminates other sessions, then drops the database (retrying while they exit).
-pub(crate) async fn drop_database(pg: &Postgres, name: &str) -> Result<()> {
-    let mut last = None;
-    for _ in 0..40 {
-        let terminate = format!(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
-            literal(name)
-        );
-        let drop = format!("DROP DATABASE IF EXISTS {}", ident(name));
-        match pg.admin(&[&terminate, &drop], None).await {
-            Ok(_) => return Ok(()),
-            Err(e) if crate::postgres::in_use(&e) => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => {
-                return Err(anyhow!(e)).with_context(|| format!("cannot drop database {name}"))
-            }
-        }
-    }
-    Err(anyhow!(last.expect("tried")))
-        .with_context(|| format!("cannot drop database {name}: sessions keep connecting"))
 }
 
 /// Steps 2 and 3: restore into `db` and check it.
@@ -820,189 +628,7 @@ async fn restore_and_check(
             .context("restoring the database's own comment, privileges and settings")?;
     }
     tracing::info!("Checking the restored tables against the backup...");
-    verify(pg, db, &checked.expected).await
-}
-
-/// How pg_restore will read the archive.
-pub(crate) enum Input {
-    /// Streamed (decompressed on the fly) into one pg_restore.
-    Stream,
-    /// A seekable uncompressed archive, for a parallel `pg_restore -j`: the copy
-    /// the check pass left (kept alive here), or a seed-era `.dump` itself.
-    Seekable {
-        path: PathBuf,
-        /// Keeps the temporary copy until pg_restore is done with it.
-        _copy: Option<tempfile::NamedTempFile>,
-    },
-}
-
-/// Runs the check pass over `path` (checksum, full archive read). When a
-/// parallel restore will follow (BACKUP_RESTORE_JOBS > 1, direct mode, room in
-/// the store), the same pass leaves the uncompressed archive in a temporary file.
-pub(crate) async fn check_pass(
-    cfg: &Config,
-    pg: &Postgres,
-    path: &std::path::Path,
-    size_hint: u64,
-    for_restore: bool,
-) -> Result<(Result<Summary>, String, Input)> {
-    let parallel = cfg.restore_jobs > 1 && !pg.is_docker();
-    let mut tmp = None;
-    // A dry run reads the file but keeps no copy (and writes nothing to the store).
-    if parallel && for_restore && dump::is_zstd(path) {
-        let room = crate::store::free_space(&cfg.backup_dir)
-            .is_ok_and(|free| free > size_hint + size_hint / 10);
-        if room {
-            tmp = crate::store::state_temp(&cfg.backup_dir, "restore").ok();
-        }
-    }
-    let src = path.to_path_buf();
-    let (read, tmp) = tokio::task::spawn_blocking(move || {
-        let mut copy = tmp
-            .as_ref()
-            .and_then(|t| t.reopen().ok())
-            .map(dump::ArchiveCopy::new);
-        let read = dump::read_back(&src, copy.as_mut());
-        let complete = copy.is_some_and(|c| c.complete());
-        (read, tmp.filter(|_| complete))
-    })
-    .await?;
-    let (summary, sha) = read?;
-    let input = match tmp {
-        Some(t) => Input::Seekable {
-            path: t.path().to_path_buf(),
-            _copy: Some(t),
-        },
-        None if parallel && !dump::is_zstd(path) => Input::Seekable {
-            path: path.to_path_buf(),
-            _copy: None,
-        },
-        None => Input::Stream,
-    };
-    Ok((summary, sha, input))
-}
-
-/// Runs pg_restore of the archive at `path` into `db`, stopping at the first
-/// error: in parallel (`--jobs BACKUP_RESTORE_JOBS`) from a seekable archive, or
-/// streamed into one pg_restore; or, when the client is newer than the server
-/// can take directly (`RestoreMode::Script`), as an SQL script run by psql.
-pub(crate) async fn run_pg_restore(
-    cfg: &Config,
-    rc: &RestoreClient,
-    path: &std::path::Path,
-    input: &Input,
-    db: &str,
-    extra: &[&str],
-) -> Result<()> {
-    let pg = &rc.pg;
-    let failed = |e: StreamError| match e {
-        StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
-        StreamError::Local(l) => l.context("reading the backup failed"),
-    };
-    if let RestoreMode::Script { drop } = &rc.mode {
-        return run_as_script(cfg, pg, path, input, db, extra, drop.clone()).await;
-    }
-    match input {
-        Input::Seekable { path: archive, .. } => {
-            pg.tool("pg_restore")
-                .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
-                .args(extra)
-                .args(["--dbname", &crate::postgres::dbname(db)])
-                .arg(archive)
-                .output(cfg.timeout)
-                .await
-                .map_err(|e| failed(StreamError::Process(e)))?;
-        }
-        Input::Stream => {
-            let src = path.to_path_buf();
-            pg.pg_restore(db)
-                .args(extra)
-                .feed(cfg.timeout, move |stdin| dump::write_archive(&src, stdin))
-                .await
-                .map_err(failed)?;
-        }
-    }
-    Ok(())
-}
-
-/// `pg_restore --file -` piped into `psql -v ON_ERROR_STOP=1`, without the
-/// script's opening session settings listed in `drop`. pg_restore reads a file
-/// (a compressed backup streamed so far is decompressed to a temporary one).
-async fn run_as_script(
-    cfg: &Config,
-    pg: &Postgres,
-    path: &std::path::Path,
-    input: &Input,
-    db: &str,
-    extra: &[&str],
-    drop: Vec<&'static str>,
-) -> Result<()> {
-    let mut _copy = None;
-    let archive = match input {
-        Input::Seekable { path, .. } => path.clone(),
-        Input::Stream if !dump::is_zstd(path) => path.to_path_buf(),
-        Input::Stream => {
-            let tmp = crate::store::state_temp(&cfg.backup_dir, "restore")
-                .context("temporary archive for pg_restore")?;
-            let (src, out) = (path.to_path_buf(), tmp.reopen()?);
-            tokio::task::spawn_blocking(move || dump::write_archive(&src, out)).await??;
-            let p = tmp.path().to_path_buf();
-            _copy = Some(tmp);
-            p
-        }
-    };
-    tracing::info!(
-        "pg_restore is newer than the server: its SQL runs through psql without {}",
-        drop.join(" ")
-    );
-    let psql = pg.psql_script(db);
-    let timeout = cfg.timeout;
-    let runtime = tokio::runtime::Handle::current();
-    pg.tool("pg_restore")
-        .args(["--file", "-"])
-        .args(extra)
-        .arg(&archive)
-        .stream(timeout, move |script| {
-            let fed = psql.feed(timeout, move |stdin| {
-                dump::copy_script(script, stdin, &drop)
-            });
-            runtime.block_on(fed).map(|_| ()).map_err(|e| match e {
-                StreamError::Process(p) => {
-                    anyhow!(p).context("psql failed running pg_restore's script")
-                }
-                StreamError::Local(l) => l,
-            })
-        })
-        .await
-        .map_err(|e| match e {
-            StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
-            StreamError::Local(l) => l,
-        })
-}
-
-/// Every table present, with the backup's row count. Returns (tables, rows).
-async fn verify(pg: &Postgres, db: &str, expected: &[TableData]) -> Result<(usize, u64)> {
-    let counts = checks::row_counts(pg, db, expected).await?;
-    let mismatches: Vec<String> = expected
-        .iter()
-        .zip(&counts)
-        .filter(|(t, n)| t.rows.is_some_and(|want| want != **n))
-        .map(|(t, n)| {
-            format!(
-                "{}.{}: restored {n}, backup {}",
-                t.schema,
-                t.name,
-                t.rows.unwrap_or_default()
-            )
-        })
-        .collect();
-    if !mismatches.is_empty() {
-        bail!(
-            "row counts differ from the backup's: {}",
-            mismatches.join("; ")
-        );
-    }
-    Ok((expected.len(), counts.iter().sum()))
+    prove_rows(pg, db, &checked.expected).await
 }
 
 /// Steps 2-4 through a scratch database. Returns the kept old database's name.
@@ -1064,130 +690,6 @@ async fn via_scratch(
     }
 }
 
-pub(crate) fn drop_statements(db: &str) -> Vec<String> {
-    vec![
-        format!(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {}",
-            literal(db)
-        ),
-        format!("DROP DATABASE IF EXISTS {}", ident(db)),
-    ]
-}
-
-/// `name`, or `name_2`, `name_3`... whichever no database has.
-async fn free_name(pg: &Postgres, name: &str) -> Result<String> {
-    for n in 1.. {
-        let candidate = if n == 1 {
-            name.to_string()
-        } else {
-            derived_name(name, &format!("_{n}"))
-        };
-        let sql = format!(
-            "SELECT 1 FROM pg_database WHERE datname = {}",
-            literal(&candidate)
-        );
-        if pg.query(&pg.db.maintenance_db, &sql).await?.is_empty() {
-            return Ok(candidate);
-        }
-    }
-    unreachable!()
-}
-
-/// Step 4: close the target to new sessions, end its sessions, and rename both
-/// databases in one transaction. The target stays closed at most
-/// BACKUP_SWAP_TIMEOUT; on failure it is reopened as it was (its guard is armed
-/// before it is closed) and the error says what held it.
-async fn swap(cfg: &Config, pg: &Postgres, target: &str, scratch: &str, old: &str) -> Result<()> {
-    let (t, s, o) = (ident(target), ident(scratch), ident(old));
-    tracing::info!("Swapping: {target} -> {old}, {scratch} -> {target}...");
-    let reopen = format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS true");
-    let closed = cleanup::register(pg, vec![reopen.clone()]);
-    if let Err(e) = pg
-        .admin(
-            &[format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS false")],
-            None,
-        )
-        .await
-    {
-        tracing::warn!(
-            "cannot close {target} to new connections ({}); ending its sessions anyway",
-            e.stderr().trim()
-        );
-    }
-    let terminate = format!(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
-        literal(target)
-    );
-    let rename = format!(
-        "BEGIN; ALTER DATABASE {t} RENAME TO {o}; ALTER DATABASE {s} RENAME TO {t}; COMMIT;"
-    );
-    let deadline = Instant::now() + cfg.swap_timeout;
-    let result = loop {
-        // Each try is left to finish (the server waits up to 5 s for sessions to
-        // go, then fails): a try given up midway could still rename after we
-        // reported failure. The deadline is checked between tries.
-        match pg.admin(&[&terminate, &rename], None).await {
-            Ok(_) => break Ok(()),
-            Err(e) if crate::postgres::in_use(&e) && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) if crate::postgres::in_use(&e) => {
-                let held = holders(pg, target).await;
-                break Err(anyhow!(e).context(format!(
-                    "{target} stayed in use for {} (BACKUP_SWAP_TIMEOUT): {held}",
-                    humantime::format_duration(cfg.swap_timeout)
-                )));
-            }
-            Err(e) => break Err(anyhow!(e)),
-        }
-    };
-    if let Err(e) = result {
-        if pg.admin(&[&reopen], None).await.is_ok() {
-            closed.done();
-        }
-        return Err(e.context(format!(
-            "cannot swap the restored copy in for {target}; {target} was not changed and is open again"
-        )));
-    }
-    closed.done();
-    // The previous database stays reachable for inspection.
-    if let Err(e) = pg
-        .admin(
-            &[format!("ALTER DATABASE {o} WITH ALLOW_CONNECTIONS true")],
-            None,
-        )
-        .await
-    {
-        tracing::warn!("cannot reopen {old} to connections: {}", e.stderr().trim());
-    }
-    Ok(())
-}
-
-/// What keeps `db` busy: its sessions and its prepared transactions.
-async fn holders(pg: &Postgres, db: &str) -> String {
-    let sql = format!(
-        "SELECT 'session pid ' || pid || ' (' || coalesce(nullif(application_name, ''), 'no application name') || \
-                ', user ' || coalesce(usename, '?') || ', ' || coalesce(state, '?') || ')' \
-           FROM pg_stat_activity WHERE datname = {l} AND pid <> pg_backend_pid() \
-         UNION ALL \
-         SELECT 'prepared transaction ' || quote_literal(gid) || ' (owner ' || owner || ', since ' || prepared || \
-                '): in that database, COMMIT PREPARED or ROLLBACK PREPARED ' || quote_literal(gid) \
-           FROM pg_prepared_xacts WHERE database = {l}",
-        l = literal(db)
-    );
-    match pg.query(&pg.db.maintenance_db, &sql).await {
-        Ok(rows) if rows.is_empty() => "nothing visible holds it now; try again".to_string(),
-        Ok(rows) => format!(
-            "held by {}",
-            rows.iter()
-                .map(|r| r.join(" "))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-        Err(e) => format!("(cannot list what holds it: {e:#})"),
-    }
-}
-
 /// `--in-place`: the seed's drop-and-recreate, for servers where creating a
 /// second database is not allowed, made safer by a backup taken first.
 async fn in_place(
@@ -1211,7 +713,7 @@ async fn in_place(
         let label = format!("pre_restore_{}", Local::now().format("%Y%m%d_%H%M%S"));
         tracing::info!("Taking a safety backup of {target} first...");
         let (path, _, size) =
-            backup::take(&scfg, store, &spg, &mut BackupTarget::named(&label)).await?;
+            take::take(&scfg, store, &spg, &mut BackupTarget::named(&label)).await?;
         tracing::info!("Safety backup: {} ({})", path.display(), human_size(size));
         Some(path)
     } else {
@@ -1334,7 +836,7 @@ fn taken(t: DateTime<FixedOffset>) -> String {
     format!(
         "{}, {} ago",
         t.format("%Y-%m-%d %H:%M:%S %:z"),
-        list::age(t, Utc::now())
+        crate::clock::age(t, Utc::now())
     )
 }
 
@@ -1583,66 +1085,6 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn derived_names_fit_63_bytes_on_char_boundaries() {
-        let long = "é".repeat(40); // 80 bytes
-        let n = derived_name(&long, "_pre_restore_20251226_080102");
-        assert!(n.len() <= 63, "{} bytes", n.len());
-        assert!(n.ends_with("_pre_restore_20251226_080102"));
-        assert_eq!(derived_name("kairon", "_x"), "kairon_x");
-    }
-
-    #[test]
-    fn create_database_keeps_encoding_locale_and_owner() {
-        let mut s: Summary = serde_json::from_value(serde_json::json!({
-            "format_version": "1.14.0", "compression": "none", "database": "app", "server_version": null,
-            "pg_dump_version": null, "toc_entries": 0, "objects": {}, "tables": [], "large_objects": 0, "archive_bytes": 0
-        }))
-        .unwrap();
-        s.database_entries.create = Some(
-            "CREATE DATABASE app WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8';".into(),
-        );
-        s.database_entries.owner = Some("App Owner".into());
-        assert_eq!(
-            create_database_sql("app_x", &s, true, Some(17)),
-            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8' OWNER = \"App Owner\""
-        );
-        assert_eq!(
-            create_database_sql("app_x", &s, false, None),
-            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8'"
-        );
-        // pg_dump 17 writes LOCALE_PROVIDER for a PostgreSQL 13 database too; 13 has LOCALE, 12 not even that.
-        assert_eq!(
-            create_database_sql("app_x", &s, false, Some(13)),
-            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8' LOCALE = 'C.UTF-8'"
-        );
-        assert_eq!(
-            create_database_sql("app_x", &s, false, Some(12)),
-            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8'"
-        );
-        s.database_entries.create = Some(
-            "CREATE DATABASE app WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = builtin LOCALE = 'C.UTF-8' BUILTIN_LOCALE = 'C.UTF-8';".into(),
-        );
-        assert!(create_database_sql("app_x", &s, false, Some(17))
-            .ends_with("BUILTIN_LOCALE = 'C.UTF-8'"));
-    }
-
-    #[test]
-    fn database_statements_are_retargeted() {
-        assert_eq!(
-            retarget("COMMENT ON DATABASE app IS 'x';", "app", "app_new"),
-            "COMMENT ON DATABASE \"app_new\" IS 'x';"
-        );
-        assert_eq!(
-            retarget("GRANT CONNECT ON DATABASE \"My DB\" TO r;", "My DB", "s"),
-            "GRANT CONNECT ON DATABASE \"s\" TO r;"
-        );
-        assert_eq!(
-            retarget("ALTER DATABASE apple SET x = 1;", "app", "s"),
-            "ALTER DATABASE apple SET x = 1;"
-        );
-    }
 
     #[test]
     fn role_statements_pick_only_missing_roles() {

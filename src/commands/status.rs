@@ -7,7 +7,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::json;
 
 use crate::cli::StatusArgs;
-use crate::commands::list::age;
+use crate::clock::age;
 use crate::config::Config;
 use crate::error::{usage, Coded, ExitKind};
 use crate::manifest::Verification;

@@ -20,16 +20,14 @@ use crate::archive::Summary;
 use crate::checks::{self, ObjectCounts};
 use crate::cleanup;
 use crate::cli::VerifyArgs;
-use crate::commands::restore::{
-    check_pass, create_database, derived_name, drop_database, drop_statements, run_pg_restore,
-    Input,
-};
 use crate::config::{Config, DbConfig};
 use crate::dump;
 use crate::error::{usage, Coded, ExitKind};
+use crate::lifecycle::{create_database, derived_name, drop_database, drop_statements};
 use crate::manifest::{Check, Manifest, Outcome, Verification};
 use crate::naming::GLOBALS_EXT;
 use crate::postgres::Postgres;
+use crate::readback::{check_pass, run_pg_restore, Input};
 use crate::store::{human_size, loose_file, Backup, Store};
 use crate::{metrics, notify, state};
 

@@ -1,0 +1,403 @@
+//! Database lifecycle on a server, each step with its undo guard: create a
+//! database as the archive describes it, drop one (ending its sessions), and
+//! the rename swap that puts a restored copy in place of a target. Commands
+//! (restore, verify) orchestrate these; none of it decides which backup.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::archive::Summary;
+use crate::cleanup;
+use crate::clients;
+use crate::config::Config;
+use crate::postgres::{ident, literal, Postgres};
+
+/// PostgreSQL's limit on identifier length, in bytes.
+pub const MAX_IDENT: usize = 63;
+
+/// A name derived from `base` that fits PostgreSQL's 63 bytes: `base` is cut
+/// (on a character boundary) to leave room for `suffix`.
+pub fn derived_name(base: &str, suffix: &str) -> String {
+    let mut end = base.len().min(MAX_IDENT.saturating_sub(suffix.len()));
+    while !base.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &base[..end])
+}
+
+/// CREATE DATABASE for a restore target: the archive's encoding and locale, and
+/// its owner when that role exists.
+/// The options of CREATE DATABASE that carry the archive's encoding and
+/// locale, with the server version that introduced each: a newer pg_dump
+/// writes them all (`LOCALE_PROVIDER = libc` for a PostgreSQL 13 database).
+pub const CREATE_OPTIONS: &[(&str, u32)] = &[
+    ("ENCODING", 0),
+    ("LOCALE_PROVIDER", 15),
+    ("LOCALE", 13),
+    ("LC_COLLATE", 0),
+    ("LC_CTYPE", 0),
+    ("ICU_LOCALE", 15),
+    ("ICU_RULES", 16),
+    ("BUILTIN_LOCALE", 17),
+];
+
+/// CREATE DATABASE `name` with the archive's encoding, and its locale as far
+/// as a server of `locale_for` (its major version) understands it; None: the
+/// encoding only (the server's default locale).
+pub fn create_database_sql(
+    name: &str,
+    summary: &Summary,
+    owner_exists: bool,
+    locale_for: Option<u32>,
+) -> String {
+    let mut sql = format!("CREATE DATABASE {} WITH TEMPLATE template0", ident(name));
+    if let Some(create) = &summary.database_entries.create {
+        let opts = create_options(create);
+        for (key, since) in CREATE_OPTIONS {
+            let known = match locale_for {
+                Some(server) => clients::order(server) >= clients::order(*since),
+                None => *key == "ENCODING",
+            };
+            if let Some(v) = opts.get(*key).filter(|_| known) {
+                sql.push_str(&format!(" {key} = {v}"));
+            }
+        }
+    }
+    if let Some(owner) = summary
+        .database_entries
+        .owner
+        .as_deref()
+        .filter(|_| owner_exists)
+    {
+        sql.push_str(&format!(" OWNER = {}", ident(owner)));
+    }
+    sql
+}
+
+/// `KEY = value` pairs of a CREATE DATABASE statement, values kept as SQL.
+pub fn create_options(create: &str) -> BTreeMap<String, String> {
+    let mut tokens: Vec<String> = Vec::new();
+    let mut chars = create.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                let mut t = String::from('\'');
+                while let Some(c) = chars.next() {
+                    t.push(c);
+                    if c == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            t.push(chars.next().unwrap());
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                tokens.push(t);
+            }
+            '=' | ';' => tokens.push(c.to_string()),
+            c if c.is_whitespace() => {}
+            c => {
+                let mut t = String::from(c);
+                while let Some(&n) = chars.peek() {
+                    if n.is_whitespace() || matches!(n, '=' | ';' | '\'') {
+                        break;
+                    }
+                    t.push(n);
+                    chars.next();
+                }
+                tokens.push(t);
+            }
+        }
+    }
+    tokens
+        .windows(3)
+        .filter(|w| w[1] == "=")
+        .map(|w| (w[0].to_ascii_uppercase(), w[2].clone()))
+        .collect()
+}
+
+/// Rewrites a statement on the archived database to name `new` instead.
+pub fn retarget(statement: &str, original: &str, new: &str) -> String {
+    let bare = original
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let mut out = statement.to_string();
+    for form in [ident(original), original.to_string()] {
+        if form == original && !bare {
+            continue;
+        }
+        let needle = format!("DATABASE {form}");
+        let mut result = String::new();
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(&needle) {
+            let after = &rest[i + needle.len()..];
+            let ends_word = after
+                .chars()
+                .next()
+                .is_none_or(|c| c.is_whitespace() || c == ';');
+            result.push_str(&rest[..i]);
+            if ends_word {
+                result.push_str(&format!("DATABASE {}", ident(new)));
+            } else {
+                result.push_str(&needle);
+            }
+            rest = after;
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+pub async fn create_database(
+    pg: &Postgres,
+    name: &str,
+    summary: &Summary,
+    server_major: u32,
+) -> Result<()> {
+    let owner_exists = match &summary.database_entries.owner {
+        Some(o) => !pg
+            .query(
+                &pg.db.maintenance_db,
+                &format!("SELECT 1 FROM pg_roles WHERE rolname = {}", literal(o)),
+            )
+            .await?
+            .is_empty(),
+        None => false,
+    };
+    let sql = create_database_sql(name, summary, owner_exists, Some(server_major));
+    if let Err(e) = pg.admin(&[&sql], None).await {
+        // The archive's locale may not exist on this server: fall back to the server's.
+        let fallback = create_database_sql(name, summary, owner_exists, None);
+        tracing::warn!(
+            "{sql} failed ({}); creating it with the server's default locale",
+            e.stderr().trim()
+        );
+        pg.admin(&[&fallback], None)
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("cannot create database {name}"))?;
+    }
+    Ok(())
+}
+
+/// Terminates other sessions, then drops the database (retrying while they exit).
+pub async fn drop_database(pg: &Postgres, name: &str) -> Result<()> {
+    let mut last = None;
+    for _ in 0..40 {
+        let terminate = format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
+            literal(name)
+        );
+        let drop = format!("DROP DATABASE IF EXISTS {}", ident(name));
+        match pg.admin(&[&terminate, &drop], None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if crate::postgres::in_use(&e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(anyhow!(e)).with_context(|| format!("cannot drop database {name}"))
+            }
+        }
+    }
+    Err(anyhow!(last.expect("tried")))
+        .with_context(|| format!("cannot drop database {name}: sessions keep connecting"))
+}
+
+pub fn drop_statements(db: &str) -> Vec<String> {
+    vec![
+        format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {}",
+            literal(db)
+        ),
+        format!("DROP DATABASE IF EXISTS {}", ident(db)),
+    ]
+}
+
+/// `name`, or `name_2`, `name_3`... whichever no database has.
+pub async fn free_name(pg: &Postgres, name: &str) -> Result<String> {
+    for n in 1.. {
+        let candidate = if n == 1 {
+            name.to_string()
+        } else {
+            derived_name(name, &format!("_{n}"))
+        };
+        let sql = format!(
+            "SELECT 1 FROM pg_database WHERE datname = {}",
+            literal(&candidate)
+        );
+        if pg.query(&pg.db.maintenance_db, &sql).await?.is_empty() {
+            return Ok(candidate);
+        }
+    }
+    unreachable!()
+}
+
+/// Step 4: close the target to new sessions, end its sessions, and rename both
+/// databases in one transaction. The target stays closed at most
+/// BACKUP_SWAP_TIMEOUT; on failure it is reopened as it was (its guard is armed
+/// before it is closed) and the error says what held it.
+pub async fn swap(
+    cfg: &Config,
+    pg: &Postgres,
+    target: &str,
+    scratch: &str,
+    old: &str,
+) -> Result<()> {
+    let (t, s, o) = (ident(target), ident(scratch), ident(old));
+    tracing::info!("Swapping: {target} -> {old}, {scratch} -> {target}...");
+    let reopen = format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS true");
+    let closed = cleanup::register(pg, vec![reopen.clone()]);
+    if let Err(e) = pg
+        .admin(
+            &[format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS false")],
+            None,
+        )
+        .await
+    {
+        tracing::warn!(
+            "cannot close {target} to new connections ({}); ending its sessions anyway",
+            e.stderr().trim()
+        );
+    }
+    let terminate = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
+        literal(target)
+    );
+    let rename = format!(
+        "BEGIN; ALTER DATABASE {t} RENAME TO {o}; ALTER DATABASE {s} RENAME TO {t}; COMMIT;"
+    );
+    let deadline = Instant::now() + cfg.swap_timeout;
+    let result = loop {
+        // Each try is left to finish (the server waits up to 5 s for sessions to
+        // go, then fails): a try given up midway could still rename after we
+        // reported failure. The deadline is checked between tries.
+        match pg.admin(&[&terminate, &rename], None).await {
+            Ok(_) => break Ok(()),
+            Err(e) if crate::postgres::in_use(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) if crate::postgres::in_use(&e) => {
+                let held = holders(pg, target).await;
+                break Err(anyhow!(e).context(format!(
+                    "{target} stayed in use for {} (BACKUP_SWAP_TIMEOUT): {held}",
+                    humantime::format_duration(cfg.swap_timeout)
+                )));
+            }
+            Err(e) => break Err(anyhow!(e)),
+        }
+    };
+    if let Err(e) = result {
+        if pg.admin(&[&reopen], None).await.is_ok() {
+            closed.done();
+        }
+        return Err(e.context(format!(
+            "cannot swap the restored copy in for {target}; {target} was not changed and is open again"
+        )));
+    }
+    closed.done();
+    // The previous database stays reachable for inspection.
+    if let Err(e) = pg
+        .admin(
+            &[format!("ALTER DATABASE {o} WITH ALLOW_CONNECTIONS true")],
+            None,
+        )
+        .await
+    {
+        tracing::warn!("cannot reopen {old} to connections: {}", e.stderr().trim());
+    }
+    Ok(())
+}
+
+/// What keeps `db` busy: its sessions and its prepared transactions.
+pub async fn holders(pg: &Postgres, db: &str) -> String {
+    let sql = format!(
+        "SELECT 'session pid ' || pid || ' (' || coalesce(nullif(application_name, ''), 'no application name') || \
+                ', user ' || coalesce(usename, '?') || ', ' || coalesce(state, '?') || ')' \
+           FROM pg_stat_activity WHERE datname = {l} AND pid <> pg_backend_pid() \
+         UNION ALL \
+         SELECT 'prepared transaction ' || quote_literal(gid) || ' (owner ' || owner || ', since ' || prepared || \
+                '): in that database, COMMIT PREPARED or ROLLBACK PREPARED ' || quote_literal(gid) \
+           FROM pg_prepared_xacts WHERE database = {l}",
+        l = literal(db)
+    );
+    match pg.query(&pg.db.maintenance_db, &sql).await {
+        Ok(rows) if rows.is_empty() => "nothing visible holds it now; try again".to_string(),
+        Ok(rows) => format!(
+            "held by {}",
+            rows.iter()
+                .map(|r| r.join(" "))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Err(e) => format!("(cannot list what holds it: {e:#})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_names_fit_63_bytes_on_char_boundaries() {
+        let long = "é".repeat(40); // 80 bytes
+        let n = derived_name(&long, "_pre_restore_20251226_080102");
+        assert!(n.len() <= 63, "{} bytes", n.len());
+        assert!(n.ends_with("_pre_restore_20251226_080102"));
+        assert_eq!(derived_name("kairon", "_x"), "kairon_x");
+    }
+
+    #[test]
+    fn create_database_keeps_encoding_locale_and_owner() {
+        let mut s: Summary = serde_json::from_value(serde_json::json!({
+            "format_version": "1.14.0", "compression": "none", "database": "app", "server_version": null,
+            "pg_dump_version": null, "toc_entries": 0, "objects": {}, "tables": [], "large_objects": 0, "archive_bytes": 0
+        }))
+        .unwrap();
+        s.database_entries.create = Some(
+            "CREATE DATABASE app WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8';".into(),
+        );
+        s.database_entries.owner = Some("App Owner".into());
+        assert_eq!(
+            create_database_sql("app_x", &s, true, Some(17)),
+            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8' OWNER = \"App Owner\""
+        );
+        assert_eq!(
+            create_database_sql("app_x", &s, false, None),
+            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8'"
+        );
+        // pg_dump 17 writes LOCALE_PROVIDER for a PostgreSQL 13 database too; 13 has LOCALE, 12 not even that.
+        assert_eq!(
+            create_database_sql("app_x", &s, false, Some(13)),
+            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8' LOCALE = 'C.UTF-8'"
+        );
+        assert_eq!(
+            create_database_sql("app_x", &s, false, Some(12)),
+            "CREATE DATABASE \"app_x\" WITH TEMPLATE template0 ENCODING = 'UTF8'"
+        );
+        s.database_entries.create = Some(
+            "CREATE DATABASE app WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = builtin LOCALE = 'C.UTF-8' BUILTIN_LOCALE = 'C.UTF-8';".into(),
+        );
+        assert!(create_database_sql("app_x", &s, false, Some(17))
+            .ends_with("BUILTIN_LOCALE = 'C.UTF-8'"));
+    }
+
+    #[test]
+    fn database_statements_are_retargeted() {
+        assert_eq!(
+            retarget("COMMENT ON DATABASE app IS 'x';", "app", "app_new"),
+            "COMMENT ON DATABASE \"app_new\" IS 'x';"
+        );
+        assert_eq!(
+            retarget("GRANT CONNECT ON DATABASE \"My DB\" TO r;", "My DB", "s"),
+            "GRANT CONNECT ON DATABASE \"s\" TO r;"
+        );
+        assert_eq!(
+            retarget("ALTER DATABASE apple SET x = 1;", "app", "s"),
+            "ALTER DATABASE apple SET x = 1;"
+        );
+    }
+}
