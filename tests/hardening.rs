@@ -789,3 +789,94 @@ fn the_server_going_down_mid_dump_or_mid_restore() {
         }
     }
 }
+
+fn big_db(c: &Cluster, hint: &str) -> String {
+    let db = c.new_db(hint);
+    c.psql(&db, "CREATE TABLE big (id int, filler text); \
+                 INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 400000) g");
+    db
+}
+
+/// A full verify stopped during its test restore: by a signal (the temporary
+/// database dropped, exit 143/129), or by `kill -9` (reported by the next run,
+/// cleared by `kbackup cleanup`).
+#[test]
+fn a_full_verify_stopped_midway_leaves_nothing_or_is_cleaned_up() {
+    let c = cluster();
+    let db = big_db(c, "verify_stop");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let verify_dbs = || -> Vec<String> {
+        c.psql("postgres", "SELECT datname FROM pg_database")
+            .lines()
+            .filter(|d| d.starts_with(&format!("{db}_kbverify_")))
+            .map(String::from)
+            .collect()
+    };
+    let pattern = format!("{db}_kbverify_");
+    for (signal, code) in [("TERM", Some(143)), ("HUP", Some(129)), ("KILL", None)] {
+        let child = kb.spawn(&["verify"]);
+        wait_for(30, "the test restore", || {
+            processes_matching(&pattern)
+                .into_iter()
+                .find(|(_, a)| a.contains("pg_restore"))
+        });
+        run_ok(
+            std::process::Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()]),
+        );
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            code,
+            "SIG{signal}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if code.is_some() {
+            assert!(verify_dbs().is_empty(), "SIG{signal}: {:?}", verify_dbs());
+        }
+    }
+    // kill -9 left the temporary database (and its pg_restore, which ends with it).
+    wait_for(20, "the killed run's pg_restore to end", || {
+        processes_matching(&pattern).is_empty().then_some(())
+    });
+    assert_eq!(verify_dbs().len(), 1);
+    let r = kb.ok(&["cleanup"]);
+    assert!(r.stdout().contains("cleared:"), "{}", r.all());
+    assert!(verify_dbs().is_empty(), "{:?}", verify_dbs());
+    assert!(
+        kb.files().iter().all(|f| !f.ends_with(".partial")),
+        "{:?}",
+        kb.files()
+    );
+}
+
+/// Database names with quotes, spaces, unicode, `=`, at the 63-byte limit:
+/// backup, verify and restore (the scratch name cut to fit, on a character boundary).
+#[test]
+fn odd_database_names_round_trip() {
+    let c = cluster();
+    let long = format!("{}é", "x".repeat(61)); // 63 bytes
+    for name in ["it's \"odd\" = ünï", long.as_str()] {
+        let q = name.replace('"', "\"\"");
+        c.psql("postgres", &format!("DROP DATABASE IF EXISTS \"{q}\""));
+        c.psql("postgres", &format!("CREATE DATABASE \"{q}\""));
+        let conn = format!(
+            "dbname='{}'",
+            name.replace('\\', "\\\\").replace('\'', "\\'")
+        );
+        c.psql(
+            &conn,
+            "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)",
+        );
+        let mut kb = Kb::direct(name);
+        kb.set("BACKUP_PREFIX", "odd");
+        kb.ok(&["backup"]);
+        let v = kb.run(&["verify"]);
+        assert_eq!(v.code(), 0, "{name}: {}", v.all());
+        c.psql(&conn, "DELETE FROM t");
+        kb.ok(&["restore", "--latest", "--yes", "--drop-old"]);
+        assert_eq!(c.psql(&conn, "SELECT count(*) FROM t"), "2", "{name}");
+        assert!(name.len() <= 63);
+    }
+}
