@@ -350,20 +350,21 @@ fn ctrl_c_during_an_in_place_restore_says_the_target_is_incomplete() {
     let safety = kb.dumps("named");
     assert_eq!(safety.len(), 1, "{safety:?}");
     let hint = format!(
-        "kbackup restore --file {} --in-place --yes",
+        "kbackup restore --file {} --target-db {db} --in-place --yes",
         kb.store.join(&safety[0]).display()
     );
     assert!(err.contains(&hint), "missing {hint:?} in {err}");
-    // The command it names puts the database back.
-    let r = kb.ok(&[
-        "restore",
-        "--file",
-        kb.store.join(&safety[0]).to_str().unwrap(),
-        "--in-place",
-        "--yes",
-    ]);
-    assert!(r.stdout().contains("Restore complete"), "{}", r.all());
+    // The command it prints, run as printed (from a shell whose DB_NAME names
+    // another database), puts this one back and leaves the other alone.
+    let decoy = c.new_db("inplace_decoy");
+    c.psql(&decoy, "CREATE TABLE keep (x int); INSERT INTO keep VALUES (7)");
+    let mut other = Kb::direct(&decoy);
+    other.store = kb.store.clone();
+    other.set("BACKUP_DIR", kb.store.to_str().unwrap());
+    let args: Vec<&str> = hint.split(' ').skip(1).collect();
+    let r = other.ok(&args);    assert!(r.stdout().contains("Restore complete"), "{}", r.all());
     assert_eq!(c.psql(&db, "SELECT count(*) FROM big"), "400000");
+    assert_eq!(c.psql(&decoy, "SELECT x FROM keep"), "7");
 }
 
 #[test]

@@ -720,11 +720,23 @@ async fn in_place(
         None
     };
     let undo_hint = match &safety {
-        Some(p) => format!(
-            "The safety backup taken before is {}: restore it with `kbackup restore --file {} --in-place --yes`",
-            p.display(),
-            p.display()
-        ),
+        Some(p) => {
+            // The exact command, pasteable: the target named (never left to
+            // DB_NAME), every argument shell-quoted.
+            let path = p.display().to_string();
+            let command = shlex::try_join([
+                "kbackup",
+                "restore",
+                "--file",
+                path.as_str(),
+                "--target-db",
+                target,
+                "--in-place",
+                "--yes",
+            ])
+            .unwrap_or_else(|_| format!("kbackup restore --file {path} --target-db {target} --in-place --yes"));
+            format!("The safety backup taken before is {path}: restore it with `{command}`")
+        }
         None => String::new(),
     };
     // From the drop on, nothing can put the old database back but the safety
