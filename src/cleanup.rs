@@ -107,6 +107,7 @@ pub fn register(pg: &Postgres, statements: Vec<String>) -> Registered {
         journal: journal_entry(
             Entry {
                 pid: std::process::id(),
+                run: None,
                 server: Some(ServerRef::of(&pg.db)),
                 statements: statements.clone(),
                 note: None,
@@ -132,6 +133,7 @@ pub fn notice(message: String) -> Registered {
         journal: journal_entry(
             Entry {
                 pid: std::process::id(),
+                run: None,
                 server: None,
                 statements: vec![],
                 note: Some(message.clone()),
@@ -194,6 +196,9 @@ pub async fn run_pending() -> Vec<String> {
 pub struct Entry {
     /// The kbackup process that registered it.
     pub pid: u32,
+    /// Its run (see `run_id`): alive while it holds its lock.
+    #[serde(default)]
+    pub run: Option<String>,
     /// Where the statements run (None: a note only).
     pub server: Option<ServerRef>,
     pub statements: Vec<String>,
@@ -238,9 +243,12 @@ impl ServerRef {
     }
 }
 
-fn journal_entry(entry: Entry, id: u64) -> Option<PathBuf> {
+fn journal_entry(mut entry: Entry, id: u64) -> Option<PathBuf> {
     let dir = JOURNAL.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-    let path = dir.join(format!("{}-{id}.json", std::process::id()));
+    let root = dir.parent()?.parent()?;
+    let run = run_id(root)?;
+    entry.run = Some(run.clone());
+    let path = dir.join(format!("{run}-{id}.json"));
     let bytes = serde_json::to_vec_pretty(&entry).ok()?;
     match crate::store::write_replace(&path, &bytes) {
         Ok(()) => Some(path),
@@ -261,16 +269,60 @@ pub fn stranded(store_root: &Path) -> Vec<(PathBuf, Entry)> {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
         .filter_map(|e| {
             let entry: Entry = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
-            (!kbackup_alive(entry.pid)).then(|| (e.path(), entry))
+            let alive = match &entry.run {
+                Some(run) => run_alive(store_root, run),
+                None => false,
+            };
+            (!alive).then(|| (e.path(), entry))
         })
         .collect();
     out.sort_by(|a, b| b.0.cmp(&a.0));
     out
 }
 
-/// Whether `pid` is a running kbackup (not merely a reused pid).
-pub fn kbackup_alive(pid: u32) -> bool {
-    pid == std::process::id()
-        || std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|c| c.trim().starts_with("kbackup"))
+/// This run's identity in a store: `<pid>-<start in ns>`, with an exclusive
+/// lock held on `.kbackup/runs/<id>.lock` for as long as the process lives.
+/// Whether a run is alive is asked of that lock, not of a pid: a pid means
+/// nothing in another pid namespace (a container, a Kubernetes pod), under
+/// another binary name, or once reused; a lock is released by the kernel when
+/// its holder dies, however it dies.
+pub fn run_id(store_root: &Path) -> Option<String> {
+    static RUN: Mutex<Option<(String, std::fs::File)>> = Mutex::new(None);
+    let mut run = RUN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((id, _)) = run.as_ref() {
+        return Some(id.clone());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = format!("{}-{nanos}", std::process::id());
+    let dir = runs_dir(store_root);
+    let file = crate::store::private_lock(&dir, &format!("{id}.lock")).ok()?;
+    *run = Some((id.clone(), file));
+    Some(id)
+}
+
+fn runs_dir(store_root: &Path) -> PathBuf {
+    store_root.join(crate::store::STATE_DIR).join("runs")
+}
+
+/// Whether the run `id` still holds its lock. A lock file nobody holds is
+/// removed (its run is gone).
+pub fn run_alive(store_root: &Path, id: &str) -> bool {
+    let path = runs_dir(store_root).join(format!("{id}.lock"));
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&path);
+            false
+        }
+        Err(_) => true,
+    }
 }

@@ -16,13 +16,21 @@ use crate::postgres::{ident, Postgres};
 pub enum Leftover {
     /// A journaled undo action of a run that is gone.
     Undo { file: PathBuf, entry: Entry },
-    /// A `*_kbrestore_*` or `*_kbverify_*` database whose run is gone, no session in it.
+    /// A `*_kbrestore_*` or `*_kbverify_*` database no journal of this store
+    /// accounts for, nobody connected: reported only (it may belong to a run
+    /// of another store or host, which this machine cannot see).
     Database { pg: Postgres, name: String },
     /// A temporary file of a run that is gone.
     File(PathBuf),
 }
 
 impl Leftover {
+    /// Whether `kbackup cleanup` clears it (a database it cannot prove
+    /// abandoned is only reported).
+    pub fn clearable(&self) -> bool {
+        !matches!(self, Leftover::Database { .. })
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Leftover::Undo { entry, .. } => match (&entry.server, &entry.note) {
@@ -65,6 +73,15 @@ pub fn owner_of_database(name: &str) -> Option<u32> {
         .flatten()
 }
 
+/// When a scratch or verification database was made, from its name.
+pub fn created_at(name: &str) -> Option<chrono::NaiveDateTime> {
+    owner_of_database(name)?;
+    let (_, tail) = name
+        .rsplit_once("_kbrestore_")
+        .or_else(|| name.rsplit_once("_kbverify_"))?;
+    chrono::NaiveDateTime::parse_from_str(tail.get(..14)?, "%Y%m%d%H%M%S").ok()
+}
+
 /// Everything earlier runs left, on the configured servers and in the store.
 /// A server that cannot be reached is skipped (the command says so itself).
 pub async fn find(cfg: &Config) -> Vec<Leftover> {
@@ -98,9 +115,13 @@ pub async fn find(cfg: &Config) -> Vec<Leftover> {
             let [name, sessions] = &row[..] else {
                 continue;
             };
-            let owner_gone = owner_of_database(name).is_some_and(|p| !cleanup::kbackup_alive(p));
+            let ours_alive = owner_of_database(name).is_some_and(|p| p == std::process::id());
             let mentioned = journaled.iter().any(|s| s.contains(&ident(name)));
-            if owner_gone && sessions == "0" && !mentioned {
+            // Only once it is an hour old: a run elsewhere may be between steps.
+            let old = created_at(name).is_some_and(|t| {
+                chrono::Local::now().naive_local() - t > chrono::Duration::hours(1)
+            });
+            if !ours_alive && old && sessions == "0" && !mentioned {
                 out.push(Leftover::Database {
                     pg: pg.clone(),
                     name: name.clone(),
@@ -120,7 +141,7 @@ fn temp_files(root: &Path) -> Vec<PathBuf> {
     rd.flatten()
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            crate::store::partial_owner(&name).is_some_and(|pid| !cleanup::kbackup_alive(pid))
+            crate::store::partial_owner(&name).is_some_and(|run| !cleanup::run_alive(root, &run))
         })
         .map(|e| e.path())
         .collect()
@@ -156,19 +177,11 @@ pub async fn clear(cfg: &Config, l: &Leftover) -> Result<()> {
             }
             std::fs::remove_file(file)?;
         }
-        Leftover::Database { pg, name } => {
-            pg.admin(&cleanup_drop(name), None)
-                .await
-                .map_err(|e| anyhow!(e))?;
-        }
+        Leftover::Database { .. } => {}
         Leftover::File(p) if p.is_dir() => std::fs::remove_dir_all(p)?,
         Leftover::File(p) => std::fs::remove_file(p)?,
     }
     Ok(())
-}
-
-fn cleanup_drop(name: &str) -> Vec<String> {
-    vec![format!("DROP DATABASE IF EXISTS {}", ident(name))]
 }
 
 #[cfg(test)]
@@ -193,5 +206,9 @@ mod tests {
         assert_eq!(owner_of_database("app_kbrestore_2026_1"), None);
         assert_eq!(owner_of_database("app_kbrestore_20261122031805_x"), None);
         assert_eq!(owner_of_database("app"), None);
+        assert_eq!(
+            created_at("app_kbrestore_20261122031805_8449").map(|t| t.to_string()),
+            Some("2026-11-22 03:18:05".to_string())
+        );
     }
 }

@@ -237,7 +237,7 @@ impl Store {
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age > std::time::Duration::from_secs(86_400));
                 let orphaned = match partial_owner(&name) {
-                    Some(pid) => !crate::cleanup::kbackup_alive(pid),
+                    Some(run) => !crate::cleanup::run_alive(&self.root, &run),
                     None => old,
                 };
                 if orphaned && name.starts_with(PARTIAL_PREFIX) {
@@ -581,7 +581,8 @@ fn state_temp_with<T: AsRef<Path>>(
 ) -> Result<T> {
     let dir = root.join(STATE_DIR);
     create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let prefix = format!("{PARTIAL_PREFIX}{kind}-{}-", std::process::id());
+    let run = crate::cleanup::run_id(root).context("cannot record this run in the store")?;
+    let prefix = format!("{PARTIAL_PREFIX}{kind}-{run}-");
     let t = make(
         tempfile::Builder::new()
             .prefix(&prefix)
@@ -594,10 +595,31 @@ fn state_temp_with<T: AsRef<Path>>(
     Ok(t)
 }
 
-/// The process that owns a state temporary file, from its name.
-pub fn partial_owner(name: &str) -> Option<u32> {
+/// The run that owns a state temporary file, from its name
+/// (`.kbackup-<kind>-<pid>-<ns>-XXXX.partial` -> `<pid>-<ns>`).
+pub fn partial_owner(name: &str) -> Option<String> {
     let rest = name.strip_prefix(PARTIAL_PREFIX)?;
-    rest.split('-').nth(1)?.parse().ok()
+    let mut parts = rest.split('-');
+    let (_, pid, nanos) = (parts.next()?, parts.next()?, parts.next()?);
+    (pid.parse::<u32>().is_ok() && nanos.parse::<u128>().is_ok()).then(|| format!("{pid}-{nanos}"))
+}
+
+/// A private lock file `name` in `dir` (0700), opened without following links
+/// and locked exclusively: held until the returned file is dropped.
+pub fn private_lock(dir: &Path, name: &str) -> Result<File> {
+    create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode_private()
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    file.try_lock()
+        .map_err(|e| anyhow!("cannot lock {}: {e}", path.display()))?;
+    Ok(file)
 }
 
 fn temp_in(dir: &Path) -> Result<NamedTempFile> {

@@ -880,3 +880,53 @@ fn odd_database_names_round_trip() {
         assert!(name.len() <= 63);
     }
 }
+
+/// Review finding: `cleanup` judged a run dead by its pid, so from another pid
+/// namespace (a container, a pod) it undid a live restore. Liveness is now the
+/// run's lock on `.kbackup/runs/`, which the kernel holds for it wherever it runs.
+#[test]
+fn cleanup_from_another_pid_namespace_leaves_a_live_run_alone() {
+    let c = cluster();
+    let db = c.new_db("livens");
+    c.psql(
+        &db,
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 50)",
+    );
+    let mut kb = Kb::direct(&db);
+    kb.set("BACKUP_SWAP_TIMEOUT", "5s");
+    kb.ok(&["backup"]);
+    hold_with_prepared_transaction(c, &db, "kbt_livens");
+    let restore = kb.spawn(&["restore", "--latest", "--yes"]);
+    wait_for(30, "the target closed by the swap", || {
+        (datallowconn(c, &db) == "f").then_some(())
+    });
+    let cleanup = kb.command(&["cleanup"]);
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(cleanup.get_program())
+        .args(cleanup.get_args())
+        .env_clear()
+        .envs(
+            cleanup
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .current_dir(kb.home.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !said.contains("cleared"),
+        "cleanup undid a live run: {said}"
+    );
+    let out = restore.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("BACKUP_SWAP_TIMEOUT"),
+        "the restore ended on its own terms: {err}"
+    );
+    assert_eq!(datallowconn(c, &db), "t");
+    assert!(leftover_dbs(c, &db).is_empty());
+    c.psql(&db, "ROLLBACK PREPARED 'kbt_livens'");
+}

@@ -357,12 +357,16 @@ fn ctrl_c_during_an_in_place_restore_says_the_target_is_incomplete() {
     // The command it prints, run as printed (from a shell whose DB_NAME names
     // another database), puts this one back and leaves the other alone.
     let decoy = c.new_db("inplace_decoy");
-    c.psql(&decoy, "CREATE TABLE keep (x int); INSERT INTO keep VALUES (7)");
+    c.psql(
+        &decoy,
+        "CREATE TABLE keep (x int); INSERT INTO keep VALUES (7)",
+    );
     let mut other = Kb::direct(&decoy);
     other.store = kb.store.clone();
     other.set("BACKUP_DIR", kb.store.to_str().unwrap());
     let args: Vec<&str> = hint.split(' ').skip(1).collect();
-    let r = other.ok(&args);    assert!(r.stdout().contains("Restore complete"), "{}", r.all());
+    let r = other.ok(&args);
+    assert!(r.stdout().contains("Restore complete"), "{}", r.all());
     assert_eq!(c.psql(&db, "SELECT count(*) FROM big"), "400000");
     assert_eq!(c.psql(&decoy, "SELECT x FROM keep"), "7");
 }

@@ -23,6 +23,10 @@ pub async fn run(cfg: &Config, args: &CleanupArgs) -> Result<()> {
     let mut failed = Vec::new();
     for l in &found {
         let what = l.describe();
+        if !l.clearable() {
+            println!("note: {what}");
+            continue;
+        }
         if args.dry_run {
             println!("would clear: {what}");
             continue;

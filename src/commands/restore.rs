@@ -734,7 +734,9 @@ async fn in_place(
                 "--in-place",
                 "--yes",
             ])
-            .unwrap_or_else(|_| format!("kbackup restore --file {path} --target-db {target} --in-place --yes"));
+            .unwrap_or_else(|_| {
+                format!("kbackup restore --file {path} --target-db {target} --in-place --yes")
+            });
             format!("The safety backup taken before is {path}: restore it with `{command}`")
         }
         None => String::new(),
