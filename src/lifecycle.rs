@@ -194,7 +194,7 @@ pub async fn drop_database(pg: &Postgres, name: &str) -> Result<()> {
         let drop = format!("DROP DATABASE IF EXISTS {}", ident(name));
         match pg.admin(&[&terminate, &drop], None).await {
             Ok(_) => return Ok(()),
-            Err(e) if crate::postgres::in_use(&e) => {
+            Err(e) if busy(&e) => {
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -250,18 +250,33 @@ pub async fn swap(
     let (t, s, o) = (ident(target), ident(scratch), ident(old));
     tracing::info!("Swapping: {target} -> {old}, {scratch} -> {target}...");
     let reopen = format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS true");
-    let closed = cleanup::register(pg, vec![reopen.clone()]);
-    if let Err(e) = pg
-        .admin(
-            &[format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS false")],
-            None,
+    // A target the operator closed on purpose stays closed: it is neither
+    // closed by us nor reopened by our undo.
+    let was_open = pg
+        .query(
+            &pg.db.maintenance_db,
+            &format!(
+                "SELECT datallowconn FROM pg_database WHERE datname = {}",
+                literal(target)
+            ),
         )
-        .await
-    {
-        tracing::warn!(
-            "cannot close {target} to new connections ({}); ending its sessions anyway",
-            e.stderr().trim()
-        );
+        .await?
+        .first()
+        .is_none_or(|r| r[0] == "t");
+    let closed = was_open.then(|| cleanup::register(pg, vec![reopen.clone()]));
+    if was_open {
+        if let Err(e) = pg
+            .admin(
+                &[format!("ALTER DATABASE {t} WITH ALLOW_CONNECTIONS false")],
+                None,
+            )
+            .await
+        {
+            tracing::warn!(
+                "cannot close {target} to new connections ({}); ending its sessions anyway",
+                e.stderr().trim()
+            );
+        }
     }
     let terminate = format!(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
@@ -274,13 +289,20 @@ pub async fn swap(
     let result = loop {
         // Each try is left to finish (the server waits up to 5 s for sessions to
         // go, then fails): a try given up midway could still rename after we
-        // reported failure. The deadline is checked between tries.
-        match pg.admin(&[&terminate, &rename], None).await {
+        // reported failure. A lock on the database (a prepared transaction, an
+        // idle transaction that altered it) is waited for only until the
+        // deadline (lock_timeout); the deadline is checked between tries.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(100);
+        let lock_timeout = format!("SET lock_timeout = {left}");
+        match pg.admin(&[&terminate, &lock_timeout, &rename], None).await {
             Ok(_) => break Ok(()),
-            Err(e) if crate::postgres::in_use(&e) && Instant::now() < deadline => {
+            Err(e) if busy(&e) && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) if crate::postgres::in_use(&e) => {
+            Err(e) if busy(&e) => {
                 let held = holders(pg, target).await;
                 break Err(anyhow!(e).context(format!(
                     "{target} stayed in use for {} (BACKUP_SWAP_TIMEOUT): {held}",
@@ -291,14 +313,23 @@ pub async fn swap(
         }
     };
     if let Err(e) = result {
-        if pg.admin(&[&reopen], None).await.is_ok() {
-            closed.done();
+        if let Some(closed) = closed {
+            if pg.admin(&[&reopen], None).await.is_ok() {
+                closed.done();
+            }
         }
         return Err(e.context(format!(
-            "cannot swap the restored copy in for {target}; {target} was not changed and is open again"
+            "cannot swap the restored copy in for {target}; {target} was not changed{}",
+            if was_open {
+                " and is open again"
+            } else {
+                " (it stays closed, as it was)"
+            }
         )));
     }
-    closed.done();
+    if let Some(closed) = closed {
+        closed.done();
+    }
     // The previous database stays reachable for inspection.
     if let Err(e) = pg
         .admin(
@@ -312,16 +343,33 @@ pub async fn swap(
     Ok(())
 }
 
-/// What keeps `db` busy: its sessions and its prepared transactions.
+/// The target is busy: in use by sessions (55006) or locked (55P03, lock_timeout).
+fn busy(e: &crate::process::ProcessError) -> bool {
+    matches!(
+        crate::postgres::sqlstate(e.stderr()),
+        Some("55006" | "55P03")
+    )
+}
+
+/// What keeps `db` busy: its sessions, and whoever holds a lock on the
+/// database itself: sessions elsewhere, and, when a lock has no session (a
+/// prepared transaction's), the prepared transactions of every database.
 pub async fn holders(pg: &Postgres, db: &str) -> String {
     let sql = format!(
-        "SELECT 'session pid ' || pid || ' (' || coalesce(nullif(application_name, ''), 'no application name') || \
-                ', user ' || coalesce(usename, '?') || ', ' || coalesce(state, '?') || ')' \
-           FROM pg_stat_activity WHERE datname = {l} AND pid <> pg_backend_pid() \
+        "WITH d AS (SELECT oid FROM pg_database WHERE datname = {l}), \
+              locks AS (SELECT l.* FROM pg_locks l, d WHERE l.locktype = 'object' \
+                          AND l.classid = 'pg_database'::regclass AND l.objid = d.oid AND l.granted) \
+         SELECT 'session pid ' || a.pid || ' (' || coalesce(nullif(a.application_name, ''), 'no application name') || \
+                ', user ' || coalesce(a.usename, '?') || ', ' || coalesce(a.state, '?') || ', in ' || coalesce(a.datname, '?') || ')' \
+           FROM pg_stat_activity a \
+          WHERE a.pid <> pg_backend_pid() \
+            AND (a.datname = {l} OR a.pid IN (SELECT pid FROM locks WHERE pid IS NOT NULL)) \
          UNION ALL \
-         SELECT 'prepared transaction ' || quote_literal(gid) || ' (owner ' || owner || ', since ' || prepared || \
-                '): in that database, COMMIT PREPARED or ROLLBACK PREPARED ' || quote_literal(gid) \
-           FROM pg_prepared_xacts WHERE database = {l}",
+         SELECT 'prepared transaction ' || quote_literal(p.gid) || ' (owner ' || p.owner || ', since ' || p.prepared || \
+                '): in database ' || p.database || ', COMMIT PREPARED or ROLLBACK PREPARED ' || quote_literal(p.gid) \
+           FROM pg_prepared_xacts p \
+          WHERE p.database = {l} \
+             OR EXISTS (SELECT 1 FROM locks WHERE locks.pid IS NULL)",
         l = literal(db)
     );
     match pg.query(&pg.db.maintenance_db, &sql).await {

@@ -679,11 +679,6 @@ pub fn sqlstate(stderr: &str) -> Option<&str> {
     })
 }
 
-/// SQLSTATE 55006 (object_in_use): "database is being accessed by other users".
-pub fn in_use(e: &ProcessError) -> bool {
-    sqlstate(e.stderr()) == Some("55006")
-}
-
 /// A statement as the debug log may show it: never one that sets a password.
 fn loggable(statement: &str) -> std::borrow::Cow<'_, str> {
     if statement.to_ascii_uppercase().contains("PASSWORD") {

@@ -930,3 +930,51 @@ fn cleanup_from_another_pid_namespace_leaves_a_live_run_alone() {
     assert!(leftover_dbs(c, &db).is_empty());
     c.psql(&db, "ROLLBACK PREPARED 'kbt_livens'");
 }
+
+/// Review finding: a lock on the database itself (a prepared transaction in
+/// another database that altered it) held the target closed for 60 s whatever
+/// BACKUP_SWAP_TIMEOUT said, and the holder was not named; a target the
+/// operator had closed on purpose was reopened.
+#[test]
+fn a_lock_on_the_target_is_bounded_named_and_a_closed_target_stays_closed() {
+    let c = cluster();
+    for closed_on_purpose in [false, true] {
+        let db = c.new_db("dblock");
+        c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+        let mut kb = Kb::direct(&db);
+        kb.set("BACKUP_SWAP_TIMEOUT", "3s");
+        kb.ok(&["backup"]);
+        let gid = format!("kbt_{db}");
+        c.psql(
+            "postgres",
+            &format!("BEGIN; COMMENT ON DATABASE {db} IS 'x'; PREPARE TRANSACTION '{gid}'"),
+        );
+        if closed_on_purpose {
+            c.psql(
+                "postgres",
+                &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false"),
+            );
+        }
+        let started = std::time::Instant::now();
+        let r = kb.run(&["restore", "--latest", "--yes"]);
+        assert_eq!(r.code(), 1, "{}", r.all());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        let err = r.stderr();
+        assert!(
+            err.contains("BACKUP_SWAP_TIMEOUT")
+                && err.contains(&format!("prepared transaction '{gid}'"))
+                && err.contains("in database postgres"),
+            "{err}"
+        );
+        assert_eq!(
+            datallowconn(c, &db),
+            if closed_on_purpose { "f" } else { "t" }
+        );
+        assert!(leftover_dbs(c, &db).is_empty());
+        c.psql("postgres", &format!("ROLLBACK PREPARED '{gid}'"));
+    }
+}
