@@ -278,7 +278,10 @@ impl<R: BufRead> Reader<R> {
         if len < 0 {
             return Ok(None);
         }
-        if len > 1 << 30 {
+        // No name, comment or definition in a real archive comes near 64 MiB;
+        // a longer claim is a damaged or crafted file (and a compressed one
+        // could otherwise make a few kilobytes claim a gigabyte for real).
+        if len > 64 << 20 {
             return Err(self
                 .c
                 .corrupt(format!("implausible string length {len} in {context}")));

@@ -21,6 +21,10 @@ pub fn plan(
         .iter()
         .enumerate()
         .filter(|(_, b)| b.parsed.prefix == cfg.prefix)
+        // A backup dated in the future (a clock that was wrong) is neither
+        // counted nor deleted: it would push real backups out of their tier.
+        // `status` reports it.
+        .filter(|(_, b)| !crate::clock::in_future(b.time.with_timezone(&Utc), now))
         .map(|(i, b)| Candidate {
             key: i,
             tier: b.tier,

@@ -6,20 +6,20 @@
 /// Whether an rclone flag (without its dashes) carries a secret by its name.
 pub fn secret_flag(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    [
+    // Words that are secrets wherever they appear in a flag's name...
+    let anywhere = [
         "secret",
         "password",
-        "pass",
         "token",
-        "key",
         "credential",
-        "sas-url",
+        "grant",
         "bearer",
-    ]
-    .iter()
-    .any(|w| {
-        n.split(['-', '_']).any(|part| part == *w) || n.contains(&format!("{w}-")) || n.ends_with(w)
-    })
+        "sas-url",
+        "header",
+    ];
+    // ...and short ones that must be a whole part (`--sftp-pass`, not `--bypass-x`).
+    let parts = ["pass", "key", "auth"];
+    anywhere.iter().any(|w| n.contains(w)) || n.split(['-', '_']).any(|part| parts.contains(&part))
 }
 
 /// RCLONE_FLAGS split into the arguments rclone may see in its argv and the
@@ -42,12 +42,11 @@ pub fn split_rclone_flags(flags: &[String]) -> (Vec<String>, Vec<(String, String
             args.push(f.clone());
             continue;
         }
+        // Secret flags take a value: the next word is it, whatever it looks
+        // like (a key may start with "--").
         let value = match inline {
             Some(v) => v,
-            None => match it.peek() {
-                Some(v) if !v.starts_with("--") => it.next().cloned().unwrap_or_default(),
-                _ => "true".to_string(),
-            },
+            None => it.next().cloned().unwrap_or_default(),
         };
         env.push((
             format!("RCLONE_{}", name.to_ascii_uppercase().replace('-', "_")),
@@ -113,6 +112,8 @@ mod tests {
             "obscured",
             "--drive-token={\"a\":1}",
             "-v",
+            "--b2-key",
+            "--starts-with-dashes",
         ]));
         assert_eq!(args, v(&["--s3-no-head", "--transfers", "2", "-v"]));
         assert_eq!(
@@ -125,6 +126,10 @@ mod tests {
                 ("RCLONE_S3_ACCESS_KEY_ID".to_string(), "AKIA".to_string()),
                 ("RCLONE_WEBDAV_PASS".to_string(), "obscured".to_string()),
                 ("RCLONE_DRIVE_TOKEN".to_string(), "{\"a\":1}".to_string()),
+                (
+                    "RCLONE_B2_KEY".to_string(),
+                    "--starts-with-dashes".to_string()
+                ),
             ]
         );
         let shown = show_rclone_flags(&v(&[
@@ -161,6 +166,11 @@ mod tests {
             "b2-key",
             "dropbox-token",
             "password",
+            "crypt-password2",
+            "drive-service-account-credentials",
+            "storj-access-grant",
+            "header",
+            "header-upload",
         ] {
             assert!(secret_flag(f), "{f}");
         }

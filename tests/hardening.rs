@@ -83,9 +83,18 @@ fn status_reports_backups_dated_in_the_future() {
     // A real backup now: still unhealthy while the future one is there, and
     // rotation by age leaves every tier's newest in place.
     let mut kb = kb;
-    kb.set("BACKUP_RETENTION_DAYS", "30");
+    kb.set("BACKUP_RETENTION_DAYS", "30")
+        .set("BACKUP_KEEP_HOURLY", "1");
     kb.ok(&["backup"]);
     assert!(kb.files().iter().any(|f| f == &planted));
+    // Review finding: the future-dated file used to outrank the new backup,
+    // which rotation then deleted in the same run. It is neither counted nor deleted.
+    let hourly = kb.dumps("hourly");
+    assert_eq!(
+        hourly.len(),
+        2,
+        "the new backup and the future one: {hourly:?}"
+    );
     let r = kb.run(&["status"]);
     assert_eq!(r.code(), 1);
     assert!(!r.all().contains("more than the max age"), "{}", r.all());

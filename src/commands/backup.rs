@@ -175,6 +175,10 @@ async fn record(
     result: &Result<(std::path::PathBuf, u64)>,
     sync_error: Option<&str>,
 ) {
+    // Bad input (an existing --name...) is not a failed run: not recorded, not alerted.
+    if result.as_ref().is_err_and(|e| !crate::error::alerts(e)) {
+        return;
+    }
     let finished = cfg.calendar.zone.local_time(Utc::now());
     let previous = state::last_backup(&store.root);
     let run = state::BackupRun {
