@@ -286,10 +286,11 @@ pub fn stranded(store_root: &Path) -> Vec<(PathBuf, Entry)> {
 /// nothing in another pid namespace (a container, a Kubernetes pod), under
 /// another binary name, or once reused; a lock is released by the kernel when
 /// its holder dies, however it dies.
+static RUN: Mutex<Option<(String, std::fs::File, PathBuf)>> = Mutex::new(None);
+
 pub fn run_id(store_root: &Path) -> Option<String> {
-    static RUN: Mutex<Option<(String, std::fs::File)>> = Mutex::new(None);
     let mut run = RUN.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((id, _)) = run.as_ref() {
+    if let Some((id, _, _)) = run.as_ref() {
         return Some(id.clone());
     }
     let nanos = std::time::SystemTime::now()
@@ -299,8 +300,17 @@ pub fn run_id(store_root: &Path) -> Option<String> {
     let id = format!("{}-{nanos}", std::process::id());
     let dir = runs_dir(store_root);
     let file = crate::store::private_lock(&dir, &format!("{id}.lock")).ok()?;
-    *run = Some((id.clone(), file));
+    *run = Some((id.clone(), file, dir.join(format!("{id}.lock"))));
     Some(id)
+}
+
+/// The run is over (after [`run_pending`]): its lock file goes. A journal entry
+/// left by an undo that failed is then seen as stranded, as it should be.
+pub fn end_run() {
+    if let Some((_, file, path)) = RUN.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = std::fs::remove_file(path);
+        drop(file);
+    }
 }
 
 fn runs_dir(store_root: &Path) -> PathBuf {

@@ -93,6 +93,7 @@ fn main() -> ExitCode {
         // Whatever way the command ended, the undo guards it left armed run now:
         // what it did on the server is undone, its temporary files removed.
         let notices = cleanup::run_pending().await;
+        cleanup::end_run();
         let result = match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if notices.is_empty() => Err(e),
