@@ -111,6 +111,7 @@ pub fn register(pg: &Postgres, statements: Vec<String>) -> Registered {
                 server: Some(ServerRef::of(&pg.db)),
                 statements: statements.clone(),
                 note: None,
+                incomplete: None,
             },
             id,
         ),
@@ -126,9 +127,16 @@ pub fn remove_at_exit(path: &Path) {
     let _ = push(Undo::File(path.to_path_buf()));
 }
 
+/// A notice that `database` is incomplete until the step is done: a run killed
+/// before then leaves it journaled, and the next backup refuses to back that
+/// database up (it would become the newest backup of a half-restored database).
+pub fn notice_incomplete(message: String, database: &str) -> Registered {
+    notice_about(message, Some(database.to_string()))
+}
+
 /// Registers what to tell the operator if the run stops before `done` (also
 /// journaled: a run killed outright is reported by the next one).
-pub fn notice(message: String) -> Registered {
+fn notice_about(message: String, incomplete: Option<String>) -> Registered {
     push_with(|id| Undo::Notice {
         journal: journal_entry(
             Entry {
@@ -137,6 +145,7 @@ pub fn notice(message: String) -> Registered {
                 server: None,
                 statements: vec![],
                 note: Some(message.clone()),
+                incomplete,
             },
             id,
         ),
@@ -205,6 +214,9 @@ pub struct Entry {
     /// What the operator must know (a step that cannot be undone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A database this run left incomplete (an in-place restore killed midway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
 }
 
 /// Where the statements run: the connection settings without any password.
@@ -315,6 +327,14 @@ pub fn end_run() {
 
 fn runs_dir(store_root: &Path) -> PathBuf {
     store_root.join(crate::store::STATE_DIR).join("runs")
+}
+
+/// The journaled notices of killed runs that left `database` incomplete.
+pub fn incomplete(store_root: &Path, database: &str) -> Vec<(PathBuf, Entry)> {
+    stranded(store_root)
+        .into_iter()
+        .filter(|(_, e)| e.incomplete.as_deref() == Some(database))
+        .collect()
 }
 
 /// Whether the run `id` still holds its lock. A lock file nobody holds is

@@ -655,3 +655,47 @@ fn ctrl_c_at_the_confirmation_prompt_exits_at_once() {
     assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "1");
     assert!(scratch_dbs(&db).is_empty());
 }
+
+/// Review finding: after `kill -9` of an in-place restore, nothing flagged the
+/// half-restored database; the next cron backup backed it up as the newest.
+#[test]
+fn a_killed_in_place_restore_blocks_backups_of_the_incomplete_database_until_it_is_put_back() {
+    let c = cluster();
+    let db = big_db("inplace_kill9");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let mut child = kb.spawn(&["restore", "--latest", "--yes", "--in-place"]);
+    let dbname = format!("--dbname dbname='{db}' ");
+    wait_for(60, "pg_restore into the target", || {
+        processes_matching(&dbname)
+            .into_iter()
+            .find(|(_, a)| a.contains("pg_restore"))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = kb.dumps("hourly");
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains(&format!("{db} is not backed up")) && r.stderr().contains("INCOMPLETE"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(kb.dumps("hourly"), before);
+    let s = kb.run(&["status"]);
+    assert_eq!(s.code(), 1);
+    assert!(s.all().contains("INCOMPLETE"), "{}", s.all());
+    // Put back with the safety backup: backups work again.
+    let safety = kb.store.join(&kb.dumps("named")[0]);
+    kb.ok(&[
+        "restore",
+        "--file",
+        safety.to_str().unwrap(),
+        "--target-db",
+        &db,
+        "--in-place",
+        "--yes",
+    ]);
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM big"), "400000");
+    kb.ok(&["backup"]);
+}

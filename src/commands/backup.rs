@@ -124,6 +124,19 @@ async fn job(
         );
     }
     crate::leftovers::report(cfg).await;
+    // A database an in-place restore left half-done (the run was killed) is not
+    // backed up: that backup would become the newest of a half-restored database.
+    if let Some((_, e)) = crate::cleanup::incomplete(&store.root, &cfg.db.name)
+        .into_iter()
+        .next()
+    {
+        anyhow::bail!(
+            "{} is not backed up: {} Put it back first (the command above); the next successful restore of it \
+             clears this, or `kbackup cleanup` once you have checked it",
+            cfg.db.name,
+            e.note.unwrap_or_default()
+        );
+    }
     if target.tier == Tier::Named
         && store.has_stem(Tier::Named, &naming::stem(&cfg.prefix, &target.label, 1))
     {

@@ -163,6 +163,10 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         )
         .await?
     };
+    // A database a killed in-place restore left incomplete is whole again.
+    for (file, _) in cleanup::incomplete(&cfg.backup_dir, &target) {
+        let _ = std::fs::remove_file(file);
+    }
     report(
         &source,
         &checked,
@@ -743,14 +747,16 @@ async fn in_place(
     };
     // From the drop on, nothing can put the old database back but the safety
     // backup: if the run stops (an error, a signal), say so plainly.
-    let incomplete = cleanup::notice(format!(
+    let incomplete = cleanup::notice_incomplete(format!(
         "The in-place restore of {target} did not finish: {target} is INCOMPLETE (dropped, partly restored). {}",
         if undo_hint.is_empty() {
             format!("It did not exist before; drop it: dropdb {target}")
         } else {
             undo_hint.clone()
         }
-    ));
+    ),
+        target,
+    );
     let result = async {
         if target_exists {
             tracing::info!("Dropping {target}...");

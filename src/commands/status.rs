@@ -56,6 +56,12 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
             store.root.display()
         ));
     }
+    for (_, e) in crate::cleanup::incomplete(&store.root, &cfg.db.name) {
+        problems.push(
+            e.note
+                .unwrap_or_else(|| format!("{} is incomplete", cfg.db.name)),
+        );
+    }
     let newest = ours.iter().max_by_key(|b| b.time);
     match newest {
         None => problems.push(format!(
