@@ -156,6 +156,12 @@ impl Store {
     pub fn ensure_tier(&self, tier: Tier) -> Result<PathBuf> {
         self.ensure_root()?;
         let dir = self.tier_dir(tier);
+        if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(crate::error::usage(format!(
+                "{} is a symlink; kbackup writes only into folders of its own store: replace it with a folder",
+                dir.display()
+            )));
+        }
         create_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mode = fs::metadata(&dir)?.permissions().mode();
         if mode & 0o077 != 0 {
@@ -289,6 +295,15 @@ impl Store {
         let mut out = Vec::new();
         for tier in Tier::ALL {
             let dir = self.tier_dir(tier);
+            // A tier folder that is a symlink leads out of the store: not read.
+            if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                tracing::warn!(
+                    "{} is a symlink; kbackup does not follow links in the store (its backups are not listed): \
+                     replace it with a folder",
+                    dir.display()
+                );
+                continue;
+            }
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -663,6 +663,23 @@ fn restore_paths_stay_in_the_store() {
             .all(|b| b["path"] != rel_link.as_str()),
         "a link is not a backup"
     );
+    // A whole tier folder that is a link (review finding): neither read nor written.
+    let elsewhere = kb.home.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(&real, elsewhere.join(format!("{db}_named_x.dump.zst"))).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, kb.store.join("named")).unwrap();
+    assert!(
+        kb.list_json().iter().all(|b| b["tier"] != "named"),
+        "{:?}",
+        kb.list_json()
+    );
+    let r = kb.run(&["backup", "--name", "via_link"]);
+    assert_eq!(r.code(), 2, "{}", r.all());
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        1,
+        "nothing written through the link"
+    );
     assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "1");
     assert!(leftover_dbs(c, &db).is_empty());
 }
