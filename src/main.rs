@@ -41,6 +41,18 @@ use crate::error::{exit_kind, ExitKind};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Reports piped into `head` end quietly when the reader goes, as Unix tools
+    // do, instead of panicking on EPIPE. Only for commands that write to no
+    // child's stdin (there, a broken pipe must stay an error we handle).
+    if matches!(
+        cli.command,
+        Command::List(_) | Command::Status(_) | Command::Config(_)
+    ) {
+        // SAFETY: called before any thread is started; restores the default action.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let cfg = match config::load(&cli.global) {
         Ok(c) => c,
         Err(e) => {

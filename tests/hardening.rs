@@ -1007,3 +1007,36 @@ fn a_lock_on_the_target_is_bounded_named_and_a_closed_target_stays_closed() {
         c.psql("postgres", &format!("ROLLBACK PREPARED '{gid}'"));
     }
 }
+
+/// `kbackup list | head` ends quietly (it panicked on the broken pipe); `| true`
+/// closes the pipe before kbackup writes (it starts in milliseconds, `true` in less).
+#[test]
+fn reports_piped_into_head_end_quietly() {
+    let c = cluster();
+    let db = c.new_db("pipe");
+    c.psql(&db, "CREATE TABLE t (x int)");
+    let kb = Kb::direct(&db);
+    for h in 0..6 {
+        kb.ok(&["backup", "--time", &format!("2025-06-01T0{h}:00:00Z")]);
+    }
+    for args in [["list", ""], ["config", ""]] {
+        let cmd = kb.command(&[args[0]]);
+        let script = format!(
+            "'{}' {} | true",
+            cmd.get_program().to_string_lossy(),
+            args[0]
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env_clear()
+            .envs(
+                cmd.get_envs()
+                    .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+            )
+            .current_dir(kb.home.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
