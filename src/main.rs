@@ -23,6 +23,7 @@ mod process;
 mod readback;
 mod remote;
 mod retention;
+mod roles;
 mod rotation;
 mod secrets;
 mod select;

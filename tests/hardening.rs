@@ -1040,3 +1040,47 @@ fn reports_piped_into_head_end_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// SIGINT, SIGTERM and SIGHUP while the swap waits with the target closed: the
+/// target is reopened, the scratch copy dropped, nothing journaled is left.
+#[test]
+fn a_signal_during_the_swap_reopens_the_target() {
+    let c = cluster();
+    for (signal, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
+        let db = c.new_db("sigswap");
+        c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+        let mut kb = Kb::direct(&db);
+        kb.set("BACKUP_SWAP_TIMEOUT", "60s");
+        kb.ok(&["backup"]);
+        let gid = format!("kbt_{db}");
+        hold_with_prepared_transaction(c, &db, &gid);
+        let child = kb.spawn(&["restore", "--latest", "--yes"]);
+        wait_for(30, "the target closed by the swap", || {
+            (datallowconn(c, &db) == "f").then_some(())
+        });
+        run_ok(
+            std::process::Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()]),
+        );
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "SIG{signal}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(datallowconn(c, &db), "t", "SIG{signal}");
+        assert!(
+            leftover_dbs(c, &db).is_empty(),
+            "SIG{signal}: {:?}",
+            leftover_dbs(c, &db)
+        );
+        assert!(
+            kb.files().iter().all(|f| !f.starts_with(".kbackup/undo/")),
+            "{:?}",
+            kb.files()
+        );
+        c.psql(&db, &format!("ROLLBACK PREPARED '{gid}'"));
+        assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "1");
+    }
+}

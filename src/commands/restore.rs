@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, FixedOffset, Local, Utc};
 
-use crate::archive::{self, Summary, TableData};
+use crate::archive::{Summary, TableData};
 use crate::cleanup;
 use crate::cli::RestoreArgs;
 use crate::clients::{self, RestoreMode};
@@ -38,6 +38,7 @@ use crate::naming::{self, Tier, GLOBALS_EXT, MANIFEST_EXT};
 use crate::postgres::{ident, literal, version_major, Postgres, RestoreClient};
 use crate::readback::{check_pass, prove_rows, run_pg_restore, Input};
 use crate::remote::Remote;
+use crate::roles::{create_missing_roles, missing_roles, roles_message};
 use crate::select::{self, Selection, Selector};
 use crate::store::{human_size, loose_file, Backup, Store};
 use crate::take::{self, Target as BackupTarget};
@@ -128,7 +129,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         return Ok(());
     }
     if !missing_roles.is_empty() && !args.with_globals {
-        bail!(roles_message(&missing_roles, &source));
+        bail!(roles_message(&missing_roles, source.globals.as_deref()));
     }
     if let Some(e) = &existing {
         if !args.yes {
@@ -136,7 +137,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         }
     }
     if args.with_globals && !missing_roles.is_empty() {
-        create_missing_roles(&pg, &source, &missing_roles).await?;
+        create_missing_roles(&pg, source.globals.as_deref(), &missing_roles).await?;
     }
 
     let old = if args.in_place {
@@ -501,89 +502,6 @@ async fn existing(pg: &Postgres, target: &str) -> Result<Option<Existing>> {
         connections: row[1].parse().unwrap_or(0),
         tables,
     }))
-}
-
-async fn missing_roles(pg: &Postgres, summary: &Summary) -> Result<Vec<String>> {
-    if summary.roles.is_empty() {
-        return Ok(vec![]);
-    }
-    let have: BTreeSet<String> = pg
-        .query(&pg.db.maintenance_db, "SELECT rolname FROM pg_roles")
-        .await?
-        .into_iter()
-        .filter_map(|r| r.into_iter().next())
-        .collect();
-    Ok(summary
-        .roles
-        .iter()
-        .filter(|r| !have.contains(*r))
-        .cloned()
-        .collect())
-}
-
-fn roles_message(missing: &[String], source: &Source) -> String {
-    let how = match &source.globals {
-        Some(g) => format!(
-            "Create them from the globals saved with the backup, then run the restore again:\n  \
-             psql -d postgres -f {}\nor rerun with --with-globals, which creates just the missing roles from that file.",
-            g.display()
-        ),
-        None => "This backup has no saved globals (seed-era file): create the roles by hand (CREATE ROLE ...), \
-                 then run the restore again."
-            .to_string(),
-    };
-    format!(
-        "The backup needs roles that do not exist on this server: {}. Nothing was changed. {how}",
-        missing.join(", ")
-    )
-}
-
-/// Creates the missing roles (and their memberships) from the saved globals;
-/// roles that exist are left exactly as they are.
-async fn create_missing_roles(pg: &Postgres, source: &Source, missing: &[String]) -> Result<()> {
-    let Some(globals) = &source.globals else {
-        bail!(roles_message(missing, source))
-    };
-    let text = std::fs::read_to_string(globals)
-        .with_context(|| format!("cannot read {}", globals.display()))?;
-    let statements = role_statements(&text, missing);
-    tracing::info!(
-        "Creating roles {} from {}",
-        missing.join(", "),
-        globals.display()
-    );
-    pg.admin(&statements, None)
-        .await
-        .map_err(|e| anyhow!(e))
-        .context("creating the missing roles")?;
-    Ok(())
-}
-
-/// The statements of a `pg_dumpall --globals-only` file that concern `roles`:
-/// their CREATE ROLE and ALTER ROLE, and memberships granted to them.
-fn role_statements(globals: &str, roles: &[String]) -> Vec<String> {
-    let wanted: BTreeSet<&str> = roles.iter().map(String::as_str).collect();
-    globals
-        .lines()
-        .filter(|line| {
-            let words = archive::sql_words(line);
-            let upper: Vec<String> = words
-                .iter()
-                .take(2)
-                .map(|w| w.to_ascii_uppercase())
-                .collect();
-            match upper.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-                ["CREATE", "ROLE"] | ["ALTER", "ROLE"] => words
-                    .get(2)
-                    .is_some_and(|w| wanted.contains(archive::unquote(w).as_str())),
-                ["GRANT", _] => archive::acl_roles(line)
-                    .first()
-                    .is_some_and(|r| wanted.contains(r.as_str())),
-                _ => false,
-            }
-        })
-        .map(String::from)
-        .collect()
 }
 
 /// The scratch database a restore of `target` goes into first.
@@ -1100,27 +1018,4 @@ fn report(
         None => {}
     }
     tracing::info!("Restore of {target} from {} complete", source.shown);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn role_statements_pick_only_missing_roles() {
-        let g = "CREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER PASSWORD 'x';\nCREATE ROLE app_owner;\n\
-                 ALTER ROLE app_owner WITH NOSUPERUSER LOGIN;\nGRANT app_owner TO \"Reader\" GRANTED BY postgres;\n\
-                 CREATE ROLE \"Reader\";\nGRANT pg_read_all_data TO app_owner GRANTED BY postgres;\n";
-        let got = role_statements(g, &["app_owner".to_string(), "Reader".to_string()]);
-        assert_eq!(
-            got,
-            [
-                "CREATE ROLE app_owner;",
-                "ALTER ROLE app_owner WITH NOSUPERUSER LOGIN;",
-                "GRANT app_owner TO \"Reader\" GRANTED BY postgres;",
-                "CREATE ROLE \"Reader\";",
-                "GRANT pg_read_all_data TO app_owner GRANTED BY postgres;",
-            ]
-        );
-    }
 }
