@@ -100,6 +100,14 @@ fn status_reports_backups_dated_in_the_future() {
     assert!(!r.all().contains("more than the max age"), "{}", r.all());
 }
 
+/// Sends SIG`signal` to a kbackup run and collects how it ended.
+fn signal_and_wait(child: std::process::Child, signal: &str) -> std::process::Output {
+    run_ok(
+        std::process::Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]),
+    );
+    child.wait_with_output().unwrap()
+}
+
 fn datallowconn(c: &Cluster, db: &str) -> String {
     c.psql(
         "postgres",
@@ -850,11 +858,7 @@ fn a_full_verify_stopped_midway_leaves_nothing_or_is_cleaned_up() {
                 .into_iter()
                 .find(|(_, a)| a.contains("pg_restore"))
         });
-        run_ok(
-            std::process::Command::new("kill")
-                .args([&format!("-{signal}"), &child.id().to_string()]),
-        );
-        let out = child.wait_with_output().unwrap();
+        let out = signal_and_wait(child, signal);
         assert_eq!(
             out.status.code(),
             code,
@@ -1058,11 +1062,7 @@ fn a_signal_during_the_swap_reopens_the_target() {
         wait_for(30, "the target closed by the swap", || {
             (datallowconn(c, &db) == "f").then_some(())
         });
-        run_ok(
-            std::process::Command::new("kill")
-                .args([&format!("-{signal}"), &child.id().to_string()]),
-        );
-        let out = child.wait_with_output().unwrap();
+        let out = signal_and_wait(child, signal);
         assert_eq!(
             out.status.code(),
             Some(code),
