@@ -185,15 +185,7 @@ impl Store {
 
     fn lock_file(&self, path: &Path, command: &str) -> Result<StoreLock> {
         self.ensure_root()?;
-        let path = path.to_path_buf();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode_private()
-            .open(&path)
-            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        let mut file = open_lock_file(path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -619,19 +611,25 @@ pub fn partial_owner(name: &str) -> Option<String> {
     (pid.parse::<u32>().is_ok() && nanos.parse::<u128>().is_ok()).then(|| format!("{pid}-{nanos}"))
 }
 
-/// A private lock file `name` in `dir` (0700), opened without following links
-/// and locked exclusively: held until the returned file is dropped.
-pub fn private_lock(dir: &Path, name: &str) -> Result<File> {
-    create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(name);
-    let file = OpenOptions::new()
+/// A lock file, created 0600 if missing, never through a symlink, not truncated
+/// (it holds the holder's description).
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode_private()
-        .open(&path)
-        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        .open(path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))
+}
+
+/// A private lock file `name` in `dir` (0700), opened without following links
+/// and locked exclusively: held until the returned file is dropped.
+pub fn private_lock(dir: &Path, name: &str) -> Result<File> {
+    create_private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(name);
+    let file = open_lock_file(&path)?;
     file.try_lock()
         .map_err(|e| anyhow!("cannot lock {}: {e}", path.display()))?;
     Ok(file)

@@ -65,22 +65,9 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
             s.shown,
             if args.quick { "quick" } else { "full" }
         );
-        let v = match verify_one(cfg, &server, s, args.quick).await {
-            Ok(v) => v,
-            Err(e) => {
-                let message = format!("{e:#}");
-                notify::alert(
-                    cfg,
-                    notify::Alert {
-                        kind: notify::Kind::Verify,
-                        title: format!("Verification of {} backups could not run", cfg.db.name),
-                        body: message.clone(),
-                    },
-                )
-                .await;
-                return Err(e);
-            }
-        };
+        // A verification that cannot run here says nothing of the backup: no
+        // record; the error alerts through main's wrapper like any failure.
+        let v = verify_one(cfg, &server, s, args.quick).await?;
         if !s.copies.is_empty() {
             if let Err(e) = store.record_verification(&s.copies, &v) {
                 tracing::warn!("cannot record the verification of {}: {e:#}", s.shown);
