@@ -35,8 +35,7 @@ fn plant_copy(kb: &Kb, time_name: &str) -> String {
 #[test]
 fn a_future_time_is_refused_and_never_wipes_the_store() {
     let c = cluster();
-    let db = c.new_db("future");
-    c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let db = rows_db(c, "future", 1);
     let mut kb = Kb::direct(&db);
     kb.set("BACKUP_RETENTION_DAYS", "30");
     kb.ok(&["backup"]);
@@ -64,8 +63,7 @@ fn a_future_time_is_refused_and_never_wipes_the_store() {
 #[test]
 fn status_reports_backups_dated_in_the_future() {
     let c = cluster();
-    let db = c.new_db("ahead");
-    c.psql(&db, "CREATE TABLE t (x int)");
+    let db = rows_db(c, "ahead", 0);
     let kb = Kb::direct(&db);
     kb.ok(&["backup", "--time", "2025-01-01T00:00:00Z"]);
     // A backup made by a machine whose clock was decades ahead.
@@ -123,6 +121,45 @@ fn leftover_dbs(c: &Cluster, db: &str) -> Vec<String> {
         .collect()
 }
 
+/// A new database whose table `t` holds 1..=`rows`.
+fn rows_db(c: &Cluster, hint: &str, rows: u32) -> String {
+    let db = c.new_db(hint);
+    c.psql(
+        &db,
+        &format!("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, {rows})"),
+    );
+    db
+}
+
+/// A backed-up database whose restore now waits in the swap with the target
+/// closed: a prepared transaction (`gid`) in the target holds the rename. Its
+/// table `t` holds 1..=`rows`.
+struct HeldSwap {
+    db: String,
+    kb: Kb,
+    gid: String,
+    restore: std::process::Child,
+}
+
+fn held_swap(c: &Cluster, hint: &str, rows: u32, swap_timeout: &str) -> HeldSwap {
+    let db = rows_db(c, hint, rows);
+    let mut kb = Kb::direct(&db);
+    kb.set("BACKUP_SWAP_TIMEOUT", swap_timeout);
+    kb.ok(&["backup"]);
+    let gid = format!("kbt_{db}");
+    hold_with_prepared_transaction(c, &db, &gid);
+    let restore = kb.spawn(&["restore", "--latest", "--yes"]);
+    wait_for(30, "the target closed by the swap", || {
+        (datallowconn(c, &db) == "f").then_some(())
+    });
+    HeldSwap {
+        db,
+        kb,
+        gid,
+        restore,
+    }
+}
+
 /// A prepared transaction keeps a database "in use" until it is resolved: the
 /// swap cannot rename it (a real fault, made with PREPARE TRANSACTION).
 fn hold_with_prepared_transaction(c: &Cluster, db: &str, gid: &str) {
@@ -135,11 +172,7 @@ fn hold_with_prepared_transaction(c: &Cluster, db: &str, gid: &str) {
 #[test]
 fn a_swap_that_cannot_happen_is_bounded_names_the_holder_and_leaks_nothing() {
     let c = cluster();
-    let db = c.new_db("held");
-    c.psql(
-        &db,
-        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 50)",
-    );
+    let db = rows_db(c, "held", 50);
     let mut kb = Kb::direct(&db);
     kb.set("BACKUP_SWAP_TIMEOUT", "3s");
     kb.ok(&["backup"]);
@@ -175,11 +208,7 @@ fn a_swap_that_cannot_happen_is_bounded_names_the_holder_and_leaks_nothing() {
 #[test]
 fn restoring_the_maintenance_database_works_from_another_one() {
     let c = cluster();
-    let db = c.new_db("maint");
-    c.psql(
-        &db,
-        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 5)",
-    );
+    let db = rows_db(c, "maint", 5);
     let mut kb = Kb::direct(&db);
     // As DB_NAME=postgres with the default maintenance database (the official image).
     kb.set("POSTGRES_MAINTENANCE_DB", &db);
@@ -198,25 +227,13 @@ fn restoring_the_maintenance_database_works_from_another_one() {
 #[test]
 fn a_run_killed_during_the_swap_is_reported_and_cleanup_undoes_it() {
     let c = cluster();
-    let db = c.new_db("killswap");
-    c.psql(
-        &db,
-        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 50)",
-    );
-    let mut kb = Kb::direct(&db);
-    kb.set("BACKUP_SWAP_TIMEOUT", "60s");
-    kb.ok(&["backup"]);
-    hold_with_prepared_transaction(c, &db, "kbt_killswap");
-    let mut child = kb
-        .command(&["restore", "--latest", "--yes"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // The target is closed while the swap waits on the prepared transaction: kill -9 then.
-    wait_for(30, "the target closed by the swap", || {
-        (datallowconn(c, &db) == "f").then_some(())
-    });
+    let HeldSwap {
+        db,
+        kb,
+        gid,
+        restore: mut child,
+    } = held_swap(c, "killswap", 50, "60s");
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
@@ -251,7 +268,7 @@ fn a_run_killed_during_the_swap_is_reported_and_cleanup_undoes_it() {
         "{}",
         again.all()
     );
-    c.psql(&db, "ROLLBACK PREPARED 'kbt_killswap'");
+    c.psql(&db, &format!("ROLLBACK PREPARED '{gid}'"));
     assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "50");
 }
 
@@ -272,11 +289,7 @@ fn a_server_in_another_language_gets_the_same_answers() {
         .unwrap_err();
     assert!(e.contains("FEHLER"), "{e}");
 
-    let db = c.new_db("deutsch");
-    c.psql(
-        &db,
-        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 20)",
-    );
+    let db = rows_db(c, "deutsch", 20);
     let mut kb = Kb::on(c, &db, &pg_bin());
     kb.set("LANGUAGE", "de").set("BACKUP_SWAP_TIMEOUT", "2s");
 
@@ -344,21 +357,7 @@ fn role_password_hashes_never_reach_argv_or_logs() {
 
     kb.set("DEBUG", "true");
     let child = kb.spawn(&["restore", "--latest", "--yes", "--with-globals", "--debug"]);
-    let pid = child.id();
-    let mut seen = Vec::new();
-    while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z")
-    {
-        seen.extend(
-            all_argv()
-                .into_iter()
-                .filter(|a| a.contains("SCRAM-SHA-256$")),
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let out = child.wait_with_output().unwrap();
+    let (seen, out) = argv_containing_while_it_runs(child, "SCRAM-SHA-256$");
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -392,8 +391,7 @@ fn role_password_hashes_never_reach_argv_or_logs() {
 #[test]
 fn database_names_are_names_never_connection_strings() {
     let c = cluster();
-    let db = c.new_db("conninfo_src");
-    c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)");
+    let db = rows_db(c, "conninfo_src", 2);
     let staging = c.new_db("conninfo_staging");
     c.psql(
         &staging,
@@ -446,8 +444,7 @@ fn database_names_are_names_never_connection_strings() {
 fn the_store_trusts_nothing_planted_in_it() {
     use std::os::unix::fs::{symlink, PermissionsExt};
     let c = cluster();
-    let db = c.new_db("trust");
-    c.psql(&db, "CREATE TABLE t (x int)");
+    let db = rows_db(c, "trust", 0);
     let kb = Kb::direct(&db);
     kb.ok(&["backup"]);
 
@@ -584,26 +581,17 @@ fn crafted_archives_claiming_huge_sizes_are_refused_in_bounded_memory() {
             .store
             .join(format!("hourly/crafted_{name}_2026-01-01_00-00-00.dump"));
         std::fs::write(&file, bytes).unwrap();
-        let cmd = kb.command(&[
-            "--db",
-            "crafted",
-            "verify",
-            "--quick",
-            file.to_str().unwrap(),
-        ]);
-        let program = cmd.get_program().to_owned();
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-        let out = std::process::Command::new("prlimit")
-            .arg("--as=300000000")
-            .arg("--")
-            .arg(program)
-            .args(args)
-            .env_clear()
-            .envs(
-                cmd.get_envs()
-                    .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        let out = kb
+            .wrapped(
+                &["prlimit", "--as=300000000", "--"],
+                &[
+                    "--db",
+                    "crafted",
+                    "verify",
+                    "--quick",
+                    file.to_str().unwrap(),
+                ],
             )
-            .current_dir(kb.home.path())
             .output()
             .unwrap();
         let all = format!(
@@ -624,8 +612,7 @@ fn crafted_archives_claiming_huge_sizes_are_refused_in_bounded_memory() {
 #[test]
 fn restore_paths_stay_in_the_store() {
     let c = cluster();
-    let db = c.new_db("paths");
-    c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let db = rows_db(c, "paths", 1);
     let mut kb = Kb::direct(&db);
     let remote = kb.home.path().join("remote");
     kb.set("RCLONE_CONFIG", "/dev/null")
@@ -697,8 +684,7 @@ fn restore_paths_stay_in_the_store() {
 #[test]
 fn zero_byte_and_truncated_backups_are_refused() {
     let c = cluster();
-    let db = c.new_db("zero");
-    c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let db = rows_db(c, "zero", 1);
     let kb = Kb::direct(&db);
     kb.ok(&["backup"]);
     let good = kb.store.join(&kb.dumps("hourly")[0]);
@@ -733,11 +719,7 @@ fn zero_byte_and_truncated_backups_are_refused() {
 #[test]
 fn restore_and_verify_run_beside_a_backup() {
     let c = cluster();
-    let db = c.new_db("beside");
-    c.psql(
-        &db,
-        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 100)",
-    );
+    let db = rows_db(c, "beside", 100);
     let kb = Kb::direct(&db);
     kb.ok(&["backup"]);
     let first = kb.dumps("hourly")[0].clone();
@@ -920,31 +902,17 @@ fn odd_database_names_round_trip() {
 #[test]
 fn cleanup_from_another_pid_namespace_leaves_a_live_run_alone() {
     let c = cluster();
-    let db = c.new_db("livens");
-    c.psql(
-        &db,
-        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 50)",
-    );
-    let mut kb = Kb::direct(&db);
-    kb.set("BACKUP_SWAP_TIMEOUT", "5s");
-    kb.ok(&["backup"]);
-    hold_with_prepared_transaction(c, &db, "kbt_livens");
-    let restore = kb.spawn(&["restore", "--latest", "--yes"]);
-    wait_for(30, "the target closed by the swap", || {
-        (datallowconn(c, &db) == "f").then_some(())
-    });
-    let cleanup = kb.command(&["cleanup"]);
-    let out = std::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc"])
-        .arg(cleanup.get_program())
-        .args(cleanup.get_args())
-        .env_clear()
-        .envs(
-            cleanup
-                .get_envs()
-                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+    let HeldSwap {
+        db,
+        kb,
+        gid,
+        restore,
+    } = held_swap(c, "livens", 50, "5s");
+    let out = kb
+        .wrapped(
+            &["unshare", "--pid", "--fork", "--mount-proc"],
+            &["cleanup"],
         )
-        .current_dir(kb.home.path())
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
@@ -961,7 +929,7 @@ fn cleanup_from_another_pid_namespace_leaves_a_live_run_alone() {
     );
     assert_eq!(datallowconn(c, &db), "t");
     assert!(leftover_dbs(c, &db).is_empty());
-    c.psql(&db, "ROLLBACK PREPARED 'kbt_livens'");
+    c.psql(&db, &format!("ROLLBACK PREPARED '{gid}'"));
 }
 
 /// Review finding: a lock on the database itself (a prepared transaction in
@@ -972,8 +940,7 @@ fn cleanup_from_another_pid_namespace_leaves_a_live_run_alone() {
 fn a_lock_on_the_target_is_bounded_named_and_a_closed_target_stays_closed() {
     let c = cluster();
     for closed_on_purpose in [false, true] {
-        let db = c.new_db("dblock");
-        c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+        let db = rows_db(c, "dblock", 1);
         let mut kb = Kb::direct(&db);
         kb.set("BACKUP_SWAP_TIMEOUT", "3s");
         kb.ok(&["backup"]);
@@ -1017,31 +984,18 @@ fn a_lock_on_the_target_is_bounded_named_and_a_closed_target_stays_closed() {
 #[test]
 fn reports_piped_into_head_end_quietly() {
     let c = cluster();
-    let db = c.new_db("pipe");
-    c.psql(&db, "CREATE TABLE t (x int)");
+    let db = rows_db(c, "pipe", 0);
     let kb = Kb::direct(&db);
     for h in 0..6 {
         kb.ok(&["backup", "--time", &format!("2025-06-01T0{h}:00:00Z")]);
     }
-    for args in [["list", ""], ["config", ""]] {
-        let cmd = kb.command(&[args[0]]);
-        let script = format!(
-            "'{}' {} | true",
-            cmd.get_program().to_string_lossy(),
-            args[0]
-        );
-        let out = std::process::Command::new("bash")
-            .args(["-c", &script])
-            .env_clear()
-            .envs(
-                cmd.get_envs()
-                    .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
-            )
-            .current_dir(kb.home.path())
+    for command in ["list", "config"] {
+        let out = kb
+            .wrapped(&["bash", "-c", "\"$0\" \"$@\" | true"], &[command])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{command}: {err}");
     }
 }
 
@@ -1051,18 +1005,13 @@ fn reports_piped_into_head_end_quietly() {
 fn a_signal_during_the_swap_reopens_the_target() {
     let c = cluster();
     for (signal, code) in [("INT", 130), ("TERM", 143), ("HUP", 129)] {
-        let db = c.new_db("sigswap");
-        c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
-        let mut kb = Kb::direct(&db);
-        kb.set("BACKUP_SWAP_TIMEOUT", "60s");
-        kb.ok(&["backup"]);
-        let gid = format!("kbt_{db}");
-        hold_with_prepared_transaction(c, &db, &gid);
-        let child = kb.spawn(&["restore", "--latest", "--yes"]);
-        wait_for(30, "the target closed by the swap", || {
-            (datallowconn(c, &db) == "f").then_some(())
-        });
-        let out = signal_and_wait(child, signal);
+        let HeldSwap {
+            db,
+            kb,
+            gid,
+            restore,
+        } = held_swap(c, "sigswap", 1, "60s");
+        let out = signal_and_wait(restore, signal);
         assert_eq!(
             out.status.code(),
             Some(code),

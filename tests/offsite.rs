@@ -278,13 +278,7 @@ fn secrets_in_rclone_flags_and_urls_stay_out_of_argv_logs_and_config() {
     );
 
     let child = kb.spawn(&["backup"]);
-    let pid = child.id();
-    let mut leaked = Vec::new();
-    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
-        leaked.extend(all_argv().into_iter().filter(|a| a.contains(&obscured)));
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    let out = child.wait_with_output().unwrap();
+    let (leaked, out) = argv_containing_while_it_runs(child, &obscured);
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

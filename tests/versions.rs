@@ -427,20 +427,7 @@ fn seed_style_dumps_written_to_a_file_by_pg_dump_17_are_read() {
         let file = kb
             .store
             .join(format!("hourly/{db}_2026-11-20_1{i}-00-00.dump"));
-        run_ok(
-            std::process::Command::new(client_bin(17).join("pg_dump"))
-                .args([
-                    "-Fc",
-                    z,
-                    "-h",
-                    c.socket.to_str().unwrap(),
-                    "-U",
-                    "postgres",
-                    "-f",
-                ])
-                .arg(&file)
-                .arg(&db),
-        );
+        pg_dump_to_file(c, &client_bin(17), &db, &file, &[z]);
         let v = kb.run(&["verify", "--quick", file.to_str().unwrap()]);
         assert_eq!(v.code(), 0, "{z}: {}", v.all());
     }

@@ -459,8 +459,25 @@ impl Kb {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kbackup"));
-        c.args(args)
-            .env_clear()
+        c.args(args);
+        self.environment(&mut c);
+        c
+    }
+
+    /// kbackup `args` run under `wrapper` (`prlimit --as=N --`, `unshare --pid
+    /// --fork`, `bash -c '"$0" "$@" | true'`...), in this world's environment.
+    pub fn wrapped(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut c = Command::new(wrapper[0]);
+        c.args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_kbackup"))
+            .args(args);
+        self.environment(&mut c);
+        c
+    }
+
+    /// This world's environment, folder and (null) stdin on `c`.
+    pub fn environment(&self, c: &mut Command) {
+        c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.home.path())
             .envs(&self.env)
@@ -469,7 +486,6 @@ impl Kb {
         if let Ok(h) = std::env::var("DOCKER_HOST") {
             c.env("DOCKER_HOST", h);
         }
-        c
     }
 
     /// Starts kbackup in the background, its output captured (for signals and kills).
@@ -586,20 +602,19 @@ impl Run {
 
 /// Writes what the seed's backup.sh wrote: `pg_dump -Fc` of `db` at `rel` in the store.
 pub fn seed_dump(kb: &Kb, db: &str, rel: &str) {
-    let c = cluster();
     let out = kb.store.join(rel);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    pg_dump_to_file(cluster(), &pg_bin(), db, &out, &[]);
+}
+
+/// `pg_dump -Fc [extra] -f out db` of cluster `c` with the tools in `bin`.
+pub fn pg_dump_to_file(c: &Cluster, bin: &Path, db: &str, out: &Path, extra: &[&str]) {
     run_ok(
-        Command::new(pg_bin().join("pg_dump"))
-            .args([
-                "-Fc",
-                "-h",
-                c.socket.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "-f",
-            ])
-            .arg(&out)
+        Command::new(bin.join("pg_dump"))
+            .arg("-Fc")
+            .args(extra)
+            .args(["-h", c.socket.to_str().unwrap(), "-U", "postgres", "-f"])
+            .arg(out)
             .arg(db),
     );
 }
@@ -632,15 +647,10 @@ pub fn on_terminal_spawn(kb: &Kb, args: &[&str]) -> Child {
         .chain(args.iter().map(|a| a.to_string()))
         .collect::<Vec<_>>()
         .join(" ");
-    let cmd = kb.command(&[]);
-    Command::new("script")
-        .args(["-qec", &cmdline, "/dev/null"])
-        .env_clear()
-        .envs(
-            cmd.get_envs()
-                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
-        )
-        .current_dir(cmd.get_current_dir().unwrap())
+    let mut script = Command::new("script");
+    script.args(["-qec", &cmdline, "/dev/null"]);
+    kb.environment(&mut script);
+    script
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -698,6 +708,18 @@ pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
 /// Every argv and environment on the machine, for leak checks.
 pub fn all_argv() -> Vec<String> {
     processes_matching("").into_iter().map(|(_, a)| a).collect()
+}
+
+/// Waits for `child` while sampling every argv on the machine: returns those
+/// that contained `needle` at some point (a leak check), and how it ended.
+pub fn argv_containing_while_it_runs(child: Child, needle: &str) -> (Vec<String>, Output) {
+    let pid = child.id();
+    let mut seen = Vec::new();
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+        seen.extend(all_argv().into_iter().filter(|a| a.contains(needle)));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (seen, child.wait_with_output().unwrap())
 }
 
 /// A psql session holding a lock until dropped: makes pg_dump wait, for real.
