@@ -524,7 +524,7 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
             roles.insert(o.to_string());
         }
         if matches!(desc.as_str(), "ACL" | "DEFAULT ACL") {
-            roles.extend(acl_roles(defn.as_deref().unwrap_or_default()));
+            roles.extend(crate::sql::acl_roles(defn.as_deref().unwrap_or_default()));
         }
         let on_database = tag.as_deref().is_some_and(|t| t.starts_with("DATABASE "));
         match desc.as_str() {
@@ -637,95 +637,6 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
         database_entries,
         archive_bytes: r.c.pos,
     })
-}
-
-/// The roles named in GRANT/REVOKE/ALTER DEFAULT PRIVILEGES statements: after
-/// `TO`, `FROM`, `GRANTED BY` and `FOR ROLE`, as identifiers (quoted or not).
-pub fn acl_roles(sql: &str) -> Vec<String> {
-    let words = sql_words(sql);
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < words.len() {
-        let w = words[i].to_ascii_uppercase();
-        let starts_list = (w == "TO" || w == "FROM")
-            || ((w == "BY" || w == "ROLE")
-                && i > 0
-                && matches!(
-                    words[i - 1].to_ascii_uppercase().as_str(),
-                    "GRANTED" | "FOR"
-                ));
-        if starts_list {
-            i += 1;
-            while i < words.len() {
-                let name = &words[i];
-                if !name.eq_ignore_ascii_case("PUBLIC") && !name.eq_ignore_ascii_case("GROUP") {
-                    out.push(unquote(name));
-                }
-                if words.get(i + 1).map(String::as_str) == Some(",") {
-                    i += 2;
-                } else {
-                    break;
-                }
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Splits SQL into identifiers/keywords, quoted identifiers (kept with their
-/// quotes), commas and semicolons; string literals are skipped.
-pub fn sql_words(sql: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                let mut w = String::from('"');
-                while let Some(c) = chars.next() {
-                    w.push(c);
-                    if c == '"' {
-                        if chars.peek() == Some(&'"') {
-                            w.push(chars.next().unwrap());
-                        } else {
-                            break;
-                        }
-                    }
-                }
-                words.push(w);
-            }
-            '\'' => {
-                while let Some(c) = chars.next() {
-                    if c == '\'' && chars.peek() != Some(&'\'') {
-                        break;
-                    } else if c == '\'' {
-                        chars.next();
-                    }
-                }
-            }
-            ',' | ';' | '(' | ')' => words.push(c.to_string()),
-            c if c.is_whitespace() => {}
-            c => {
-                let mut w = String::from(c);
-                while let Some(&n) = chars.peek() {
-                    if n.is_whitespace() || matches!(n, ',' | ';' | '(' | ')' | '"' | '\'') {
-                        break;
-                    }
-                    w.push(n);
-                    chars.next();
-                }
-                words.push(w);
-            }
-        }
-    }
-    words
-}
-
-pub fn unquote(ident: &str) -> String {
-    match ident.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-        Some(inner) => inner.replace("\"\"", "\""),
-        None => ident.to_lowercase(),
-    }
 }
 
 fn describe(e: &TocEntry) -> String {
@@ -938,26 +849,6 @@ mod tests {
     fn missing_end_marker_is_incomplete() {
         let a = tiny_archive(&["1\tx"], false);
         assert!(matches!(scan(&a[..]), Err(ArchiveError::Incomplete(_))));
-    }
-
-    #[test]
-    fn acl_roles_are_found() {
-        let sql = "REVOKE ALL ON TABLE public.t FROM PUBLIC;\nGRANT SELECT,INSERT ON TABLE public.t TO app_user, \"Weird \"\"Role\";\n\
-                   GRANT ALL ON SCHEMA s TO reader WITH GRANT OPTION;\n\
-                   ALTER DEFAULT PRIVILEGES FOR ROLE owner1 IN SCHEMA s GRANT SELECT ON TABLES TO Reporting;\n\
-                   GRANT UPDATE ON TABLE t TO x GRANTED BY boss;\nCOMMENT ON TABLE t IS 'grant to nobody';";
-        assert_eq!(
-            acl_roles(sql),
-            [
-                "app_user",
-                "Weird \"Role",
-                "reader",
-                "owner1",
-                "reporting",
-                "x",
-                "boss"
-            ]
-        );
     }
 
     #[test]

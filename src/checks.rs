@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Result};
 
 use crate::archive::TableData;
-use crate::postgres::{ident, Postgres};
+use crate::postgres::Postgres;
+use crate::sql::ident;
 
 /// User objects in a database, extension members left out (pg_dump does not
 /// dump those as separate entries either).

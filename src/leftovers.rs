@@ -10,7 +10,8 @@ use anyhow::{anyhow, Result};
 
 use crate::cleanup::{self, Entry};
 use crate::config::Config;
-use crate::postgres::{ident, Postgres};
+use crate::postgres::Postgres;
+use crate::sql::ident;
 
 #[derive(Debug, Clone)]
 pub enum Leftover {

@@ -3,7 +3,6 @@
 //! the rename swap that puts a restored copy in place of a target. Commands
 //! (restore, verify) orchestrate these; none of it decides which backup.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -12,7 +11,8 @@ use crate::archive::Summary;
 use crate::cleanup;
 use crate::clients;
 use crate::config::Config;
-use crate::postgres::{ident, literal, Postgres};
+use crate::postgres::Postgres;
+use crate::sql::{self, ident, literal};
 
 /// PostgreSQL's limit on identifier length, in bytes.
 pub const MAX_IDENT: usize = 63;
@@ -54,7 +54,7 @@ pub fn create_database_sql(
 ) -> String {
     let mut sql = format!("CREATE DATABASE {} WITH TEMPLATE template0", ident(name));
     if let Some(create) = &summary.database_entries.create {
-        let opts = create_options(create);
+        let opts = sql::options(create);
         for (key, since) in CREATE_OPTIONS {
             let known = match locale_for {
                 Some(server) => clients::order(server) >= clients::order(*since),
@@ -74,81 +74,6 @@ pub fn create_database_sql(
         sql.push_str(&format!(" OWNER = {}", ident(owner)));
     }
     sql
-}
-
-/// `KEY = value` pairs of a CREATE DATABASE statement, values kept as SQL.
-pub fn create_options(create: &str) -> BTreeMap<String, String> {
-    let mut tokens: Vec<String> = Vec::new();
-    let mut chars = create.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                let mut t = String::from('\'');
-                while let Some(c) = chars.next() {
-                    t.push(c);
-                    if c == '\'' {
-                        if chars.peek() == Some(&'\'') {
-                            t.push(chars.next().unwrap());
-                        } else {
-                            break;
-                        }
-                    }
-                }
-                tokens.push(t);
-            }
-            '=' | ';' => tokens.push(c.to_string()),
-            c if c.is_whitespace() => {}
-            c => {
-                let mut t = String::from(c);
-                while let Some(&n) = chars.peek() {
-                    if n.is_whitespace() || matches!(n, '=' | ';' | '\'') {
-                        break;
-                    }
-                    t.push(n);
-                    chars.next();
-                }
-                tokens.push(t);
-            }
-        }
-    }
-    tokens
-        .windows(3)
-        .filter(|w| w[1] == "=")
-        .map(|w| (w[0].to_ascii_uppercase(), w[2].clone()))
-        .collect()
-}
-
-/// Rewrites a statement on the archived database to name `new` instead.
-pub fn retarget(statement: &str, original: &str, new: &str) -> String {
-    let bare = original
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    let mut out = statement.to_string();
-    for form in [ident(original), original.to_string()] {
-        if form == original && !bare {
-            continue;
-        }
-        let needle = format!("DATABASE {form}");
-        let mut result = String::new();
-        let mut rest = out.as_str();
-        while let Some(i) = rest.find(&needle) {
-            let after = &rest[i + needle.len()..];
-            let ends_word = after
-                .chars()
-                .next()
-                .is_none_or(|c| c.is_whitespace() || c == ';');
-            result.push_str(&rest[..i]);
-            if ends_word {
-                result.push_str(&format!("DATABASE {}", ident(new)));
-            } else {
-                result.push_str(&needle);
-            }
-            rest = after;
-        }
-        result.push_str(rest);
-        out = result;
-    }
-    out
 }
 
 pub async fn create_database(
@@ -431,21 +356,5 @@ mod tests {
         );
         assert!(create_database_sql("app_x", &s, false, Some(17))
             .ends_with("BUILTIN_LOCALE = 'C.UTF-8'"));
-    }
-
-    #[test]
-    fn database_statements_are_retargeted() {
-        assert_eq!(
-            retarget("COMMENT ON DATABASE app IS 'x';", "app", "app_new"),
-            "COMMENT ON DATABASE \"app_new\" IS 'x';"
-        );
-        assert_eq!(
-            retarget("GRANT CONNECT ON DATABASE \"My DB\" TO r;", "My DB", "s"),
-            "GRANT CONNECT ON DATABASE \"s\" TO r;"
-        );
-        assert_eq!(
-            retarget("ALTER DATABASE apple SET x = 1;", "app", "s"),
-            "ALTER DATABASE apple SET x = 1;"
-        );
     }
 }

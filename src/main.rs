@@ -27,6 +27,7 @@ mod roles;
 mod rotation;
 mod secrets;
 mod select;
+mod sql;
 mod state;
 mod store;
 mod take;

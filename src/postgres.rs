@@ -13,6 +13,7 @@ use crate::archive::Summary;
 use crate::clients::{self, ArchiveFormat, Candidate, Choice, Need, RestoreMode};
 use crate::config::DbConfig;
 use crate::process::{Cmd, ProcessError, StreamError};
+use crate::sql::{dbname, literal};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -812,27 +813,6 @@ mod tests {
     }
 }
 
-/// A database name as libpq's `dbname` option, for every `--dbname`: libpq
-/// reads a bare name containing `=` (or starting `postgresql://`) as a whole
-/// connection string, so `--target-db "dbname=prod"` would write into `prod`.
-/// Quoted as a connection-string value, a name is only ever a name.
-pub fn dbname(name: &str) -> String {
-    format!(
-        "dbname='{}'",
-        name.replace('\\', "\\\\").replace('\'', "\\'")
-    )
-}
-
-/// Quotes an SQL identifier: `"my ""db"""`.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes an SQL string literal: `'it''s'`.
-pub fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
 #[cfg(test)]
 mod quoting_tests {
     use super::*;
@@ -853,22 +833,5 @@ mod quoting_tests {
         );
         assert_eq!(sqlstate("ERROR:  syntax error"), None);
         assert_eq!(sqlstate("x:  ÄÖÜ: y"), None);
-    }
-
-    #[test]
-    fn database_names_are_never_connection_strings() {
-        assert_eq!(dbname("app"), "dbname='app'");
-        assert_eq!(dbname("dbname=prod"), "dbname='dbname=prod'");
-        assert_eq!(dbname("it's \\ x"), "dbname='it\\'s \\\\ x'");
-        assert_eq!(
-            dbname("postgresql://h/prod"),
-            "dbname='postgresql://h/prod'"
-        );
-    }
-
-    #[test]
-    fn identifiers_and_literals_are_quoted() {
-        assert_eq!(ident("my \"db\""), "\"my \"\"db\"\"\"");
-        assert_eq!(literal("it's"), "'it''s'");
     }
 }

@@ -99,7 +99,7 @@ pub async fn run_pg_restore(
             pg.tool("pg_restore")
                 .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
                 .args(extra)
-                .args(["--dbname", &crate::postgres::dbname(db)])
+                .args(["--dbname", &crate::sql::dbname(db)])
                 .arg(archive)
                 .output(cfg.timeout)
                 .await

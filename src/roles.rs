@@ -7,8 +7,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::archive::{self, Summary};
+use crate::archive::Summary;
 use crate::postgres::Postgres;
+use crate::sql;
 
 pub async fn missing_roles(pg: &Postgres, summary: &Summary) -> Result<Vec<String>> {
     if summary.roles.is_empty() {
@@ -77,17 +78,14 @@ pub fn role_statements(globals: &str, roles: &[String]) -> Vec<String> {
     globals
         .lines()
         .filter(|line| {
-            let words = archive::sql_words(line);
-            let upper: Vec<String> = words
-                .iter()
-                .take(2)
-                .map(|w| w.to_ascii_uppercase())
-                .collect();
+            let words = sql::tokens(line);
+            let upper = sql::leading_words(line, 2);
             match upper.iter().map(String::as_str).collect::<Vec<_>>()[..] {
                 ["CREATE", "ROLE"] | ["ALTER", "ROLE"] => words
                     .get(2)
-                    .is_some_and(|w| wanted.contains(archive::unquote(w).as_str())),
-                ["GRANT", _] => archive::acl_roles(line)
+                    .and_then(|w| w.name())
+                    .is_some_and(|w| wanted.contains(w.as_str())),
+                ["GRANT", _] => sql::acl_roles(line)
                     .first()
                     .is_some_and(|r| wanted.contains(r.as_str())),
                 _ => false,

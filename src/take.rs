@@ -79,7 +79,7 @@ pub async fn take(
     );
     let end_session = format!(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = {}",
-        crate::postgres::literal(&app)
+        crate::sql::literal(&app)
     );
     let undo = crate::cleanup::register(pg, vec![end_session.clone()]);
     let written = pg

@@ -31,15 +31,16 @@ use crate::dump;
 use crate::error::usage;
 use crate::lifecycle::{
     create_database, create_database_sql, derived_name, drop_database, drop_statements, free_name,
-    retarget, swap, MAX_IDENT,
+    swap, MAX_IDENT,
 };
 use crate::manifest::Manifest;
 use crate::naming::{self, Tier, GLOBALS_EXT, MANIFEST_EXT};
-use crate::postgres::{ident, literal, version_major, Postgres, RestoreClient};
+use crate::postgres::{version_major, Postgres, RestoreClient};
 use crate::readback::{check_pass, prove_rows, run_pg_restore, Input};
 use crate::remote::Remote;
 use crate::roles::{create_missing_roles, missing_roles, roles_message};
 use crate::select::{self, Selection, Selector};
+use crate::sql::{ident, literal, retarget};
 use crate::store::{human_size, loose_file, Backup, Store};
 use crate::take::{self, Target as BackupTarget};
 
@@ -910,7 +911,7 @@ fn print_plan(
                 "--jobs",
                 &cfg.restore_jobs.to_string(),
                 "--dbname",
-                &crate::postgres::dbname(db)
+                &crate::sql::dbname(db)
             ]),
             path.display(),
             if dump::is_zstd(&source.path) {
