@@ -3,7 +3,8 @@
 //! database (parallel, streamed, or as a psql script for older servers), and the
 //! row-count proof on what was restored.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -12,40 +13,81 @@ use crate::checks;
 use crate::clients::RestoreMode;
 use crate::config::Config;
 use crate::dump;
+use crate::manifest::Manifest;
 use crate::postgres::{Postgres, RestoreClient};
 use crate::process::StreamError;
 
-/// How pg_restore will read the archive.
-pub enum Input {
-    /// Streamed (decompressed on the fly) into one pg_restore.
+/// How pg_restore is fed the archive. Decided before the check pass from the
+/// settings and the file alone, so a dry run shows what the run will do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// `pg_restore --jobs N` from an uncompressed copy the check pass writes to
+    /// BACKUP_DIR/.kbackup (removed when the restore is over).
+    ParallelFromCopy,
+    /// `pg_restore --jobs N` from the backup file itself (an uncompressed `.dump`).
+    ParallelFromFile,
+    /// Decompressed on the fly into one pg_restore.
     Stream,
-    /// A seekable uncompressed archive, for a parallel `pg_restore -j`: the copy
-    /// the check pass left (kept alive here), or a seed-era `.dump` itself.
-    Seekable {
-        path: PathBuf,
-        /// Keeps the temporary copy until pg_restore is done with it.
-        _copy: Option<tempfile::NamedTempFile>,
-    },
 }
 
-/// Runs the check pass over `path` (checksum, full archive read). When a
-/// parallel restore will follow (BACKUP_RESTORE_JOBS > 1, direct mode, room in
-/// the store), the same pass leaves the uncompressed archive in a temporary file.
+impl Feed {
+    /// For a backup at `path`: parallel when BACKUP_RESTORE_JOBS > 1 in direct
+    /// mode, through a copy when the file is compressed and the store has room
+    /// for the archive (`manifest`'s size, else ten times the file's).
+    pub fn plan(cfg: &Config, docker: bool, path: &Path, manifest: Option<&Manifest>) -> Feed {
+        if cfg.restore_jobs <= 1 || docker {
+            return Feed::Stream;
+        }
+        if !dump::is_zstd(path) {
+            return Feed::ParallelFromFile;
+        }
+        let need = manifest
+            .map(|m| m.archive.archive_bytes)
+            .unwrap_or_else(|| std::fs::metadata(path).map(|m| m.len() * 10).unwrap_or(0));
+        let room =
+            crate::store::free_space(&cfg.backup_dir).is_ok_and(|free| free > need + need / 10);
+        if room {
+            Feed::ParallelFromCopy
+        } else {
+            Feed::Stream
+        }
+    }
+}
+
+/// The archive as pg_restore will read it.
+pub struct Input {
+    /// The seekable archive of a parallel feed.
+    seekable: Option<PathBuf>,
+    /// Keeps the temporary copy until pg_restore is done with it.
+    _copy: Option<tempfile::NamedTempFile>,
+}
+
+impl Input {
+    pub fn stream() -> Input {
+        Input {
+            seekable: None,
+            _copy: None,
+        }
+    }
+}
+
+/// The check pass over `path` (checksum, full archive read). For
+/// `Feed::ParallelFromCopy`, and unless this is a dry run (`keep_copy` false),
+/// the same pass writes the uncompressed archive to a temporary file; when that
+/// copy cannot be made the restore streams instead (and says so).
 pub async fn check_pass(
     cfg: &Config,
-    pg: &Postgres,
-    path: &std::path::Path,
-    size_hint: u64,
-    for_restore: bool,
+    path: &Path,
+    feed: Feed,
+    keep_copy: bool,
 ) -> Result<(Result<Summary>, String, Input)> {
-    let parallel = cfg.restore_jobs > 1 && !pg.is_docker();
     let mut tmp = None;
-    // A dry run reads the file but keeps no copy (and writes nothing to the store).
-    if parallel && for_restore && dump::is_zstd(path) {
-        let room = crate::store::free_space(&cfg.backup_dir)
-            .is_ok_and(|free| free > size_hint + size_hint / 10);
-        if room {
-            tmp = crate::store::state_temp(&cfg.backup_dir, "restore").ok();
+    if feed == Feed::ParallelFromCopy && keep_copy {
+        match crate::store::state_temp(&cfg.backup_dir, "restore") {
+            Ok(t) => tmp = Some(t),
+            Err(e) => {
+                tracing::warn!("{e:#}: the restore will stream instead of running in parallel")
+            }
         }
     }
     let src = path.to_path_buf();
@@ -60,18 +102,81 @@ pub async fn check_pass(
     })
     .await?;
     let (summary, sha) = read?;
-    let input = match tmp {
-        Some(t) => Input::Seekable {
-            path: t.path().to_path_buf(),
+    let input = match (feed, tmp) {
+        (Feed::ParallelFromCopy, Some(t)) => Input {
+            seekable: Some(t.path().to_path_buf()),
             _copy: Some(t),
         },
-        None if parallel && !dump::is_zstd(path) => Input::Seekable {
-            path: path.to_path_buf(),
+        (Feed::ParallelFromFile, _) => Input {
+            seekable: Some(path.to_path_buf()),
             _copy: None,
         },
-        None => Input::Stream,
+        (Feed::ParallelFromCopy, None) if keep_copy => {
+            tracing::warn!(
+                "The uncompressed copy for a parallel restore could not be written to {}; streaming instead",
+                crate::store::STATE_DIR
+            );
+            Input::stream()
+        }
+        _ => Input::stream(),
     };
     Ok((summary, sha, input))
+}
+
+/// Where the manifest and the archive disagree (tables missing from the
+/// archive, row counts that differ, a different number of tables): the
+/// manifest holds what pg_dump read, so any difference means a damaged or
+/// substituted file.
+pub fn manifest_disagreements(manifest: &Manifest, summary: &Summary) -> Vec<String> {
+    let in_archive: BTreeMap<(&str, &str), Option<u64>> = summary
+        .tables
+        .iter()
+        .map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows))
+        .collect();
+    let mut problems = Vec::new();
+    for t in &manifest.archive.tables {
+        match in_archive.get(&(t.schema.as_str(), t.name.as_str())) {
+            None => problems.push(format!("{}.{} missing from the archive", t.schema, t.name)),
+            Some(Some(rows)) if t.rows.is_some_and(|m| m != *rows) => problems.push(format!(
+                "the manifest says {}.{} has {} rows but the archive holds {rows}",
+                t.schema,
+                t.name,
+                t.rows.unwrap_or_default(),
+            )),
+            _ => {}
+        }
+    }
+    if manifest.archive.tables.len() != summary.tables.len() {
+        problems.push(format!(
+            "manifest lists {} tables, archive {}",
+            manifest.archive.tables.len(),
+            summary.tables.len()
+        ));
+    }
+    problems
+}
+
+/// The row count each table must have after a restore: the archive's own
+/// count, else the manifest's (None: unknown).
+pub fn expected_rows(summary: &Summary, manifest: Option<&Manifest>) -> Vec<TableData> {
+    let from_manifest: BTreeMap<(&str, &str), Option<u64>> = manifest
+        .iter()
+        .flat_map(|m| &m.archive.tables)
+        .map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows))
+        .collect();
+    summary
+        .tables
+        .iter()
+        .map(|t| TableData {
+            rows: t.rows.or_else(|| {
+                from_manifest
+                    .get(&(t.schema.as_str(), t.name.as_str()))
+                    .copied()
+                    .flatten()
+            }),
+            ..t.clone()
+        })
+        .collect()
 }
 
 /// Runs pg_restore of the archive at `path` into `db`, stopping at the first
@@ -94,8 +199,8 @@ pub async fn run_pg_restore(
     if let RestoreMode::Script { drop } = &rc.mode {
         return run_as_script(cfg, pg, path, input, db, extra, drop.clone()).await;
     }
-    match input {
-        Input::Seekable { path: archive, .. } => {
+    match &input.seekable {
+        Some(archive) => {
             pg.tool("pg_restore")
                 .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
                 .args(extra)
@@ -105,7 +210,7 @@ pub async fn run_pg_restore(
                 .await
                 .map_err(|e| failed(StreamError::Process(e)))?;
         }
-        Input::Stream => {
+        None => {
             let src = path.to_path_buf();
             pg.pg_restore(db)
                 .args(extra)
@@ -130,10 +235,10 @@ pub async fn run_as_script(
     drop: Vec<&'static str>,
 ) -> Result<()> {
     let mut _copy = None;
-    let archive = match input {
-        Input::Seekable { path, .. } => path.clone(),
-        Input::Stream if !dump::is_zstd(path) => path.to_path_buf(),
-        Input::Stream => {
+    let archive = match &input.seekable {
+        Some(path) => path.clone(),
+        None if !dump::is_zstd(path) => path.to_path_buf(),
+        None => {
             let tmp = crate::store::state_temp(&cfg.backup_dir, "restore")
                 .context("temporary archive for pg_restore")?;
             let (src, out) = (path.to_path_buf(), tmp.reopen()?);

@@ -699,3 +699,49 @@ fn a_killed_in_place_restore_blocks_backups_of_the_incomplete_database_until_it_
     assert_eq!(c.psql(&db, "SELECT count(*) FROM big"), "400000");
     kb.ok(&["backup"]);
 }
+
+/// The dry run prints the plan value the real run executes: the run logs the
+/// same numbered steps (names differ only in their time stamps and pid), and
+/// the names it logs are the databases it made.
+#[test]
+fn the_dry_run_shows_the_steps_the_run_takes() {
+    let c = cluster();
+    let db = c.sample_db("sameplan");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let digits = |s: &str| {
+        s.chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect::<String>()
+    };
+    let dry = kb.ok(&["restore", "--latest", "--dry-run"]);
+    let planned: Vec<String> = dry
+        .stdout()
+        .lines()
+        .skip_while(|l| *l != "Steps:")
+        .skip(1)
+        .map(|l| digits(l.trim()))
+        .collect();
+    assert_eq!(planned.len(), 6, "{}", dry.stdout());
+    let run = kb.ok(&["restore", "--latest", "--yes"]);
+    let logged: Vec<String> = run
+        .stderr()
+        .lines()
+        .filter_map(|l| l.split_once("Plan: ").map(|(_, s)| digits(s.trim())))
+        .collect();
+    assert_eq!(logged, planned, "{}", run.all());
+    // The kept name the run logged is the database now on the server.
+    let kept = run
+        .stderr()
+        .lines()
+        .find_map(|l| {
+            l.split_once("keep ")
+                .map(|(_, s)| s.split(' ').next().unwrap().to_string())
+        })
+        .expect("a keep step");
+    assert!(
+        databases(&db).contains(&kept),
+        "{kept}: {:?}",
+        databases(&db)
+    );
+}

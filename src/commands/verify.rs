@@ -27,7 +27,7 @@ use crate::lifecycle::{create_database, derived_name, drop_database, drop_statem
 use crate::manifest::{Check, Manifest, Outcome, Verification};
 use crate::naming::GLOBALS_EXT;
 use crate::postgres::Postgres;
-use crate::readback::{check_pass, run_pg_restore, Input};
+use crate::readback::{check_pass, manifest_disagreements, run_pg_restore, Feed, Input};
 use crate::store::{human_size, loose_file, Backup, Store};
 use crate::{metrics, notify, state};
 
@@ -279,21 +279,13 @@ async fn verify_one(
     let read = if quick {
         let path = s.path.clone();
         match tokio::task::spawn_blocking(move || dump::read_back(&path, None)).await {
-            Ok(Ok((summary, sha))) => Ok((summary, sha, Input::Stream)),
+            Ok(Ok((summary, sha))) => Ok((summary, sha, Input::stream())),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow!(e)),
         }
     } else {
-        let size_hint = s
-            .manifest
-            .as_ref()
-            .map(|m| m.archive.archive_bytes)
-            .unwrap_or_else(|| {
-                std::fs::metadata(&s.path)
-                    .map(|m| m.len() * 10)
-                    .unwrap_or(0)
-            });
-        check_pass(cfg, server, &s.path, size_hint, true).await
+        let feed = Feed::plan(cfg, server.is_docker(), &s.path, s.manifest.as_ref());
+        check_pass(cfg, &s.path, feed, true).await
     };
     let (summary, sha, input) = match read {
         Ok((Ok(summary), sha, input)) => (Some(summary), sha, input),
@@ -303,7 +295,7 @@ async fn verify_one(
         }
         Err(e) => {
             checks.push(check("archive readable", Outcome::Fail, format!("{e:#}")));
-            (None, String::new(), Input::Stream)
+            (None, String::new(), Input::stream())
         }
     };
     match &s.manifest {
@@ -381,34 +373,7 @@ fn manifest_agrees(manifest: Option<&Manifest>, summary: &Summary) -> Check {
     let Some(m) = manifest else {
         return check("manifest matches archive", Outcome::Skip, "no manifest");
     };
-    let in_archive: HashMap<(&str, &str), Option<u64>> = summary
-        .tables
-        .iter()
-        .map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows))
-        .collect();
-    let mut problems = Vec::new();
-    for t in &m.archive.tables {
-        match in_archive.get(&(t.schema.as_str(), t.name.as_str())) {
-            None => problems.push(format!("{}.{} missing from the archive", t.schema, t.name)),
-            Some(rows) if rows.is_some() && t.rows.is_some() && *rows != t.rows => {
-                problems.push(format!(
-                    "{}.{}: manifest {} rows, archive {}",
-                    t.schema,
-                    t.name,
-                    t.rows.unwrap_or_default(),
-                    rows.unwrap_or_default()
-                ))
-            }
-            _ => {}
-        }
-    }
-    if m.archive.tables.len() != summary.tables.len() {
-        problems.push(format!(
-            "manifest lists {} tables, archive {}",
-            m.archive.tables.len(),
-            summary.tables.len()
-        ));
-    }
+    let problems = manifest_disagreements(m, summary);
     if problems.is_empty() {
         pass_fail(
             "manifest matches archive",

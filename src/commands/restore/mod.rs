@@ -1,0 +1,260 @@
+//! `kbackup restore`: choose a backup, prove it, and swap it in without ever
+//! losing the current database.
+//!
+//! 1. The file is checked before anything else: its checksum against its
+//!    manifest, and a full read of the archive (complete, row counts agree).
+//! 2. It is restored into a new scratch database on the same server.
+//! 3. The scratch database is checked: pg_restore's status, every table present,
+//!    every table's row count equal to the backup's.
+//! 4. Only then is the target closed to new connections, its sessions ended, and
+//!    in one transaction renamed to `<target>_pre_restore_<time>` while the
+//!    scratch database takes its name. The old database is kept unless --drop-old.
+//!
+//! Any failure before step 4 drops the scratch database and leaves the target
+//! untouched; Ctrl-C does the same (see `cleanup`).
+
+mod choose;
+mod plan;
+mod strategy;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use chrono::{DateTime, FixedOffset, Utc};
+
+use crate::archive::TableData;
+use crate::cleanup;
+use crate::cli::RestoreArgs;
+use crate::config::Config;
+use crate::error::usage;
+use crate::postgres::Postgres;
+use crate::readback::Feed;
+use crate::roles::{create_missing_roles, missing_roles, roles_message};
+use crate::store::{human_size, Store};
+use choose::{Checked, Source};
+use plan::{Plan, Strategy};
+
+pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
+    let clock_start = Instant::now();
+    let store = Store::new(cfg.backup_dir.clone());
+    let source = match &args.remote {
+        Some(_) => choose::remote(cfg, &store, args).await?,
+        None => choose::local(cfg, &store, args)?,
+    };
+    let target = args
+        .target_db
+        .clone()
+        .unwrap_or_else(|| cfg.db.name.clone());
+    choose::check_name(&target)?;
+    let mut db = cfg.db.clone();
+    if target == db.maintenance_db {
+        // The database restore works from cannot be renamed or dropped while it
+        // is connected to: work from another one (the official image's DB_NAME
+        // is `postgres`, the default maintenance database).
+        let other = "template1";
+        tracing::info!(
+            "{target} is the maintenance database (POSTGRES_MAINTENANCE_DB); restore works from {other} instead"
+        );
+        db.maintenance_db = other.into();
+    }
+    let pg = Postgres::new(db);
+
+    if !args.dry_run {
+        crate::leftovers::report(cfg).await;
+    }
+    tracing::info!("Checking {}...", source.shown);
+    let feed = Feed::plan(cfg, pg.is_docker(), &source.path, source.manifest.as_ref());
+    let checked = choose::check_file(cfg, &source, feed, !args.dry_run).await?;
+    tracing::info!(
+        "Backup is a complete archive ({}): {} tables, {}",
+        checked.checksum,
+        checked.summary.tables.len(),
+        rows_text(&checked.expected)
+    );
+
+    pg.check_container().await?;
+    let rc = pg.restore_client(&checked.summary).await?;
+    let pg = rc.pg.clone();
+    let missing = missing_roles(&pg, &checked.summary).await?;
+    let plan = Plan::make(args, &pg, &target, feed, missing).await?;
+
+    if args.dry_run {
+        plan.print(cfg, args, &rc, &source, &checked);
+        return Ok(());
+    }
+    if !plan.missing_roles.is_empty() && !args.with_globals {
+        bail!(roles_message(
+            &plan.missing_roles,
+            source.globals.as_deref()
+        ));
+    }
+    if plan.existing.is_some() && !args.yes {
+        confirm(cfg, &plan, &source).await?;
+    }
+    for step in plan.steps(cfg, &rc, &source, &checked) {
+        tracing::info!("Plan: {step}");
+    }
+    if args.with_globals && !plan.missing_roles.is_empty() {
+        create_missing_roles(&pg, source.globals.as_deref(), &plan.missing_roles).await?;
+    }
+    let job = strategy::Job {
+        cfg,
+        rc: &rc,
+        source: &source,
+        checked: &checked,
+    };
+    let old = strategy::execute(&job, &store, &plan).await?;
+    // A database a killed in-place restore left incomplete is whole again.
+    for (file, _) in cleanup::incomplete(&cfg.backup_dir, &target) {
+        let _ = std::fs::remove_file(file);
+    }
+    report(
+        &source,
+        &checked,
+        &target,
+        old.as_deref(),
+        args.drop_old,
+        clock_start.elapsed(),
+    );
+    Ok(())
+}
+
+/// When stdin is a terminal, the operator types the database name (or RESTORE)
+/// after seeing what will be replaced. Without a terminal, --yes is required.
+async fn confirm(cfg: &Config, plan: &Plan, source: &Source) -> Result<()> {
+    let (target, Some(e)) = (&plan.target, &plan.existing) else {
+        return Ok(());
+    };
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(format!(
+            "restoring over the existing database {target} needs --yes when stdin is not a terminal \
+             (nothing was changed; try --dry-run to see the plan)"
+        )));
+    }
+    let mut err = std::io::stderr().lock();
+    if cfg.production {
+        writeln!(
+            err,
+            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+        )?;
+        writeln!(
+            err,
+            "!!  WARNING: PRODUCTION ENVIRONMENT DETECTED (ENVIRONMENT=production)"
+        )?;
+        writeln!(err, "!!  You are about to restore database: {target}")?;
+        writeln!(err, "!!  This will REPLACE its data with the backup's.")?;
+        writeln!(
+            err,
+            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+        )?;
+    }
+    writeln!(err, "\nDatabase {target} exists and will be replaced:")?;
+    writeln!(
+        err,
+        "  size {}, {} tables, {} open connections (they will be ended)",
+        human_size(e.size),
+        e.tables,
+        e.connections
+    )?;
+    writeln!(
+        err,
+        "  with backup {}{}",
+        source.shown,
+        source
+            .time
+            .map(|t| format!(" taken {}", t.format("%Y-%m-%d %H:%M:%S %:z")))
+            .unwrap_or_default()
+    )?;
+    match &plan.strategy {
+        Strategy::Scratch {
+            old: Some(old),
+            drop_old: false,
+            ..
+        } => writeln!(err, "  The current database is kept as {old}.")?,
+        Strategy::Scratch { .. } => writeln!(
+            err,
+            "  The current database is dropped after the swap (--drop-old)."
+        )?,
+        Strategy::InPlace { .. } => writeln!(
+            err,
+            "  The current database is dropped first (--in-place); a safety backup is taken before."
+        )?,
+    }
+    write!(
+        err,
+        "Type the database name ({target}) or RESTORE to continue, anything else aborts: "
+    )?;
+    err.flush()?;
+    drop(err);
+    // Read on a blocking thread: the runtime stays free to see Ctrl-C, which
+    // ends the run at once (exit 130) while the prompt waits.
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map(|_| answer)
+    })
+    .await??;
+    let answer = answer.trim();
+    if answer == target || answer == "RESTORE" {
+        Ok(())
+    } else {
+        Err(anyhow::Error::new(crate::error::Declined(
+            "restore aborted at the prompt; nothing was changed".into(),
+        )))
+    }
+}
+
+/// `2025-12-26 07:00:01 +01:00, 3h ago`
+fn taken(t: DateTime<FixedOffset>) -> String {
+    format!(
+        "{}, {} ago",
+        t.format("%Y-%m-%d %H:%M:%S %:z"),
+        crate::clock::age(t, Utc::now())
+    )
+}
+
+fn rows_text(tables: &[TableData]) -> String {
+    match tables.iter().map(|t| t.rows).sum::<Option<u64>>() {
+        Some(n) => format!("{n} rows"),
+        None => "row counts unknown (archive compressed inside, no manifest)".to_string(),
+    }
+}
+
+fn report(
+    source: &Source,
+    checked: &Checked,
+    target: &str,
+    old: Option<&str>,
+    dropped: bool,
+    took: Duration,
+) {
+    let (tables, rows) = (
+        checked.expected.len(),
+        checked.expected.iter().map(|t| t.rows).sum::<Option<u64>>(),
+    );
+    println!("Restore complete in {:.1}s.", took.as_secs_f64());
+    println!(
+        "  Backup:   {}{}",
+        source.shown,
+        source
+            .time
+            .map(|t| format!(" (taken {})", taken(t)))
+            .unwrap_or_default()
+    );
+    println!(
+        "  Restored: {target}: {tables} tables, {}",
+        match rows {
+            Some(n) => format!("{n} rows, every table's count equal to the backup's"),
+            None => "every table present (row counts unknown for this backup)".to_string(),
+        }
+    );
+    match old {
+        Some(o) => println!("  Previous: kept as {o}; when you no longer need it: dropdb {o}"),
+        None if dropped => println!("  Previous: dropped (--drop-old)"),
+        None => {}
+    }
+    tracing::info!("Restore of {target} from {} complete", source.shown);
+}
