@@ -107,6 +107,7 @@ pub fn register(pg: &Postgres, statements: Vec<String>) -> Registered {
         journal: journal_entry(
             Entry {
                 pid: std::process::id(),
+                session: Some(crate::postgres::session_name().to_string()),
                 run: None,
                 server: Some(ServerRef::of(&pg.db)),
                 statements: statements.clone(),
@@ -141,6 +142,7 @@ fn notice_about(message: String, incomplete: Option<String>) -> Registered {
         journal: journal_entry(
             Entry {
                 pid: std::process::id(),
+                session: None,
                 run: None,
                 server: None,
                 statements: vec![],
@@ -167,8 +169,9 @@ pub async fn run_pending() -> Vec<String> {
                 journal,
             } => {
                 let what = statements.join("; ");
-                tracing::warn!("Undoing: {what}");
-                match pg.admin(&statements, Some(Duration::from_secs(30))).await {
+                tracing::warn!("Undoing: end this run's sessions; {what}");
+                let sql = undo_sql(Some(crate::postgres::session_name()), &statements);
+                match pg.admin(&sql, Some(Duration::from_secs(30))).await {
                     Ok(_) => {
                         if let Some(p) = journal {
                             let _ = std::fs::remove_file(p);
@@ -200,11 +203,24 @@ pub async fn run_pending() -> Vec<String> {
     notices
 }
 
+/// What an undo runs: the run's sessions ended first (a statement in flight
+/// when the run stopped must not land after its undo), then `statements`.
+pub fn undo_sql(session: Option<&str>, statements: &[String]) -> Vec<String> {
+    session
+        .map(crate::postgres::end_sessions_sql)
+        .into_iter()
+        .chain(statements.iter().cloned())
+        .collect()
+}
+
 /// One journaled undo action, as `kbackup cleanup` reads it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     /// The kbackup process that registered it.
     pub pid: u32,
+    /// The application_name of its sessions, ended before the statements run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// Its run (see `run_id`): alive while it holds its lock.
     #[serde(default)]
     pub run: Option<String>,

@@ -40,7 +40,13 @@ impl Leftover {
                     "unfinished undo of kbackup pid {} on {}: {}",
                     entry.pid,
                     server_text(&s.host, s.port, &s.container),
-                    entry.statements.join("; ")
+                    entry
+                        .session
+                        .iter()
+                        .map(|a| format!("end its sessions ({a})"))
+                        .chain(entry.statements.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ),
                 (None, None) => format!("an empty undo entry of kbackup pid {}", entry.pid),
             },
@@ -166,15 +172,10 @@ pub async fn report(cfg: &Config) {
 pub async fn clear(cfg: &Config, l: &Leftover) -> Result<()> {
     match l {
         Leftover::Undo { file, entry } => {
-            if let Some(server) = entry
-                .server
-                .as_ref()
-                .filter(|_| !entry.statements.is_empty())
-            {
+            if let Some(server) = entry.server.as_ref() {
                 let pg = Postgres::new(server.apply(&cfg.db));
-                pg.admin(&entry.statements, None)
-                    .await
-                    .map_err(|e| anyhow!(e))?;
+                let sql = cleanup::undo_sql(entry.session.as_deref(), &entry.statements);
+                pg.admin(&sql, None).await.map_err(|e| anyhow!(e))?;
             }
             std::fs::remove_file(file)?;
         }

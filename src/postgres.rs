@@ -15,6 +15,34 @@ use crate::config::DbConfig;
 use crate::process::{Cmd, ProcessError, StreamError};
 use crate::sql::{dbname, literal};
 
+/// The `application_name` of every session this run opens (`kbackup-<pid>-<µs>`):
+/// when a run stops, the server may still be executing a statement whose
+/// client is gone (a CREATE DATABASE waiting on a lock lands after its undo, a
+/// pg_dump inside a container goes on); [`end_sessions_sql`] ends them first.
+pub fn session_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        format!("kbackup-{}-{micros}", std::process::id())
+    })
+}
+
+/// Ends every session named `app` other than its own and waits (up to 10 s)
+/// until they are gone, so that what they were doing is rolled back before
+/// the statements that follow it run.
+pub fn end_sessions_sql(app: &str) -> String {
+    format!(
+        "DO $kbackup$ DECLARE n bigint; BEGIN FOR i IN 1..200 LOOP PERFORM pg_stat_clear_snapshot(); \
+         SELECT count(pg_terminate_backend(pid)) INTO n FROM pg_stat_activity \
+         WHERE application_name = {} AND pid <> pg_backend_pid(); \
+         EXIT WHEN n = 0; PERFORM pg_sleep(0.05); END LOOP; END $kbackup$",
+        literal(app)
+    )
+}
+
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
@@ -122,8 +150,13 @@ impl Postgres {
     /// `docker exec -e NAME` copies a variable in without its value in argv.
     fn program(&self, name: &str, stdin: bool, env: &[(&str, &str)]) -> Cmd {
         // The tools' own messages in English whatever the operator's locale
-        // (LANGUAGE=de...): the few that kbackup tells apart are theirs.
-        let env: Vec<(&str, &str)> = env.iter().copied().chain([("LC_ALL", "C")]).collect();
+        // (LANGUAGE=de...): the few that kbackup tells apart are theirs. Every
+        // session carries this run's name, so an undo can end what is in flight.
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .copied()
+            .chain([("PGAPPNAME", session_name()), ("LC_ALL", "C")])
+            .collect();
         let env = &env[..];
         match &self.db.container {
             Some(container) => {
@@ -159,10 +192,9 @@ impl Postgres {
     }
 
     /// The dump kbackup takes: custom format, no compression inside (kbackup
-    /// compresses with zstd as it streams, and reads the rows as they pass). Its
-    /// connection carries `app_name`, so the server can end it if we stop.
-    pub fn pg_dump(&self, app_name: &str) -> Cmd {
-        self.tool_with("pg_dump", false, &[("PGAPPNAME", app_name)])
+    /// compresses with zstd as it streams, and reads the rows as they pass).
+    pub fn pg_dump(&self) -> Cmd {
+        self.tool("pg_dump")
             .args(["--format=custom", "--compress=0"])
             .args(["--dbname", &dbname(&self.db.name)])
     }
@@ -766,7 +798,7 @@ mod tests {
     fn docker_mode_passes_the_password_by_name_only() {
         let mut d = db(Some("postgres-db"));
         d.password = Some(secret("s3cret"));
-        let cmd = Postgres::new(d).pg_dump("kbackup-test");
+        let cmd = Postgres::new(d).pg_dump();
         let argv: Vec<String> = cmd
             .argv()
             .map(|a| a.to_string_lossy().into_owned())
@@ -808,8 +840,14 @@ mod tests {
         let mut d = db(None);
         d.bin_dir = Some("/usr/lib/postgresql/16/bin".into());
         d.host = Some("/run/pg".into());
-        let s = Postgres::new(d).pg_dump("kbackup-test").to_string();
-        assert!(s.starts_with("PGAPPNAME=kbackup-test LC_ALL=C /usr/lib/postgresql/16/bin/pg_dump --no-password --username n8n_user --host /run/pg"), "{s}");
+        let s = Postgres::new(d).pg_dump().to_string();
+        assert!(
+            s.starts_with(&format!(
+                "PGAPPNAME={} LC_ALL=C /usr/lib/postgresql/16/bin/pg_dump",
+                session_name()
+            )) && s.contains(" --no-password --username n8n_user --host /run/pg"),
+            "{s}"
+        );
     }
 }
 

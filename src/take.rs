@@ -72,18 +72,10 @@ pub async fn take(
     let level = cfg.compression_level;
     // If we stop (timeout, Ctrl-C), the server ends pg_dump's session: killing
     // the `docker exec` client alone would leave pg_dump running in the container.
-    let app = format!(
-        "kbackup-{}-{}",
-        std::process::id(),
-        started.timestamp_micros()
-    );
-    let end_session = format!(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = {}",
-        crate::sql::literal(&app)
-    );
-    let undo = crate::cleanup::register(pg, vec![end_session.clone()]);
+    let end_session = crate::postgres::end_sessions_sql(crate::postgres::session_name());
+    let undo = crate::cleanup::register(pg, vec![]);
     let written = pg
-        .pg_dump(&app)
+        .pg_dump()
         .stream(cfg.timeout, move |stdout| {
             dump::write_compressed(stdout, out, level)
         })

@@ -1033,3 +1033,81 @@ fn a_signal_during_the_swap_reopens_the_target() {
         assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "1");
     }
 }
+
+/// Sessions of a restore of `db` running `statement` on its scratch copy
+/// (waiting or running).
+fn scratch_sessions(c: &Cluster, db: &str, statement: &str) -> u32 {
+    c.psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '{statement} \"{db}_kbrestore%' \
+             AND pid <> pg_backend_pid()"
+        ),
+    )
+    .parse()
+    .unwrap()
+}
+
+/// A stop at two steps of a restore that a session can hold for real: while
+/// CREATE DATABASE of the scratch copy waits (pg_database locked), and between
+/// pg_restore and the row-count proof, while the database's own settings are
+/// put back (pg_db_role_setting locked). SIGINT, SIGTERM and SIGHUP undo the
+/// run before it exits; after `kill -9`, `kbackup cleanup` does. A statement
+/// still in flight on the server when the run stops must not land after its
+/// undo (the server finishes a statement whose client is gone: a scratch
+/// CREATE used to appear right after the DROP that undid it).
+#[test]
+fn a_stop_while_the_scratch_copy_is_made_or_proven_leaves_nothing() {
+    let c = cluster();
+    type Hold = fn(&Cluster) -> LockHolder;
+    let steps: [(&str, &str, Hold); 2] = [
+        ("create", "CREATE DATABASE", LockHolder::databases),
+        ("proof", "ALTER DATABASE", LockHolder::database_settings),
+    ];
+    let signals = [
+        ("INT", Some(130)),
+        ("TERM", Some(143)),
+        ("HUP", Some(129)),
+        ("KILL", None),
+    ];
+    for (step, statement, hold) in steps {
+        for (signal, code) in signals {
+            let what = format!("SIG{signal} at {step}");
+            let db = rows_db(c, &format!("{step}{}", signal.to_lowercase()), 10);
+            c.psql(&db, &format!("ALTER DATABASE {db} SET work_mem = '8MB'"));
+            let kb = Kb::direct(&db);
+            kb.ok(&["backup"]);
+            let fp = c.fingerprint(&db);
+            let lock = hold(c);
+            let restore = kb.spawn(&["restore", "--latest", "--yes"]);
+            wait_for(30, &format!("{what}: {statement} waiting"), || {
+                (scratch_sessions(c, &db, statement) > 0).then_some(())
+            });
+            run_ok(
+                std::process::Command::new("kill")
+                    .args([&format!("-{signal}"), &restore.id().to_string()]),
+            );
+            // The undo's DROP waits on the same lock: let it queue, then release.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            drop(lock);
+            let out = restore.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            assert_eq!(out.status.code(), code, "{what}: {err}");
+            if signal == "KILL" {
+                let r = kb.ok(&["cleanup"]);
+                assert!(r.stdout().contains("cleared:"), "{what}: {}", r.all());
+            }
+            wait_for(30, &format!("{what}: {statement} to end"), || {
+                (scratch_sessions(c, &db, statement) == 0).then_some(())
+            });
+            assert_eq!(leftover_dbs(c, &db), Vec::<String>::new(), "{what}: {err}");
+            assert_eq!(c.fingerprint(&db), fp, "{what}");
+            assert_eq!(datallowconn(c, &db), "t", "{what}");
+            assert!(
+                kb.files().iter().all(|f| !f.starts_with(".kbackup/undo/")),
+                "{what}: {:?}",
+                kb.files()
+            );
+        }
+    }
+}

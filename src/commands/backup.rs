@@ -254,7 +254,7 @@ fn dry_run(cfg: &Config, store: &Store, pg: &Postgres, target: &Target) -> Resul
         pg.describe(),
         if pg.is_docker() { "docker" } else { "direct" }
     );
-    println!("Would run: {}", pg.pg_dump("kbackup-<pid>-<time>"));
+    println!("Would run: {}", pg.pg_dump());
     println!(
         "  streamed through the archive check, zstd level {} and SHA-256 into {}",
         cfg.compression_level,

@@ -729,7 +729,38 @@ pub struct LockHolder {
 
 impl LockHolder {
     pub fn exclusive(db: &str, table: &str) -> LockHolder {
-        let c = cluster();
+        LockHolder::hold(
+            cluster(),
+            db,
+            &format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"),
+            &format!("relation = '{table}'::regclass AND mode = 'AccessExclusiveLock'"),
+        )
+    }
+
+    /// `pg_database` locked against writes: every CREATE/DROP/ALTER DATABASE
+    /// on the cluster waits (connections do not) until the holder is dropped.
+    pub fn databases(c: &Cluster) -> LockHolder {
+        LockHolder::hold(
+            c,
+            "postgres",
+            "LOCK TABLE pg_database IN SHARE MODE",
+            "relation = 'pg_database'::regclass AND mode = 'ShareLock'",
+        )
+    }
+
+    /// Database settings (`ALTER DATABASE ... SET`) locked against writes.
+    pub fn database_settings(c: &Cluster) -> LockHolder {
+        LockHolder::hold(
+            c,
+            "postgres",
+            "LOCK TABLE pg_db_role_setting IN SHARE MODE",
+            "relation = 'pg_db_role_setting'::regclass AND mode = 'ShareLock'",
+        )
+    }
+
+    /// Runs `lock` in an open transaction in `db` and waits until pg_locks
+    /// shows it granted (`which`: its pg_locks condition).
+    fn hold(c: &Cluster, db: &str, lock: &str, which: &str) -> LockHolder {
         let mut child = c
             .psql_cmd(db)
             .stdin(Stdio::piped())
@@ -738,17 +769,12 @@ impl LockHolder {
             .spawn()
             .unwrap();
         let stdin = child.stdin.as_mut().unwrap();
-        writeln!(
-            stdin,
-            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 'locked';"
-        )
-        .unwrap();
+        writeln!(stdin, "BEGIN; {lock}; SELECT 'locked';").unwrap();
         stdin.flush().unwrap();
-        // Wait until the lock is granted.
-        wait_for(10, "the table lock", || {
+        wait_for(10, "the lock", || {
             let n = c.psql(
                 db,
-                &format!("SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND mode = 'AccessExclusiveLock' AND granted"),
+                &format!("SELECT count(*) FROM pg_locks WHERE {which} AND granted"),
             );
             (n == "1").then_some(())
         });
