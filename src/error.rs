@@ -77,3 +77,41 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
         .map(|c| c.kind)
         .unwrap_or(ExitKind::Failure)
 }
+
+/// The hint a full disk gets, once in the chain.
+#[derive(Debug)]
+struct DiskFull(String);
+
+impl fmt::Display for DiskFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DiskFull {}
+
+/// Whether a write failed because its filesystem is full (no space or no
+/// inodes left) or a quota is reached.
+pub fn is_disk_full(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        })
+    })
+}
+
+/// Adds what to do to an error that a full disk caused (once, however often
+/// it is called): the operator reads the fix in the message and the alert.
+pub fn explain(err: anyhow::Error, backup_dir: &std::path::Path) -> anyhow::Error {
+    if !is_disk_full(&err) || err.chain().any(|e| e.downcast_ref::<DiskFull>().is_some()) {
+        return err;
+    }
+    err.context(DiskFull(format!(
+        "the disk is full (no space or no inodes left) where kbackup writes ({}): free space there, or keep fewer \
+         backups (BACKUP_KEEP_HOURLY, BACKUP_RETENTION_DAYS); every backup already listed by `kbackup list` is whole",
+        backup_dir.display()
+    )))
+}

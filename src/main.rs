@@ -108,6 +108,7 @@ fn main() -> ExitCode {
         // what it did on the server is undone, its temporary files removed.
         let notices = cleanup::run_pending().await;
         cleanup::end_run();
+        let outcome = outcome.map(|r| r.map_err(|e| error::explain(e, &cfg.backup_dir)));
         let result = match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if notices.is_empty() => Err(e),

@@ -32,15 +32,6 @@ fn manifest_of(kb: &Kb, dump_rel: &str) -> Value {
         .unwrap()
 }
 
-fn sha256_file(p: &Path) -> String {
-    let out = run_ok(Command::new("sha256sum").arg(p));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn backup_restores_equal_to_the_source() {
     let c = cluster();

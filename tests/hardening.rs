@@ -1111,3 +1111,141 @@ fn a_stop_while_the_scratch_copy_is_made_or_proven_leaves_nothing() {
         }
     }
 }
+
+/// Every dump in the store is whole, and nothing temporary is left.
+fn assert_only_whole_backups(kb: &Kb, what: &str) {
+    assert_whole_dumps(&kb.store, what);
+    let files = kb.files();
+    assert!(
+        files
+            .iter()
+            .all(|f| !f.ends_with(".partial") && !f.contains(".tmp")),
+        "{what}: temporary files left: {files:?}"
+    );
+}
+
+/// The store runs out of inodes at each of the backup's writes in turn (the
+/// dump's temporary file, globals, manifest, the daily and weekly copies, the
+/// state and the log): a run that cannot finish fails with exit 1 naming the
+/// full disk, the earlier backup stays whole, and no half backup is listed.
+#[test]
+fn a_store_that_fills_up_at_any_write_keeps_only_whole_backups() {
+    let c = cluster();
+    let db = rows_db(c, "inodes", 100);
+    let mut outcomes = std::collections::BTreeSet::new();
+    for spare in 0..14 {
+        let what = format!("{spare} spare inodes");
+        let mut kb = Kb::direct(&db);
+        let mnt = kb.home.path().join("small");
+        let fs = Tmpfs::mount_with(&mnt, "size=64m,nr_inodes=1000");
+        kb.set("BACKUP_DIR", mnt.join("store").to_str().unwrap());
+        kb.ok(&["backup", "--time", "2025-01-01T00:00:00Z"]);
+        let first = kb.list_json();
+        fs.remount(&format!("nr_inodes={}", fs.inodes_used() + spare));
+        let r = kb.run(&["backup"]);
+        assert!(!r.stderr().contains("panicked"), "{what}: {}", r.all());
+        match r.code() {
+            0 => {
+                outcomes.insert("ok");
+                assert_eq!(kb.list_json().len(), first.len() + 3, "{what}: {}", r.all());
+            }
+            1 => {
+                outcomes.insert("failed");
+                assert!(
+                    r.stderr().contains("No space left on device")
+                        && r.stderr().contains("the disk is full")
+                        && r.stderr().contains("free space there"),
+                    "{what}: {}",
+                    r.all()
+                );
+                // The earlier backup is still listed, whole.
+                let now: Vec<_> = kb
+                    .list_json()
+                    .into_iter()
+                    .map(|b| b["path"].clone())
+                    .collect();
+                for b in &first {
+                    assert!(
+                        now.contains(&b["path"]),
+                        "{what}: {} lost: {}",
+                        b["path"],
+                        r.all()
+                    );
+                }
+            }
+            code => panic!("{what}: exit {code}: {}", r.all()),
+        }
+        assert_only_whole_backups(&kb, &what);
+        drop(fs);
+    }
+    // The sweep reached both ends: runs that could not finish, and a run with room.
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+}
+
+/// A dump that outgrows the disk-space estimate (the data became
+/// incompressible since the last backup) meets a full disk mid-write: exit 1
+/// with the fix, the earlier backup whole, nothing half left. Then a restore
+/// whose temporary uncompressed copy cannot fit (its manifest understates the
+/// archive, as an older manifest might) streams instead and still succeeds.
+#[test]
+fn a_disk_that_fills_mid_dump_or_mid_restore_copy_loses_nothing() {
+    let c = cluster();
+    let db = c.new_db("fulldisk");
+    c.psql(
+        &db,
+        "CREATE TABLE t (id int, x text); \
+         INSERT INTO t SELECT g, repeat('a', 2000) FROM generate_series(1, 3000) g",
+    );
+    let mut kb = Kb::direct(&db);
+    let mnt = kb.home.path().join("small");
+    let fs = Tmpfs::mount(&mnt, "64m");
+    kb.set("BACKUP_DIR", mnt.join("store").to_str().unwrap());
+    kb.ok(&["backup", "--time", "2025-01-01T00:00:00Z"]);
+    let first = kb.list_json();
+    // The next backup is estimated from this one (a few KB): room for it and more.
+    fs.remount("size=2m");
+    // The same size on the server, but ~6 MB of random hex that no compressor shrinks much.
+    c.psql(
+        &db,
+        "UPDATE t SET x = (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 62) WHERE t.id > 0)",
+    );
+    c.psql(&db, "VACUUM FULL t");
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains("No space left on device") && r.stderr().contains("the disk is full"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(kb.list_json(), first, "{}", r.all());
+    assert_only_whole_backups(&kb, "mid-dump");
+
+    // The restore of the first backup: its manifest claims a tiny archive, so
+    // the check pass starts an uncompressed copy the disk cannot hold.
+    let manifest = kb
+        .files()
+        .into_iter()
+        .find(|f| f.ends_with(".manifest.json"))
+        .unwrap();
+    let path = kb.store.join(&manifest);
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["archive"]["archive_bytes"] = 1000.into();
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let r = kb.run(&[
+        "restore",
+        "--latest",
+        "--yes",
+        "--target-db",
+        &format!("{db}_back"),
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.all());
+    assert!(r.stderr().contains("streaming instead"), "{}", r.all());
+    assert_eq!(
+        c.psql(
+            &format!("{db}_back"),
+            "SELECT count(*), min(x) = repeat('a', 2000) FROM t"
+        ),
+        "3000|t"
+    );
+    assert_only_whole_backups(&kb, "mid-restore");
+}

@@ -104,6 +104,7 @@ fn a_remote_that_is_down_keeps_the_local_backup_alerts_and_the_next_run_catches_
 
     // Back up: the next run uploads whatever is missing.
     let _dav = Webdav::start(&dav_dir, Some(port));
+    kb.unset("RCLONE_FLAGS");
     kb.ok(&["backup", "--time", "2025-03-01T12:00:00Z"]);
     let on_remote: Vec<String> = files_under(&dav_dir.join("backups"))
         .into_iter()
@@ -301,4 +302,158 @@ fn secrets_in_rclone_flags_and_urls_stay_out_of_argv_logs_and_config() {
         all.contains("RCLONE_WEBDAV_PASS=<redacted>"),
         "debug shows it was set: {all}"
     );
+}
+
+/// Sets a folder tree's modes: folders `dirs`, files `files`.
+fn chmod_tree(root: &std::path::Path, dirs: u32, files: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path, m| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode(root, dirs);
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            chmod_tree(&e.path(), dirs, files);
+        } else {
+            mode(&e.path(), files);
+        }
+    }
+}
+
+/// A remote that takes uploads but refuses deletes (the server's user may
+/// create files but not remove others': sticky folders), then a remote so slow
+/// that the run's BACKUP_TIMEOUT ends the upload. Each run is loud (exit 1,
+/// the cause, an alert, status unhealthy), keeps every local backup, and
+/// leaves no rclone running; once the remote is healthy, the next run
+/// applies the retention it could not.
+#[test]
+fn a_remote_that_refuses_deletes_or_crawls_is_loud_and_loses_nothing() {
+    let db = cluster().sample_db("ostubborn");
+    let mut kb = Kb::direct(&db);
+    // Served as `nobody`: the folder must be reachable by that user.
+    let shared = tempfile::Builder::new()
+        .prefix("kbdav-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    chmod_tree(shared.path(), 0o755, 0o644);
+    let dav_dir = shared.path().join("dav");
+    let dav = Webdav::start(&dav_dir, None);
+    let port = dav.port;
+    for (k, v) in dav.settings() {
+        kb.set(&k, &v);
+    }
+    let ntfy = Recorder::start(Mode::Ok);
+    kb.set("NTFY_URL", &ntfy.url)
+        .set("NTFY_TOPIC", "backups")
+        .set("BACKUP_KEEP_HOURLY", "1");
+    kb.ok(&["backup", "--time", "2025-03-01T10:00:00Z"]);
+    drop(dav);
+
+    // Refuses deletes: old files belong to root, folders are sticky.
+    chmod_tree(&dav_dir, 0o1777, 0o644);
+    let dav = Webdav::start_as_nobody(&dav_dir, Some(port), &[]);
+    let r = kb.run(&["backup", "--time", "2025-03-01T11:00:00Z"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains("off-site sync to dav:backups failed")
+            && r.stderr().contains("cannot delete")
+            && r.stderr().contains("was kept"),
+        "{}",
+        r.all()
+    );
+    let alerts = ntfy.wait(1);
+    assert!(
+        alerts[0].headers["title"].contains("sync FAILED"),
+        "{:?}",
+        alerts[0]
+    );
+    assert_eq!(kb.run(&["status"]).code(), 1);
+    let remote_dumps = |tier: &str| -> Vec<String> {
+        files_under(&dav_dir.join("backups"))
+            .into_iter()
+            .filter(|f| f.starts_with(&format!("{tier}/")) && f.ends_with(".dump.zst"))
+            .collect()
+    };
+    assert_eq!(
+        remote_dumps("hourly").len(),
+        2,
+        "the new one uploaded, the old one refused"
+    );
+    assert_eq!(kb.dumps("hourly").len(), 1, "local retention ran");
+    assert!(
+        processes_matching(" copy --no-traverse").is_empty()
+            && processes_matching(" deletefile ").is_empty()
+    );
+    drop(dav);
+
+    // Crawls: 20 KB/s for a dump of a few hundred KB, with a 3 s budget.
+    cluster().psql(
+        &db,
+        "CREATE TABLE noise AS SELECT md5(random()::text) || md5(random()::text) AS x FROM generate_series(1, 20000)",
+    );
+    chmod_tree(&dav_dir, 0o755, 0o644);
+    let dav = Webdav::start_as_nobody(&dav_dir, Some(port), &["--bwlimit", "20k"]);
+    chmod_tree(&dav_dir, 0o777, 0o666);
+    kb.set("BACKUP_TIMEOUT", "3s");
+    let r = kb.run(&["backup", "--time", "2025-03-01T12:00:00Z"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stderr().contains("off-site sync to dav:backups failed")
+            && r.stderr().contains("did not finish within 3s"),
+        "{}",
+        r.all()
+    );
+    assert!(r.stderr().contains("was kept"), "{}", r.all());
+    assert_eq!(ntfy.wait(2).len(), 2);
+    assert_eq!(kb.dumps("hourly").len(), 1);
+    // Whatever the stopped upload left, every dump on the remote is whole.
+    assert_whole_dumps(&dav_dir.join("backups"), "after the timeout");
+    assert!(
+        processes_matching(" copy --no-traverse").is_empty(),
+        "{:?}",
+        processes_matching("rclone")
+    );
+    drop(dav);
+
+    // Goes down mid-upload: the server is killed while the slow upload runs.
+    // rclone then waits out its IO idle timeout (--timeout, 5 min by default)
+    // and retries; the README says so. Here it is shortened through RCLONE_FLAGS.
+    let dav = Webdav::start_as_nobody(&dav_dir, Some(port), &["--bwlimit", "20k"]);
+    kb.unset("BACKUP_TIMEOUT").set(
+        "RCLONE_FLAGS",
+        "--timeout 3s --contimeout 2s --retries 1 --low-level-retries 1",
+    );
+    let mut run = kb.spawn(&["backup", "--time", "2025-03-01T12:30:00Z"]);
+    wait_for(20, "the upload to start", || {
+        if let Some(status) = run.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the run ended before its upload ({status}): {err}");
+        }
+        (!processes_matching(" copy --no-traverse").is_empty()).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(dav);
+    let out = run.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("off-site sync to dav:backups failed") && err.contains("was kept"),
+        "{err}"
+    );
+    assert_eq!(ntfy.wait(3).len(), 3);
+    assert_eq!(kb.dumps("hourly").len(), 1);
+    assert_whole_dumps(&dav_dir.join("backups"), "after the server died");
+
+    // Healthy again: the upload completes and retention removes what it could not.
+    let _dav = Webdav::start(&dav_dir, Some(port));
+    kb.unset("RCLONE_FLAGS");
+    kb.ok(&["backup", "--time", "2025-03-01T13:00:00Z"]);
+    assert_eq!(
+        remote_dumps("hourly").len(),
+        1,
+        "{:?}",
+        remote_dumps("hourly")
+    );
+    assert_eq!(kb.run(&["status", "--max-age", "100000d"]).code(), 0);
 }

@@ -5,7 +5,7 @@
 //! a manifest, place tier copies, rotate. Any failure before publishing leaves
 //! no file behind and deletes nothing; rotation runs only after a success.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::Utc;
 
 use crate::cli::BackupArgs;
@@ -67,7 +67,9 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
     notify::started(cfg).await;
     let clock = std::time::Instant::now();
     let started = cfg.calendar.zone.local_time(Utc::now());
-    let result = job(cfg, &store, &pg, &mut target).await;
+    let result = job(cfg, &store, &pg, &mut target)
+        .await
+        .map_err(|e| crate::error::explain(e, &store.root));
     // Off-site: only after a successful local backup and rotation. A failure
     // there never removes the local backup; the next run uploads what is missing.
     let synced = match (&result, &cfg.remote) {
@@ -159,7 +161,15 @@ async fn job(
         );
         for (tier, label) in placements {
             let tier_stem = naming::stem(&cfg.prefix, &label, 1);
-            store.place_copy(&path, &stem, Format::CustomZstd, tier, &tier_stem)?;
+            store
+                .place_copy(&path, &stem, Format::CustomZstd, tier, &tier_stem)
+                .with_context(|| {
+                    format!(
+                        "the backup {} is whole and kept, but its {} copy could not be placed",
+                        path.display(),
+                        tier.dir()
+                    )
+                })?;
             tracing::info!("{} backup created", tier.title());
         }
     }
@@ -168,7 +178,12 @@ async fn job(
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
     // Ages are measured from the wall clock, never from a backup's own time.
     let decisions = crate::rotation::plan(cfg, &backups, Utc::now());
-    crate::rotation::apply(store, &decisions)?;
+    crate::rotation::apply(store, &decisions).with_context(|| {
+        format!(
+            "the backup {} is whole and kept, but rotation failed",
+            path.display()
+        )
+    })?;
 
     let after = store.scan(&cfg.calendar, &cfg.prefix)?;
     tracing::info!(

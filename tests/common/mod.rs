@@ -447,7 +447,12 @@ impl Kb {
         Kb { home, store, env }
     }
 
+    /// Sets a variable for the runs; `BACKUP_DIR` also moves `store` (what
+    /// `files`, `dumps` and the assertions read).
     pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
+        if k == "BACKUP_DIR" {
+            self.store = PathBuf::from(v);
+        }
         self.env.insert(k.into(), v.into());
         self
     }
@@ -559,18 +564,75 @@ pub fn files_under(dir: &Path) -> std::collections::BTreeSet<String> {
     out
 }
 
+pub fn sha256_file(p: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(p));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Every dump under `root` (a store, or a remote's folder) is a complete
+/// backup: it has its manifest, and its bytes are the ones the manifest records.
+pub fn assert_whole_dumps(root: &Path, what: &str) {
+    for f in files_under(root)
+        .iter()
+        .filter(|f| f.ends_with(".dump.zst"))
+    {
+        let manifest = root.join(f.replace(".dump.zst", ".manifest.json"));
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&manifest)
+                .unwrap_or_else(|e| panic!("{what}: {f} has no manifest: {e}")),
+        )
+        .unwrap_or_else(|e| panic!("{what}: {f}: a manifest that does not parse: {e}"));
+        assert_eq!(
+            m["file"]["sha256"].as_str().unwrap(),
+            sha256_file(&root.join(f)),
+            "{what}: {f}"
+        );
+    }
+}
+
 /// A real tmpfs mounted at `path` (a tiny disk, another filesystem), unmounted on drop.
 pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        Tmpfs::mount_with(path, &format!("size={size}"))
+    }
+
+    /// Mounted with tmpfs `options` (`size=1m,nr_inodes=40`).
+    pub fn mount_with(path: &Path, options: &str) -> Tmpfs {
         std::fs::create_dir_all(path).unwrap();
         run_ok(
             Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .args(["-t", "tmpfs", "-o", options, "tmpfs"])
                 .arg(path),
         );
         Tmpfs(path.to_path_buf())
+    }
+
+    /// Changes its options in place (a smaller inode or byte limit).
+    pub fn remount(&self, options: &str) {
+        run_ok(
+            Command::new("mount")
+                .args(["-o", &format!("remount,{options}")])
+                .arg(&self.0),
+        );
+    }
+
+    /// Inodes in use.
+    pub fn inodes_used(&self) -> u64 {
+        let out = run_ok(
+            Command::new("stat")
+                .args(["-f", "-c", "%c %d"])
+                .arg(&self.0),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut n = text.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+        let (total, free) = (n.next().unwrap(), n.next().unwrap());
+        total - free
     }
 }
 

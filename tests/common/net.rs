@@ -133,11 +133,41 @@ impl Webdav {
 
     /// A server that asks for `login` (user, password).
     pub fn start_with_login(dir: &Path, port: Option<u16>, login: Option<(&str, &str)>) -> Webdav {
+        Webdav::serve(dir, port, login, &[], None)
+    }
+
+    /// A server run as user `nobody` (its folder's permissions then decide
+    /// what it may change), with rclone's global `flags` (`--bwlimit 20k`).
+    pub fn start_as_nobody(dir: &Path, port: Option<u16>, flags: &[&str]) -> Webdav {
+        Webdav::serve(dir, port, None, flags, Some("nobody"))
+    }
+
+    fn serve(
+        dir: &Path,
+        port: Option<u16>,
+        login: Option<(&str, &str)>,
+        flags: &[&str],
+        user: Option<&str>,
+    ) -> Webdav {
         require_tool("rclone", "rclone");
         std::fs::create_dir_all(dir).unwrap();
         let port = port.unwrap_or_else(free_port);
-        let mut cmd = Command::new("rclone");
+        // setpriv execs rclone itself: killing the child kills the server.
+        let mut cmd = match user {
+            Some(u) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={u}"),
+                    "--regid=nogroup",
+                    "--clear-groups",
+                    "rclone",
+                ]);
+                c
+            }
+            None => Command::new("rclone"),
+        };
         cmd.args(["serve", "webdav", "--addr", &format!("127.0.0.1:{port}")]);
+        cmd.args(flags);
         if let Some((user, pass)) = login {
             cmd.args(["--user", user, "--pass", pass]);
         }
