@@ -14,6 +14,11 @@ use crate::config::Config;
 use crate::postgres::Postgres;
 use crate::sql::{self, ident, literal};
 
+/// The shell command that drops database `name`, quoted to paste as is.
+pub fn dropdb_command(name: &str) -> String {
+    shlex::try_join(["dropdb", name]).unwrap_or_else(|_| format!("dropdb {name}"))
+}
+
 /// PostgreSQL's limit on identifier length, in bytes.
 pub const MAX_IDENT: usize = 63;
 
@@ -142,13 +147,15 @@ pub fn drop_statements(db: &str) -> Vec<String> {
     ]
 }
 
-/// `name`, or `name_2`, `name_3`... whichever no database has.
-pub async fn free_name(pg: &Postgres, name: &str) -> Result<String> {
+/// The first name `base` + `suffix` (then `suffix_2`, `suffix_3`...) that no
+/// database has, cut to 63 bytes on `base`'s side: the suffix (a time stamp)
+/// stays whole.
+pub async fn free_name(pg: &Postgres, base: &str, suffix: &str) -> Result<String> {
     for n in 1.. {
         let candidate = if n == 1 {
-            name.to_string()
+            derived_name(base, suffix)
         } else {
-            derived_name(name, &format!("_{n}"))
+            derived_name(base, &format!("{suffix}_{n}"))
         };
         let sql = format!(
             "SELECT 1 FROM pg_database WHERE datname = {}",

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::archive::Summary;
+use crate::cleanup;
 use crate::postgres::Postgres;
 use crate::sql;
 
@@ -47,12 +48,14 @@ pub fn roles_message(missing: &[String], globals: Option<&Path>) -> String {
 }
 
 /// Creates the missing roles (and their memberships) from the saved globals;
-/// roles that exist are left exactly as they are.
+/// roles that exist are left exactly as they are. The returned guard drops
+/// them again if the restore does not finish (call `done` once it has); a role
+/// that something still depends on (an incomplete in-place target) is kept.
 pub async fn create_missing_roles(
     pg: &Postgres,
     globals: Option<&Path>,
     missing: &[String],
-) -> Result<()> {
+) -> Result<cleanup::Registered> {
     let Some(globals) = globals else {
         bail!(roles_message(missing, None))
     };
@@ -64,11 +67,21 @@ pub async fn create_missing_roles(
         missing.join(", "),
         globals.display()
     );
+    let undo = cleanup::register(pg, missing.iter().map(|r| drop_role_sql(r)).collect());
     pg.admin(&statements, None)
         .await
         .map_err(|e| anyhow!(e))
         .context("creating the missing roles")?;
-    Ok(())
+    Ok(undo)
+}
+
+/// Drops role `name` unless something still depends on it.
+fn drop_role_sql(name: &str) -> String {
+    format!(
+        "DO $kbackup$ BEGIN DROP ROLE IF EXISTS {}; \
+         EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END $kbackup$",
+        sql::ident(name)
+    )
 }
 
 /// The statements of a `pg_dumpall --globals-only` file that concern `roles`:

@@ -554,6 +554,46 @@ pub fn check_root(root: &Path) -> Result<()> {
             root.display()
         )));
     }
+    check_ancestors(root, me)
+}
+
+/// The folders above the store: whoever may rename entries in one of them can
+/// move the store away and put another in its place. Each must belong to root
+/// or this user, and must not be writable by every user unless sticky (`/tmp`).
+/// A group-writable one is the owner's choice of whom to trust (a Kubernetes
+/// volume's fsGroup) and is accepted.
+fn check_ancestors(root: &Path, me: u32) -> Result<()> {
+    let real = fs::canonicalize(root).with_context(|| {
+        format!(
+            "cannot resolve the backup folder {} (BACKUP_DIR)",
+            root.display()
+        )
+    })?;
+    for dir in real.ancestors().skip(1) {
+        let meta = fs::metadata(dir)
+            .with_context(|| format!("cannot read {}, above BACKUP_DIR", dir.display()))?;
+        let mode = meta.permissions().mode();
+        let problem = if meta.uid() != 0 && meta.uid() != me {
+            Some(format!("belongs to user id {}", meta.uid()))
+        } else if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            Some(format!(
+                "is writable by every user (mode {:o}) and not sticky",
+                mode & 0o7777
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(crate::error::usage(format!(
+                "{}, a folder above the backup folder {} (BACKUP_DIR), {problem}: another user could move the \
+                 store away and put their own in its place. Keep BACKUP_DIR under folders owned by root or by \
+                 this user (or `chmod o-w {}`)",
+                dir.display(),
+                root.display(),
+                dir.display()
+            )));
+        }
+    }
     Ok(())
 }
 

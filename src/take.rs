@@ -144,7 +144,7 @@ pub async fn take(
 /// Checks everything a dump needs before it starts, with the seeds' errors, and
 /// picks a pg_dump that can dump this server (see `Postgres::client_for`):
 /// returns the server and the `Postgres` whose tools will run.
-async fn preflight(pg: &Postgres) -> Result<(ServerInfo, Postgres)> {
+pub async fn preflight(pg: &Postgres) -> Result<(ServerInfo, Postgres)> {
     pg.check_container().await?;
     let info = pg.with_some_client("pg_dump").await?.server_info().await?;
     let need = Need::Dump {

@@ -496,6 +496,34 @@ fn the_store_trusts_nothing_planted_in_it() {
             .arg(&kb.store),
     );
 
+    // A folder above the store that another user owns, or that every user may
+    // write without the sticky bit: the store could be swapped under kbackup.
+    let mut above = Kb::direct(&db);
+    let parent = above.home.path().join("shared");
+    std::fs::create_dir_all(&parent).unwrap();
+    above.set("BACKUP_DIR", parent.join("store").to_str().unwrap());
+    for (owner, mode, refused) in [
+        ("nobody", 0o755, true),
+        ("root", 0o777, true),
+        ("root", 0o1777, false),
+        ("root", 0o775, false),
+    ] {
+        run_ok(std::process::Command::new("chown").arg(owner).arg(&parent));
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(mode)).unwrap();
+        let r = above.run(&["backup"]);
+        if refused {
+            assert_eq!(r.code(), 2, "{owner} {mode:o}: {}", r.all());
+            assert!(
+                r.stderr().contains("a folder above the backup folder")
+                    && r.stderr().contains(parent.to_str().unwrap()),
+                "{}",
+                r.all()
+            );
+        } else {
+            assert_eq!(r.code(), 0, "{owner} {mode:o}: {}", r.all());
+        }
+    }
+
     // A dry run writes nothing into the store; private folders are 0700.
     let state = kb.store.join(".kbackup");
     let _ = std::fs::remove_dir_all(&state);

@@ -578,6 +578,37 @@ fn missing_roles_are_reported_first_and_with_globals_creates_them() {
         before,
         "something changed before the roles were reported"
     );
+    // A restore stopped after it created the roles takes them away again
+    // (held, for real, at the scratch CREATE DATABASE by a lock on pg_database).
+    let lock = LockHolder::databases(c);
+    let child = kb.spawn(&["restore", "--latest", "--yes", "--with-globals"]);
+    wait_for(30, "the scratch CREATE DATABASE", || {
+        let waiting = c.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE DATABASE \"{db}_kbrestore%'"),
+        );
+        (waiting != "0").then_some(())
+    });
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(lock);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'gone_owner'"
+        ),
+        "0",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(databases(&db), before);
     kb.ok(&["restore", "--latest", "--yes", "--with-globals"]);
     assert_eq!(
         c.psql(

@@ -462,6 +462,14 @@ fn a_missing_pg_dump_is_replaced_by_the_lowest_sufficient_complete_client() {
     );
     kb.set("POSTGRES_BIN_DIR", only_psql.to_str().unwrap())
         .set("POSTGRES_CLIENT_PATHS", &search);
+    // The dry run shows the pg_dump the run will use, not the configured one.
+    let dry = kb.ok(&["backup", "--dry-run"]);
+    assert!(
+        dry.stdout().contains("/usr/lib/postgresql/15/bin/pg_dump")
+            && dry.stdout().contains(&format!("PostgreSQL {}", c.major)),
+        "{}",
+        dry.all()
+    );
     let r = kb.ok(&["backup"]);
     assert!(
         r.stderr().contains("Using pg_dump 15.")

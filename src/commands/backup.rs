@@ -60,7 +60,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
     let store = Store::new(cfg.backup_dir.clone());
     let pg = Postgres::new(cfg.db.clone());
     if args.dry_run {
-        return dry_run(cfg, &store, &pg, &target);
+        return dry_run(cfg, &store, &pg, &target).await;
     }
 
     let _lock = super::lock_store(cfg, &store, "backup").await?;
@@ -251,7 +251,16 @@ async fn record(
     }
 }
 
-fn dry_run(cfg: &Config, store: &Store, pg: &Postgres, target: &Target) -> Result<()> {
+async fn dry_run(cfg: &Config, store: &Store, pg: &Postgres, target: &Target) -> Result<()> {
+    // The pg_dump the run would use is chosen for the server (read-only queries).
+    let (pg, server) = match crate::take::preflight(pg).await {
+        Ok((info, chosen)) => (chosen, format!("PostgreSQL {}", info.version)),
+        Err(e) => (
+            pg.clone(),
+            format!("not reachable now ({e:#}); the run picks its pg_dump once it is"),
+        ),
+    };
+    let pg = &pg;
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
     let stem = match target.tier {
         Tier::Named => naming::stem(&cfg.prefix, &target.label, 1),
@@ -265,7 +274,7 @@ fn dry_run(cfg: &Config, store: &Store, pg: &Postgres, target: &Target) -> Resul
     );
     println!("Dry run: nothing will be changed.");
     println!(
-        "Database: {} ({} mode)",
+        "Database: {} ({} mode), {server}",
         pg.describe(),
         if pg.is_docker() { "docker" } else { "direct" }
     );

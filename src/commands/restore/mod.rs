@@ -95,9 +95,11 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     for step in plan.steps(cfg, &rc, &source, &checked) {
         tracing::info!("Plan: {step}");
     }
-    if args.with_globals && !plan.missing_roles.is_empty() {
-        create_missing_roles(&pg, source.globals.as_deref(), &plan.missing_roles).await?;
-    }
+    let created_roles = if args.with_globals && !plan.missing_roles.is_empty() {
+        Some(create_missing_roles(&pg, source.globals.as_deref(), &plan.missing_roles).await?)
+    } else {
+        None
+    };
     let job = strategy::Job {
         cfg,
         rc: &rc,
@@ -105,6 +107,9 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         checked: &checked,
     };
     let old = strategy::execute(&job, &store, &plan).await?;
+    if let Some(roles) = created_roles {
+        roles.done();
+    }
     // A database a killed in-place restore left incomplete is whole again.
     for (file, _) in cleanup::incomplete(&cfg.backup_dir, &target) {
         let _ = std::fs::remove_file(file);
@@ -252,7 +257,10 @@ fn report(
         }
     );
     match old {
-        Some(o) => println!("  Previous: kept as {o}; when you no longer need it: dropdb {o}"),
+        Some(o) => println!(
+            "  Previous: kept as {o}; when you no longer need it: {}",
+            crate::lifecycle::dropdb_command(o)
+        ),
         None if dropped => println!("  Previous: dropped (--drop-old)"),
         None => {}
     }

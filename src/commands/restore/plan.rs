@@ -10,7 +10,7 @@ use crate::cli::RestoreArgs;
 use crate::clients::{self, RestoreMode};
 use crate::config::Config;
 use crate::dump;
-use crate::lifecycle::{create_database_sql, derived_name, free_name};
+use crate::lifecycle::{create_database_sql, derived_name, dropdb_command, free_name};
 use crate::postgres::{version_major, Postgres, RestoreClient};
 use crate::readback::Feed;
 use crate::sql::{ident, literal};
@@ -56,14 +56,6 @@ fn scratch_name(target: &str, now: DateTime<Local>) -> String {
             now.format("%Y%m%d%H%M%S"),
             std::process::id()
         ),
-    )
-}
-
-/// The name the replaced database is kept under.
-fn old_name(target: &str, now: DateTime<Local>) -> String {
-    derived_name(
-        target,
-        &format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S")),
     )
 }
 
@@ -113,7 +105,11 @@ impl Plan {
             Strategy::Scratch {
                 scratch: scratch_name(target, now),
                 old: match &existing {
-                    Some(_) => Some(free_name(pg, &old_name(target, now)).await?),
+                    // The name the replaced database is kept under.
+                    Some(_) => {
+                        let suffix = format!("_pre_restore_{}", now.format("%Y%m%d_%H%M%S"));
+                        Some(free_name(pg, target, &suffix).await?)
+                    }
                     None => None,
                 },
                 drop_old: args.drop_old,
@@ -182,7 +178,7 @@ impl Plan {
                         steps.push(if *drop_old {
                             format!("DROP DATABASE {}", ident(old))
                         } else {
-                            format!("keep {old} (drop it later with: dropdb {old})")
+                            format!("keep {old} (drop it later with: {})", dropdb_command(old))
                         });
                     }
                     None => steps.push(format!(

@@ -8,7 +8,7 @@ use super::choose::{Checked, Source};
 use super::plan::{Plan, Strategy};
 use crate::cleanup;
 use crate::config::Config;
-use crate::lifecycle::{create_database, drop_database, drop_statements, swap};
+use crate::lifecycle::{create_database, drop_database, drop_statements, dropdb_command, swap};
 use crate::postgres::{Postgres, RestoreClient};
 use crate::readback::{prove_rows, run_pg_restore};
 use crate::sql::{ident, retarget};
@@ -85,7 +85,7 @@ async fn via_scratch(
     create_database(pg, scratch, &checked.summary, rc.server_major).await?;
     if let Err(e) = restore_and_check(job, scratch).await {
         if let Err(d) = drop_database(pg, scratch).await {
-            tracing::error!("{d:#}; drop it by hand: dropdb {scratch}");
+            tracing::error!("{d:#}; drop it by hand: {}", dropdb_command(scratch));
         } else {
             undo_scratch.done();
         }
@@ -175,7 +175,7 @@ async fn in_place(
     let incomplete = cleanup::notice_incomplete(format!(
         "The in-place restore of {target} did not finish: {target} is INCOMPLETE (dropped, partly restored). {}",
         if undo_hint.is_empty() {
-            format!("It did not exist before; drop it: dropdb {target}")
+            format!("It did not exist before; drop it: {}", dropdb_command(target))
         } else {
             undo_hint.clone()
         }
