@@ -358,25 +358,159 @@ pub struct NotifyConfig {
     pub healthcheck: Option<Secret>,
 }
 
-/// Loads the configuration from the real process environment.
-pub fn load(global: &GlobalArgs) -> Result<Config> {
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let cwd = std::env::current_dir()?;
-    load_from(global, &env, &cwd)
+/// What a run can still do when its settings are wrong: alert through the
+/// channels that are set (an unattended job must not stop in silence), and
+/// log to BACKUP_DIR's backup.log when that folder is known and exists.
+pub struct Alerting {
+    pub db: String,
+    pub notify: NotifyConfig,
+    pub log_dir: Option<PathBuf>,
 }
 
+/// Settings that cannot be used: the error (naming which files were read), and
+/// how to alert about it when the alert settings themselves are usable.
+pub struct LoadFailure {
+    pub error: anyhow::Error,
+    pub alerting: Option<Box<Alerting>>,
+}
+
+/// Loads the configuration from the real process environment.
+pub fn load(global: &GlobalArgs) -> Result<Config, LoadFailure> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let cwd = std::env::current_dir().map_err(|e| LoadFailure {
+        error: anyhow::Error::new(e).context("cannot read the current folder"),
+        alerting: None,
+    })?;
+    load_or_alerting(global, &env, &cwd)
+}
+
+#[cfg(test)]
 /// Loads the configuration from explicit inputs (the testable core of [`load`]).
 pub fn load_from(global: &GlobalArgs, env: &HashMap<String, String>, cwd: &Path) -> Result<Config> {
-    let dotenv = read_dotenv(global, cwd)?;
-    let toml = read_toml(global, env, cwd)?;
+    load_or_alerting(global, env, cwd).map_err(|f| f.error)
+}
+
+fn load_or_alerting(
+    global: &GlobalArgs,
+    env: &HashMap<String, String>,
+    cwd: &Path,
+) -> Result<Config, LoadFailure> {
+    let plain = |error: anyhow::Error| LoadFailure {
+        error,
+        alerting: None,
+    };
+    let dotenv = read_dotenv(global, cwd).map_err(plain)?;
+    let toml = read_toml(global, env, cwd).map_err(plain)?;
+    let read_from = sources_text(&dotenv, &toml, cwd);
     let flags = flag_values(global);
 
     let mut resolved = Vec::with_capacity(SETTINGS.len());
     for spec in SETTINGS {
-        let raw = resolve_one(spec, &flags, env, &dotenv, &toml)?;
+        let raw = resolve_one(spec, &flags, env, &dotenv, &toml)
+            .map_err(|e| plain(with_sources(e, &read_from)))?;
         resolved.push((spec, raw));
     }
-    build(resolved, cwd)
+    let values = Values(
+        resolved
+            .iter()
+            .filter_map(|(s, r)| r.as_ref().map(|r| (s.key, (*s, r))))
+            .collect(),
+    );
+    let alerting = build_notify(&values).ok().map(|notify| {
+        Box::new(Alerting {
+            db: values
+                .string("database.name")
+                .unwrap_or_else(|| "(no database name)".into()),
+            notify,
+            log_dir: values
+                .string("backup.dir")
+                .and_then(|d| expand_home(&d))
+                .map(|d| cwd.join(d))
+                .filter(|d| d.is_dir()),
+        })
+    });
+    let mut config = build(resolved, cwd).map_err(|e| LoadFailure {
+        error: with_sources(e, &read_from),
+        alerting,
+    })?;
+    config.warnings.extend(near_misses(env, &dotenv));
+    Ok(config)
+}
+
+/// Which files the settings came from, for every settings error: a cron job
+/// started in another folder finds no `./.env`, and says so.
+fn sources_text(dotenv: &Option<DotEnv>, toml: &Option<TomlLayer>, cwd: &Path) -> String {
+    let env_file = match dotenv {
+        Some(d) => format!(".env file {}", d.path.display()),
+        None => format!(
+            "no .env file (none in the current folder {}: cron starts jobs in the home folder; \
+             `cd` to the .env's folder first or pass --env-file)",
+            cwd.display()
+        ),
+    };
+    let toml = match toml {
+        Some(t) => format!("TOML file {}", t.path.display()),
+        None => "no TOML file".into(),
+    };
+    format!("settings read from the environment, {env_file}, {toml}")
+}
+
+/// Names kbackup never reads but that share a .env with it legitimately: the
+/// official postgres image's own settings.
+const FOREIGN: &[&str] = &[
+    "POSTGRES_INITDB_ARGS",
+    "POSTGRES_INITDB_WALDIR",
+    "POSTGRES_HOST_AUTH_METHOD",
+];
+
+/// Prefixes of kbackup's own names: an unknown name with one of them is most
+/// likely a misspelling.
+const OWN_PREFIXES: &[&str] = &["BACKUP_", "KBACKUP_", "NTFY_", "RCLONE_REMOTE", "POSTGRES_"];
+
+/// The setting `name` (not a known one) probably meant, if it is a near miss:
+/// within 2 edits of a known name, or 3 when it carries one of kbackup's prefixes.
+pub fn probably_meant(name: &str) -> Option<&'static str> {
+    if name.len() < 5 || FOREIGN.contains(&name) {
+        return None;
+    }
+    let known = SETTINGS.iter().flat_map(|s| s.env.iter().copied());
+    if known.clone().any(|k| k == name) {
+        return None;
+    }
+    let (best, distance) = known
+        .map(|k| (k, strsim::damerau_levenshtein(name, k)))
+        .min_by_key(|(_, d)| *d)?;
+    let own = OWN_PREFIXES.iter().any(|p| name.starts_with(p));
+    (distance <= 2 || (own && distance <= 3)).then_some(best)
+}
+
+/// A warning for every near miss in the environment and the .env file.
+fn near_misses(env: &HashMap<String, String>, dotenv: &Option<DotEnv>) -> Vec<String> {
+    let mut out: Vec<String> = env
+        .keys()
+        .map(|k| (k, "the environment".to_string()))
+        .chain(
+            dotenv
+                .iter()
+                .flat_map(|d| d.vars.keys().map(|k| (k, d.path.display().to_string()))),
+        )
+        .filter_map(|(name, place)| {
+            probably_meant(name).map(|meant| {
+                format!("{name} (in {place}) is not a kbackup setting and is ignored: did you mean {meant}?")
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The error with where the settings came from; its exit code unchanged.
+fn with_sources(e: anyhow::Error, read_from: &str) -> anyhow::Error {
+    match crate::error::exit_kind(&e) {
+        crate::error::ExitKind::Usage => usage(format!("{e:#} ({read_from})")),
+        _ => e.context(read_from.to_string()),
+    }
 }
 
 fn flag_values(g: &GlobalArgs) -> HashMap<&'static str, (String, &'static str)> {
@@ -795,6 +929,86 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         }
         None => None,
     };
+    let notify = build_notify(&values)?;
+    let restore_jobs = values
+        .parse("restore.jobs", "a whole number of jobs, 1 or more", |s| {
+            s.parse::<u32>().ok().filter(|n| *n >= 1)
+        })?
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        });
+    let production = values
+        .string("restore.environment")
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "production" | "prod"));
+    let mut warnings: Vec<String> = Vec::new();
+    if let Some(f) = values.string("database.password_file") {
+        warnings.extend(readable_by_others(&cwd.join(f), "the database password"));
+    }
+    for (spec, raw) in &resolved {
+        if let Some(Raw {
+            source: Source::DotEnv { path, var },
+            ..
+        }) = raw
+        {
+            if spec.secret {
+                warnings.extend(readable_by_others(path, &format!("a secret ({var})")));
+            }
+        }
+    }
+    warnings.sort();
+    warnings.dedup();
+    // Keep provenance for `kbackup config`, but never a secret's value.
+    let resolved = resolved
+        .into_iter()
+        .map(|(spec, raw)| {
+            let raw = raw.map(|r| {
+                let value = if spec.secret {
+                    "<redacted>".into()
+                } else if spec.key == "remote.flags" {
+                    crate::secrets::show_rclone_flags(&shlex::split(&r.value).unwrap_or_default())
+                } else if spec.key.ends_with("_url") {
+                    crate::secrets::show_url(&r.value)
+                } else {
+                    r.value.clone()
+                };
+                Raw { value, ..r }
+            });
+            (spec, raw)
+        })
+        .collect();
+    Ok(Config {
+        backup_dir,
+        prefix,
+        db,
+        policy,
+        calendar: Calendar { zone, week_start },
+        compression_level,
+        timeout,
+        log_format,
+        debug,
+        production,
+        restore_jobs,
+        swap_timeout,
+        max_age,
+        metrics_file,
+        verify_server,
+        remote,
+        notify,
+        resolved,
+        warnings,
+    })
+}
+
+/// The alert channels alone: built first, so that a failure anywhere else in
+/// the settings can still be alerted on (see [`load`]).
+fn build_notify(values: &Values) -> Result<NotifyConfig> {
+    let duration = |key: &str| {
+        values.parse(key, "a duration such as 90m, 1h or 2d", |s| {
+            humantime::parse_duration(s).ok().filter(|d| !d.is_zero())
+        })
+    };
     let flag = |key: &str| -> Result<bool> {
         Ok(values
             .parse(key, "true or false", parse_bool)?
@@ -902,7 +1116,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         }
         None => None,
     };
-    let notify = NotifyConfig {
+    Ok(NotifyConfig {
         timeout: duration("notify.timeout")?.unwrap_or(Duration::from_secs(10)),
         ntfy,
         slack: url("notify.slack_webhook_url")?
@@ -915,75 +1129,6 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
             .map(|u| Ok::<_, anyhow::Error>((u, flag("notify.webhook_on_success")?)))
             .transpose()?,
         healthcheck: url("notify.healthcheck_url")?.map(Secret),
-    };
-    let restore_jobs = values
-        .parse("restore.jobs", "a whole number of jobs, 1 or more", |s| {
-            s.parse::<u32>().ok().filter(|n| *n >= 1)
-        })?
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1)
-        });
-    let production = values
-        .string("restore.environment")
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "production" | "prod"));
-    let mut warnings: Vec<String> = Vec::new();
-    if let Some(f) = values.string("database.password_file") {
-        warnings.extend(readable_by_others(&cwd.join(f), "the database password"));
-    }
-    for (spec, raw) in &resolved {
-        if let Some(Raw {
-            source: Source::DotEnv { path, var },
-            ..
-        }) = raw
-        {
-            if spec.secret {
-                warnings.extend(readable_by_others(path, &format!("a secret ({var})")));
-            }
-        }
-    }
-    warnings.sort();
-    warnings.dedup();
-    // Keep provenance for `kbackup config`, but never a secret's value.
-    let resolved = resolved
-        .into_iter()
-        .map(|(spec, raw)| {
-            let raw = raw.map(|r| {
-                let value = if spec.secret {
-                    "<redacted>".into()
-                } else if spec.key == "remote.flags" {
-                    crate::secrets::show_rclone_flags(&shlex::split(&r.value).unwrap_or_default())
-                } else if spec.key.ends_with("_url") {
-                    crate::secrets::show_url(&r.value)
-                } else {
-                    r.value.clone()
-                };
-                Raw { value, ..r }
-            });
-            (spec, raw)
-        })
-        .collect();
-    Ok(Config {
-        backup_dir,
-        prefix,
-        db,
-        policy,
-        calendar: Calendar { zone, week_start },
-        compression_level,
-        timeout,
-        log_format,
-        debug,
-        production,
-        restore_jobs,
-        swap_timeout,
-        max_age,
-        metrics_file,
-        verify_server,
-        remote,
-        notify,
-        resolved,
-        warnings,
     })
 }
 
@@ -1038,6 +1183,41 @@ mod tests {
         assert_eq!(c.db.port, 5432);
         assert_eq!(c.db.user, "postgres");
         assert!(c.db.container.is_none());
+    }
+
+    #[test]
+    fn near_misses_name_the_setting_they_meant() {
+        assert_eq!(probably_meant("CONTAINER_BD"), Some("CONTAINER_DB"));
+        assert_eq!(
+            probably_meant("BACKUP_KEEP_DAYLY"),
+            Some("BACKUP_KEEP_DAILY")
+        );
+        assert_eq!(probably_meant("NTFY_TOPICS"), Some("NTFY_TOPIC"));
+        // Known names, other programs' names, and the postgres image's own.
+        for name in [
+            "CONTAINER_DB",
+            "PATH",
+            "HOME",
+            "RCLONE_CONFIG_DAV_URL",
+            "POSTGRES_INITDB_ARGS",
+            "DATABASE_URL",
+            "N8N_HOST",
+        ] {
+            assert_eq!(probably_meant(name), None, "{name}");
+        }
+        let c = load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "x"), ("BACKUP_KEEP_DAYLY", "14")],
+        )
+        .unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("BACKUP_KEEP_DAYLY") && w.contains("BACKUP_KEEP_DAILY")),
+            "{:?}",
+            c.warnings
+        );
+        assert_eq!(c.policy.keep_daily, 7);
     }
 
     #[test]

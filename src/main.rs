@@ -57,13 +57,7 @@ fn main() -> ExitCode {
     }
     let cfg = match config::load(&cli.global) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!(
-                "[{}] ERROR: {e:#}",
-                chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
-            );
-            return ExitCode::from(exit_kind(&e) as u8);
-        }
+        Err(failure) => return settings_failed(&cli, failure),
     };
     // Commands that change the store also append to BACKUP_DIR/backup.log.
     let writes_store = match &cli.command {
@@ -159,6 +153,50 @@ fn main() -> ExitCode {
             ExitCode::from(exit_kind(&e) as u8)
         }
     }
+}
+
+/// Settings that cannot be used: said on stderr (and in backup.log when the
+/// store is known), and, for a job cron runs, alerted through whatever alert
+/// channels are set: a broken .env must page someone, not stop backups silently.
+fn settings_failed(cli: &Cli, failure: config::LoadFailure) -> ExitCode {
+    let e = failure.error;
+    let code = ExitCode::from(exit_kind(&e) as u8);
+    let kind = alert_kind(&cli.command);
+    let Some(alerting) = failure.alerting.filter(|_| kind.is_some()) else {
+        eprintln!(
+            "[{}] ERROR: {e:#}",
+            chrono::Local::now().format("%Y-%m-%d %H:%M:%S")
+        );
+        return code;
+    };
+    let kind = kind.expect("filtered above");
+    let _ = logging::init(
+        cli::LogFormat::Text,
+        false,
+        clock::Zone::Local,
+        alerting.log_dir.as_deref(),
+    );
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        tracing::error!("{e:#}");
+        return code;
+    };
+    runtime.block_on(notify::alert(
+        &*alerting,
+        notify::Alert {
+            kind,
+            title: format!(
+                "kbackup {} of {} cannot start: its settings are wrong",
+                kind.name(),
+                alerting.db
+            ),
+            body: format!("{e:#}"),
+        },
+    ));
+    tracing::error!("{e:#}");
+    code
 }
 
 /// The commands that do a job (run by cron, or by hand to change things): their

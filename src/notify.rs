@@ -16,7 +16,32 @@ use anyhow::{anyhow, bail, Context, Result};
 use chrono::Local;
 use serde_json::json;
 
-use crate::config::{Config, Email, Ntfy, SmtpTls};
+use crate::config::{Alerting, Config, Email, NotifyConfig, Ntfy, SmtpTls};
+
+/// Where alerts go and which database they are about: the whole settings, or
+/// only the alert settings when the others could not be used.
+pub trait Channels: Sync {
+    fn db_name(&self) -> &str;
+    fn notify(&self) -> &NotifyConfig;
+}
+
+impl Channels for Config {
+    fn db_name(&self) -> &str {
+        &self.db.name
+    }
+    fn notify(&self) -> &NotifyConfig {
+        &self.notify
+    }
+}
+
+impl Channels for Alerting {
+    fn db_name(&self) -> &str {
+        &self.db
+    }
+    fn notify(&self) -> &NotifyConfig {
+        &self.notify
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -101,7 +126,7 @@ pub fn host_name() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-fn failure_message(cfg: &Config, a: &Alert) -> Message {
+fn failure_message(cfg: &impl Channels, a: &Alert) -> Message {
     let host = host_name();
     Message {
         ok: false,
@@ -109,12 +134,12 @@ fn failure_message(cfg: &Config, a: &Alert) -> Message {
         title: format!(
             "kbackup {} FAILED: {} on {host}",
             a.kind.name(),
-            cfg.db.name
+            cfg.db_name()
         ),
         text: format!(
             "{}\n\nDatabase: {}\nHost: {host}\nTime: {}\n\nError: {}\n\nWhat to look at: {}",
             a.title,
-            cfg.db.name,
+            cfg.db_name(),
             Local::now().format("%Y-%m-%d %H:%M:%S %:z"),
             a.body,
             a.kind.hint()
@@ -131,7 +156,7 @@ pub fn alerted() -> bool {
 }
 
 /// Raises a failure alert on every configured channel (and the healthcheck's /fail).
-pub async fn alert(cfg: &Config, a: Alert) {
+pub async fn alert(cfg: &impl Channels, a: Alert) {
     ALERTED.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::warn!("Alert: {}: {}", a.title, a.body);
     let m = failure_message(cfg, &a);
@@ -148,12 +173,12 @@ pub async fn alert(cfg: &Config, a: Alert) {
 }
 
 /// Tells the channels that opted in that a backup succeeded, and pings the healthcheck.
-pub async fn success(cfg: &Config, s: Success) {
+pub async fn success(cfg: &impl Channels, s: Success) {
     let host = host_name();
     let m = Message {
         ok: true,
         kind: Kind::Backup,
-        title: format!("kbackup backup OK: {} on {host}", cfg.db.name),
+        title: format!("kbackup backup OK: {} on {host}", cfg.db_name()),
         text: format!("{}\n\n{}", s.title, s.body),
         error: None,
     };
@@ -161,12 +186,12 @@ pub async fn success(cfg: &Config, s: Success) {
 }
 
 /// The healthcheck's /start ping, when a backup begins.
-pub async fn started(cfg: &Config) {
+pub async fn started(cfg: &impl Channels) {
     ping(cfg, "/start", "").await;
 }
 
 /// `kbackup notify --test`: a test message on every channel; the results per channel.
-pub async fn test(cfg: &Config) -> Vec<(&'static str, Result<()>)> {
+pub async fn test(cfg: &impl Channels) -> Vec<(&'static str, Result<()>)> {
     let host = host_name();
     let m = Message {
         ok: true,
@@ -174,16 +199,16 @@ pub async fn test(cfg: &Config) -> Vec<(&'static str, Result<()>)> {
         title: format!("kbackup: Test notification from {host}"),
         text: format!(
             "Test notification from kbackup on {host} for database {}. If you read this, alerts reach you.",
-            cfg.db.name
+            cfg.db_name()
         ),
         error: None,
     };
     let mut results = channels(cfg, &m, false).await;
-    if let Some(url) = &cfg.notify.healthcheck {
+    if let Some(url) = &cfg.notify().healthcheck {
         // A success ping: harmless, and proves the URL is right.
         results.push((
             "healthcheck",
-            budget(cfg.notify.timeout, |t| {
+            budget(cfg.notify().timeout, |t| {
                 post_text(url.expose().to_string(), m.text.clone(), t)
             })
             .await,
@@ -192,7 +217,7 @@ pub async fn test(cfg: &Config) -> Vec<(&'static str, Result<()>)> {
     results
 }
 
-async fn send_all(cfg: &Config, m: &Message, success_only: bool) {
+async fn send_all(cfg: &impl Channels, m: &Message, success_only: bool) {
     for (channel, result) in channels(cfg, m, success_only).await {
         match result {
             Ok(()) => tracing::debug!("alert sent via {channel}"),
@@ -206,11 +231,11 @@ async fn send_all(cfg: &Config, m: &Message, success_only: bool) {
 /// Sends on every configured channel at once; `success_only` keeps the channels
 /// that opted in to success messages.
 async fn channels(
-    cfg: &Config,
+    cfg: &impl Channels,
     m: &Message,
     success_only: bool,
 ) -> Vec<(&'static str, Result<()>)> {
-    let n = &cfg.notify;
+    let n = cfg.notify();
     let t = n.timeout;
     let wanted = |on_success: bool| !success_only || on_success;
     let ntfy = async {
@@ -243,7 +268,7 @@ async fn channels(
                 let body = json!({
                     "event": m.kind.name(),
                     "ok": m.ok,
-                    "database": cfg.db.name,
+                    "database": cfg.db_name(),
                     "host": host_name(),
                     "title": m.title,
                     "message": m.text,
@@ -262,13 +287,13 @@ async fn channels(
     [a, b, c, d].into_iter().flatten().collect()
 }
 
-async fn ping(cfg: &Config, suffix: &str, body: &str) {
-    let Some(url) = &cfg.notify.healthcheck else {
+async fn ping(cfg: &impl Channels, suffix: &str, body: &str) {
+    let Some(url) = &cfg.notify().healthcheck else {
         return;
     };
     let target = format!("{}{suffix}", url.expose().trim_end_matches('/'));
     let body = body.chars().take(10_000).collect::<String>();
-    if let Err(e) = budget(cfg.notify.timeout, |t| {
+    if let Err(e) = budget(cfg.notify().timeout, |t| {
         post_text(target.clone(), body.clone(), t)
     })
     .await

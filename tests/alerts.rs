@@ -308,3 +308,83 @@ fn every_failing_job_alerts_once_and_only_failures_do() {
     let (_, n, _) = alerts_for(&mut kb, &["restore", "--latest", "--dry-run"]);
     assert_eq!(n, 0);
 }
+
+/// Defect: a settings error (`BACKUP_KEEP_DAILY=7d` in .env) stopped the cron
+/// job with exit 2 and nothing else: no alert, nothing in backup.log. Now the
+/// alert settings that are usable carry it, the log has it, and the message
+/// names the files the settings came from; a cron line that forgot to `cd`
+/// is told that no ./.env was found there. Near misses are warned about.
+#[test]
+fn a_settings_error_alerts_and_names_the_files_read() {
+    let db = cluster().new_db("asettings");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let ntfy = Recorder::start(Mode::Ok);
+    let env_file = kb.home.path().join(".env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "NTFY_URL={}\nNTFY_TOPIC=backups\nBACKUP_KEEP_DAILY=7d\n",
+            ntfy.url
+        ),
+    )
+    .unwrap();
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 2, "{}", r.all());
+    assert!(
+        r.stderr().contains("BACKUP_KEEP_DAILY")
+            && r.stderr()
+                .contains(&format!(".env file {}", env_file.display())),
+        "{}",
+        r.all()
+    );
+    let got = ntfy.wait(1);
+    assert!(
+        got[0].headers["title"].contains("backup FAILED")
+            && got[0].body.contains("BACKUP_KEEP_DAILY"),
+        "{:?}",
+        got[0]
+    );
+    let log = std::fs::read_to_string(kb.store.join("backup.log")).unwrap();
+    assert!(log.contains("BACKUP_KEEP_DAILY"), "{log}");
+
+    // Reports and dry runs say it, but do not page.
+    let before = ntfy.requests().len();
+    assert_eq!(kb.run(&["list"]).code(), 2);
+    assert_eq!(kb.run(&["backup", "--dry-run"]).code(), 2);
+    assert_eq!(ntfy.requests().len(), before);
+
+    // A near miss is warned about, naming the setting it probably meant.
+    std::fs::write(
+        &env_file,
+        "BACKUP_KEEP_DAYLY=14\nCONTAINER_BD=postgres-db\n",
+    )
+    .unwrap();
+    let r = kb.ok(&["backup"]);
+    for (typo, meant) in [
+        ("BACKUP_KEEP_DAYLY", "BACKUP_KEEP_DAILY"),
+        ("CONTAINER_BD", "CONTAINER_DB"),
+    ] {
+        assert!(
+            r.stderr()
+                .contains(&format!("{typo} (in {})", env_file.display()))
+                && r.stderr().contains(&format!("did you mean {meant}?")),
+            "{}",
+            r.all()
+        );
+    }
+
+    // Cron without `cd`: the settings live in a .env the job never reads.
+    let cron = kb
+        .wrapped(&["env", "-i", "PATH=/usr/bin:/bin"], &["backup"])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&cron.stderr);
+    assert_eq!(cron.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("missing database name")
+            && err.contains("no .env file (none in the current folder /"),
+        "{err}"
+    );
+}

@@ -936,3 +936,47 @@ fn a_pg_dump_running_past_backup_timeout_is_stopped() {
     assert!(start.elapsed() < std::time::Duration::from_secs(15));
     assert_nothing_left(&kb, &db, "pg_dump survived the timeout");
 }
+
+/// The README's hourly cron line, run as cron runs it (`env -i
+/// PATH=/usr/bin:/bin`, started in another folder), with its paths pointed at
+/// this test's world: it works, and it still works once BACKUP_DIR is gone
+/// (the shell's log used to live inside it, so the line failed before kbackup
+/// started and nothing ran or alerted).
+#[test]
+fn the_readme_cron_line_runs_under_cron_even_with_the_store_gone() {
+    let db = cluster().sample_db("cronline");
+    let kb = Kb::direct(&db);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("0 * * * * cd /root/kairon && "))
+        .expect("the README's hourly cron line");
+    let command = line.splitn(6, ' ').nth(5).unwrap();
+    let cron_log = kb.home.path().join("cron.log");
+    let command = command
+        .replace("/root/kairon", kb.home.path().to_str().unwrap())
+        .replace("/usr/local/bin/kbackup", env!("CARGO_BIN_EXE_kbackup"))
+        .replace("/var/log/kbackup-cron.log", cron_log.to_str().unwrap());
+    assert!(!command.contains(kb.store.to_str().unwrap()), "{command}");
+    // The seed's setup: the settings in the .env beside the compose file.
+    let dotenv: String = kb.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(kb.home.path().join(".env"), dotenv).unwrap();
+    for round in ["first", "after the store was lost"] {
+        let out = Command::new("env")
+            .args(["-i", "PATH=/usr/bin:/bin", "sh", "-c", &command])
+            .current_dir("/")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{round}: {}",
+            std::fs::read_to_string(&cron_log).unwrap_or_default()
+        );
+        assert_eq!(kb.dumps("hourly").len(), 1, "{round}");
+        std::fs::remove_dir_all(&kb.store).unwrap();
+    }
+    assert!(std::fs::read_to_string(&cron_log)
+        .unwrap()
+        .contains("Backup complete"));
+}
