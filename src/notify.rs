@@ -49,6 +49,8 @@ pub enum Kind {
     Rotate,
     Sync,
     Verify,
+    /// A verification that could not run (its server, not the backups).
+    VerifyCannotRun,
     Restore,
     Cleanup,
     Locked,
@@ -61,7 +63,7 @@ impl Kind {
             Kind::Backup => "backup",
             Kind::Rotate => "rotate",
             Kind::Sync => "sync",
-            Kind::Verify => "verify",
+            Kind::Verify | Kind::VerifyCannotRun => "verify",
             Kind::Restore => "restore",
             Kind::Cleanup => "cleanup",
             Kind::Locked => "locked",
@@ -79,6 +81,9 @@ impl Kind {
                 "The local backup is kept. Check the remote (`rclone lsd REMOTE:`, credentials, quota); the next run uploads whatever is missing, or run `kbackup sync`."
             }
             Kind::Verify => "Do not rely on the failed backups; `kbackup verify --json` names the failing checks.",
+            Kind::VerifyCannotRun => {
+                "The backups were not judged: make the verification server usable (reachable, its container running, the role allowed CREATEDB) and run `kbackup verify` again."
+            }
             Kind::Restore => {
                 "Read the error: a restore that fails before its swap leaves the target as it was; `kbackup cleanup --dry-run` lists anything a stopped run left."
             }
@@ -132,8 +137,13 @@ fn failure_message(cfg: &impl Channels, a: &Alert) -> Message {
         ok: false,
         kind: a.kind,
         title: format!(
-            "kbackup {} FAILED: {} on {host}",
+            "kbackup {} {}: {} on {host}",
             a.kind.name(),
+            if a.kind == Kind::VerifyCannotRun {
+                "COULD NOT RUN"
+            } else {
+                "FAILED"
+            },
             cfg.db_name()
         ),
         text: format!(

@@ -388,3 +388,63 @@ fn a_settings_error_alerts_and_names_the_files_read() {
         "{err}"
     );
 }
+
+/// Defect: `verify` blamed the backup for its environment (a mistyped
+/// container: "FAIL test restore", every copy marked FAILED, "verification
+/// failed" alerted). A server that cannot be reached, or a role that may not
+/// create databases, is the run's failure: exit 1, its own alert, nothing
+/// recorded against the backup.
+#[test]
+fn a_verification_that_cannot_run_never_marks_the_backup() {
+    let c = cluster();
+    let db = c.sample_db("vcannot");
+    let mut kb = Kb::direct(&db);
+    let hook = Recorder::start(Mode::Ok);
+    kb.set("BACKUP_WEBHOOK_URL", &hook.url);
+    kb.ok(&["backup"]);
+    c.psql(
+        "postgres",
+        "DO $$ BEGIN CREATE ROLE vcannot_reader LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    );
+    let nowhere = kb.home.path().join("no-server");
+    std::fs::create_dir_all(&nowhere).unwrap();
+    for (what, args, user, says) in [
+        (
+            "unreachable",
+            vec!["verify", "--server", nowhere.to_str().unwrap()],
+            "postgres",
+            "connect",
+        ),
+        (
+            "no CREATEDB",
+            vec!["verify"],
+            "vcannot_reader",
+            "may not create databases",
+        ),
+    ] {
+        kb.set("DB_USER", user);
+        let before = hook.requests().len();
+        let r = kb.run(&args);
+        assert_eq!(r.code(), 1, "{what}: {}", r.all());
+        assert!(
+            r.stderr().contains("the verification could not run") && r.stderr().contains(says),
+            "{what}: {}",
+            r.all()
+        );
+        let alerts = hook.wait(before + 1);
+        assert_eq!(alerts.len(), before + 1, "{what}: one alert");
+        let v: serde_json::Value = serde_json::from_str(&alerts[before].body).unwrap();
+        assert!(
+            v["title"].as_str().unwrap().contains("COULD NOT RUN"),
+            "{what}: {v}"
+        );
+        kb.set("DB_USER", "postgres");
+        let list = kb.run(&["list"]).stdout();
+        assert!(
+            !list.contains("FAILED"),
+            "{what}: the backup was marked: {list}"
+        );
+    }
+    // The same backup verifies where it can run.
+    kb.ok(&["verify"]);
+}

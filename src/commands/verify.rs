@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use chrono::Local;
 use serde::Serialize;
 
@@ -58,6 +58,16 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
         crate::leftovers::report(cfg).await;
     }
 
+    // A full verification needs a server it can restore into. When it has none
+    // (unreachable, container missing or stopped, no right to create a
+    // database), that is this run's failure, never the backups': nothing is
+    // recorded against them.
+    if !args.quick {
+        if let Err(e) = can_run(&server).await {
+            return Err(could_not_run(cfg, e).await);
+        }
+    }
+
     let mut reports = Vec::new();
     for s in &subjects {
         tracing::info!(
@@ -67,7 +77,10 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
         );
         // A verification that cannot run here says nothing of the backup: no
         // record; the error alerts through main's wrapper like any failure.
-        let v = verify_one(cfg, &server, s, args.quick).await?;
+        let v = match verify_one(cfg, &server, s, args.quick).await {
+            Ok(v) => v,
+            Err(e) => return Err(could_not_run(cfg, e).await),
+        };
         if !s.copies.is_empty() {
             if let Err(e) = store.record_verification(&s.copies, &v) {
                 tracing::warn!("cannot record the verification of {}: {e:#}", s.shown);
@@ -225,6 +238,44 @@ fn choose<'a>(
             }
         })
         .collect())
+}
+
+/// Whether a test restore can run on `pg`: its container running, the server
+/// answering, and the role allowed to create databases.
+async fn can_run(pg: &Postgres) -> Result<()> {
+    pg.check_container().await?;
+    let rows = pg
+        .query(
+            &pg.db.maintenance_db,
+            "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user",
+        )
+        .await?;
+    if rows.first().and_then(|r| r.first()).map(String::as_str) != Some("t") {
+        anyhow::bail!(
+            "{} may not create databases on {}: the test restore needs CREATEDB (ALTER ROLE {} CREATEDB), \
+             or a verification server of its own (BACKUP_VERIFY_HOST / --server)",
+            pg.db.user,
+            pg.describe_server(),
+            crate::sql::ident(&pg.db.user)
+        );
+    }
+    Ok(())
+}
+
+/// A verification that could not run: its own alert and error; no backup is
+/// judged by it.
+async fn could_not_run(cfg: &Config, e: anyhow::Error) -> anyhow::Error {
+    let e = e.context("the verification could not run; no backup was judged or marked by it");
+    notify::alert(
+        cfg,
+        notify::Alert {
+            kind: notify::Kind::VerifyCannotRun,
+            title: format!("Verification of {} backups could not run", cfg.db.name),
+            body: format!("{e:#}"),
+        },
+    )
+    .await;
+    e
 }
 
 /// The server the test restore runs on: --server, else BACKUP_VERIFY_*, else the backed-up one.
@@ -448,14 +499,10 @@ async fn full_checks(
     let pg = &rc.pg;
     // Armed before CREATE DATABASE: an error or a signal from here on drops it.
     let undo = cleanup::register(pg, drop_statements(&temp));
-    if let Err(e) = create_database(pg, &temp, summary, rc.server_major).await {
-        checks.push(check(
-            "test restore",
-            Outcome::Fail,
-            format!("cannot create {temp} on {}: {e:#}", pg.describe_server()),
-        ));
-        return Ok(());
-    }
+    // A database that cannot be created says nothing of the backup.
+    create_database(pg, &temp, summary, rc.server_major)
+        .await
+        .with_context(|| format!("cannot create {temp} on {}", pg.describe_server()))?;
     let started = Instant::now();
     let path = s.path.clone();
     let restored = run_pg_restore(
@@ -486,7 +533,15 @@ async fn full_checks(
                 ));
             }
         }
-        Err(e) => checks.push(check("test restore", Outcome::Fail, format!("{e:#}"))),
+        // The server gone mid-restore is the run's failure, not the backup's.
+        Err(e) => match can_run(pg).await {
+            Ok(()) => checks.push(check("test restore", Outcome::Fail, format!("{e:#}"))),
+            Err(gone) => {
+                return Err(gone.context(format!(
+                    "the server stopped answering during the test restore ({e:#})"
+                )))
+            }
+        },
     }
     match drop_database(pg, &temp).await {
         Ok(()) => undo.done(),
