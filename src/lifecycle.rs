@@ -19,6 +19,17 @@ pub fn dropdb_command(name: &str) -> String {
     shlex::try_join(["dropdb", name]).unwrap_or_else(|_| format!("dropdb {name}"))
 }
 
+/// Sessions a restore may end on a database it replaces or drops: every other
+/// session but kbackup's own (a backup's pg_dump is never killed: it carries a
+/// `kbackup-` application_name, and the swap waits for it, bounded).
+pub fn others_sessions(db: &str) -> String {
+    format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} \
+         AND pid <> pg_backend_pid() AND application_name NOT LIKE 'kbackup-%'",
+        literal(db)
+    )
+}
+
 /// PostgreSQL's limit on identifier length, in bytes.
 pub const MAX_IDENT: usize = 63;
 
@@ -117,10 +128,7 @@ pub async fn create_database(
 pub async fn drop_database(pg: &Postgres, name: &str) -> Result<()> {
     let mut last = None;
     for _ in 0..40 {
-        let terminate = format!(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
-            literal(name)
-        );
+        let terminate = others_sessions(name);
         let drop = format!("DROP DATABASE IF EXISTS {}", ident(name));
         match pg.admin(&[&terminate, &drop], None).await {
             Ok(_) => return Ok(()),
@@ -210,10 +218,7 @@ pub async fn swap(
             );
         }
     }
-    let terminate = format!(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
-        literal(target)
-    );
+    let terminate = others_sessions(target);
     let rename = format!(
         "BEGIN; ALTER DATABASE {t} RENAME TO {o}; ALTER DATABASE {s} RENAME TO {t}; COMMIT;"
     );

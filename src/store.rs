@@ -175,6 +175,62 @@ impl Store {
         self.lock_file(&self.root.join(LOCK_FILE), command)
     }
 
+    /// Waits, up to `wait`, while a backup of database `db` holds the store
+    /// (said once, with the holder); Ok(true) once it is done, Ok(false) when
+    /// none was running. After `wait`: exit 3 naming the holder.
+    pub async fn wait_for_backup_of(&self, db: &str, wait: std::time::Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + wait;
+        let mine = |h: &str| h.starts_with(&format!("backup of {db} ("));
+        let mut waited = false;
+        while let Some(holder) = self.holder().filter(|h| mine(h)) {
+            if std::time::Instant::now() >= deadline {
+                return Err(locked(format!(
+                    "a backup of {db} still holds the store {} after {}: {holder}. If it is stuck, stop it \
+                     (the lock goes with its process), then run the restore again",
+                    self.root.display(),
+                    humantime::format_duration(wait)
+                )));
+            }
+            if !waited {
+                tracing::info!(
+                    "Waiting up to {} for the running {holder} to finish: a restore never ends a backup's dump \
+                     (--no-wait refuses instead)",
+                    humantime::format_duration(wait)
+                );
+                waited = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        Ok(waited)
+    }
+
+    /// Who holds the store's lock now (`backup (pid 12, started ...)`), asked
+    /// of the kernel's lock table (`/proc/locks`): without taking the lock even
+    /// for a moment (a backup starting then would be skipped) or creating anything.
+    pub fn holder(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.root.join(LOCK_FILE);
+        let meta = fs::symlink_metadata(&path).ok().filter(|m| m.is_file())?;
+        let locks = fs::read_to_string("/proc/locks").ok()?;
+        // `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`: device (hex
+        // major:minor) and inode of the locked file.
+        let me = format!(
+            "{:02x}:{:02x}:{}",
+            libc::major(meta.dev()),
+            libc::minor(meta.dev()),
+            meta.ino()
+        );
+        let held = locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&me.as_str())
+        });
+        held.then(|| {
+            fs::read_to_string(&path)
+                .map(|t| t.trim().to_string())
+                .unwrap_or_default()
+        })
+    }
+
     /// Serializes verifications without blocking backups (a long verify must
     /// never make the hourly backup skip).
     pub fn verify_lock(&self) -> Result<StoreLock> {

@@ -776,3 +776,63 @@ fn the_dry_run_shows_the_steps_the_run_takes() {
         databases(&db)
     );
 }
+
+/// Defect: a restore ended a running backup's dump (its "end the target's
+/// sessions" step), and the backup then alerted as failed. A restore of the
+/// database a backup is dumping waits for it (bounded, said), or with
+/// `--no-wait` refuses with exit 3 naming the backup; the backup finishes.
+#[test]
+fn a_restore_waits_for_a_running_backup_of_its_target_and_never_ends_it() {
+    let c = cluster();
+    let db = c.new_db("waitbackup");
+    c.psql(
+        &db,
+        "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 50)",
+    );
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup", "--time", "2025-01-01T00:00:00Z"]);
+    // A backup held in pg_dump by a table lock, for real.
+    let lock = LockHolder::exclusive(&db, "t");
+    let backup = kb.spawn(&["backup"]);
+    wait_for(20, "pg_dump waiting on the lock", || {
+        (LockHolder::waiters(&db) > 0).then_some(())
+    });
+    let r = kb.run(&["restore", "--latest", "--yes", "--no-wait"]);
+    assert_eq!(r.code(), 3, "{}", r.all());
+    assert!(
+        r.stderr().contains(&format!("a backup of {db}"))
+            && r.stderr().contains(&format!("pid {}", backup.id())),
+        "{}",
+        r.all()
+    );
+    let dry = kb.ok(&["restore", "--latest", "--dry-run"]);
+    assert!(
+        dry.stdout().contains("the restore would wait up to 30m"),
+        "{}",
+        dry.all()
+    );
+
+    let mut restore = kb.spawn(&["restore", "--latest", "--yes"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        restore.try_wait().unwrap().is_none(),
+        "the restore did not wait"
+    );
+    drop(lock);
+    let b = backup.wait_with_output().unwrap();
+    assert_eq!(
+        b.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let r = restore.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("Waiting up to 30m for the running backup of"),
+        "{err}"
+    );
+    assert_eq!(kb.dumps("hourly").len(), 2);
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "50");
+}

@@ -63,7 +63,8 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         return dry_run(cfg, &store, &pg, &target).await;
     }
 
-    let _lock = super::lock_store(cfg, &store, "backup").await?;
+    // The holder's words name the database: a restore of it waits for this run.
+    let _lock = super::lock_store(cfg, &store, &format!("backup of {}", cfg.db.name)).await?;
     notify::started(cfg).await;
     let clock = std::time::Instant::now();
     let started = cfg.calendar.zone.local_time(Utc::now());

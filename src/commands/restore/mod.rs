@@ -35,17 +35,31 @@ use crate::store::{human_size, Store};
 use choose::{Checked, Source};
 use plan::{Plan, Strategy};
 
+/// How long a restore waits for a backup of its target (whose dump the swap
+/// must not end) before giving up (exit 3).
+const LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
+
 pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let clock_start = Instant::now();
     let store = Store::new(cfg.backup_dir.clone());
-    let source = match &args.remote {
-        Some(_) => choose::remote(cfg, &store, args).await?,
-        None => choose::local(cfg, &store, args)?,
-    };
     let target = args
         .target_db
         .clone()
         .unwrap_or_else(|| cfg.db.name.clone());
+    // A backup of the target that is running finishes first: the swap would
+    // otherwise wait on its dump (a restore never ends kbackup's sessions).
+    if !args.dry_run {
+        let wait = if args.no_wait {
+            Duration::ZERO
+        } else {
+            LOCK_WAIT
+        };
+        store.wait_for_backup_of(&target, wait).await?;
+    }
+    let source = match &args.remote {
+        Some(_) => choose::remote(cfg, &store, args).await?,
+        None => choose::local(cfg, &store, args)?,
+    };
     choose::check_name(&target)?;
     let mut db = cfg.db.clone();
     if target == db.maintenance_db {
@@ -81,6 +95,19 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
 
     if args.dry_run {
         plan.print(cfg, args, &rc, &source, &checked);
+        if let Some(holder) = store.holder() {
+            println!(
+                "Store:    held by {holder}{}",
+                if holder.starts_with(&format!("backup of {target} (")) {
+                    format!(
+                        ": the restore would wait up to {} for it (--no-wait: refuse, exit 3)",
+                        humantime::format_duration(LOCK_WAIT)
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
         return Ok(());
     }
     if !plan.missing_roles.is_empty() && !args.with_globals {
