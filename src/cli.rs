@@ -47,6 +47,9 @@ pub struct GlobalArgs {
     /// Verbose logging, including every child command (DEBUG).
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Send no alert and no success message for this run, whatever the settings say.
+    #[arg(long, global = true)]
+    pub no_alerts: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -92,6 +95,12 @@ pub struct BackupArgs {
     /// Print what would run and what rotation would delete; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Skip the off-site step for this run, even with a remote configured.
+    #[arg(long, conflicts_with = "sync")]
+    pub no_sync: bool,
+    /// Sync even though --backup-dir names another store than the configured one.
+    #[arg(long)]
+    pub sync: bool,
 }
 
 #[derive(Debug, Args)]

@@ -277,6 +277,8 @@ pub struct Config {
     /// Off-site copies with rclone (None: not configured).
     pub remote: Option<RemoteConfig>,
     pub notify: NotifyConfig,
+    /// `--backup-dir` names another store than the configured BACKUP_DIR.
+    pub other_store: bool,
     /// Every setting with its resolved value and source, for `kbackup config`.
     pub resolved: Vec<(&'static Spec, Option<Raw>)>,
     /// What the operator should fix but that does not stop the run (logged
@@ -374,6 +376,20 @@ pub struct LoadFailure {
     pub alerting: Option<Box<Alerting>>,
 }
 
+impl NotifyConfig {
+    /// No channel at all (`--no-alerts`).
+    pub fn off(timeout: Duration) -> NotifyConfig {
+        NotifyConfig {
+            timeout,
+            ntfy: None,
+            slack: None,
+            email: None,
+            webhook: None,
+            healthcheck: None,
+        }
+    }
+}
+
 /// Loads the configuration from the real process environment.
 pub fn load(global: &GlobalArgs) -> Result<Config, LoadFailure> {
     let env: HashMap<String, String> = std::env::vars().collect();
@@ -434,6 +450,26 @@ fn load_or_alerting(
         alerting,
     })?;
     config.warnings.extend(near_misses(env, &dotenv));
+    // `--backup-dir` naming another store than the configured one: a scratch
+    // run, which must not sync to (and apply retention on) the real remote.
+    if global.backup_dir.is_some() {
+        let spec = SETTINGS
+            .iter()
+            .find(|s| s.key == "backup.dir")
+            .expect("backup.dir is a setting");
+        let configured = resolve_one(spec, &HashMap::new(), env, &dotenv, &toml)
+            .ok()
+            .flatten()
+            .and_then(|r| expand_home(r.value.trim()))
+            .map(|d| cwd.join(d));
+        config.other_store = configured.as_ref() != Some(&config.backup_dir);
+    }
+    if global.no_alerts {
+        config.notify = NotifyConfig::off(config.notify.timeout);
+        config
+            .warnings
+            .push("--no-alerts: this run sends no alert, whatever happens".into());
+    }
     Ok(config)
 }
 
@@ -998,6 +1034,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         notify,
         resolved,
         warnings,
+        other_store: false,
     })
 }
 

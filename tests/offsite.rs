@@ -457,3 +457,99 @@ fn a_remote_that_refuses_deletes_or_crawls_is_loud_and_loses_nothing() {
     );
     assert_eq!(kb.run(&["status", "--max-age", "100000d"]).code(), 0);
 }
+
+/// Defect: a one-off run could not switch off the configured remote:
+/// `--backup-dir /tmp/x backup` synced the scratch store to production's
+/// remote (applying retention there), and a later `restore --remote --latest`
+/// picked that scratch backup. Another store than the configured one does not
+/// sync unless `--sync`; `--no-sync` skips the step; `--no-alerts` silences a run.
+#[test]
+fn one_run_can_switch_off_the_remote_and_the_alerts() {
+    let db = cluster().sample_db("oonce");
+    let mut kb = Kb::direct(&db);
+    let dav_dir = kb.home.path().join("dav");
+    let dav = Webdav::start(&dav_dir, None);
+    for (k, v) in dav.settings() {
+        kb.set(&k, &v);
+    }
+    let ntfy = Recorder::start(Mode::Ok);
+    kb.set("NTFY_URL", &ntfy.url).set("NTFY_TOPIC", "t");
+    let on_remote = || -> usize {
+        files_under(&dav_dir.join("backups"))
+            .iter()
+            .filter(|f| f.ends_with(".dump.zst"))
+            .count()
+    };
+    kb.ok(&["backup", "--time", "2025-03-01T10:00:00Z"]);
+    let synced = on_remote();
+    assert!(synced > 0);
+
+    let scratch = kb.home.path().join("scratch-store");
+    let dry = kb.ok(&[
+        "--backup-dir",
+        scratch.to_str().unwrap(),
+        "backup",
+        "--dry-run",
+    ]);
+    assert!(
+        dry.stdout()
+            .contains("Off-site: would skip dav:backups: --backup-dir"),
+        "{}",
+        dry.all()
+    );
+    let dry = kb.ok(&["backup", "--dry-run"]);
+    assert!(
+        dry.stdout()
+            .contains("Off-site: would upload to dav:backups"),
+        "{}",
+        dry.all()
+    );
+    let r = kb.ok(&["--backup-dir", scratch.to_str().unwrap(), "backup"]);
+    assert!(
+        r.stderr()
+            .contains("skipped: --backup-dir names another store"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(on_remote(), synced, "the scratch store reached the remote");
+    let r = kb.ok(&["backup", "--no-sync", "--time", "2025-03-01T11:00:00Z"]);
+    assert!(r.stderr().contains("skipped: --no-sync"), "{}", r.all());
+    assert_eq!(on_remote(), synced);
+    // The configured store named explicitly is not "another store".
+    kb.ok(&[
+        "--backup-dir",
+        kb.store.to_str().unwrap(),
+        "backup",
+        "--time",
+        "2025-03-01T12:00:00Z",
+    ]);
+    assert!(on_remote() > synced);
+    let n = on_remote();
+    kb.ok(&[
+        "--backup-dir",
+        scratch.to_str().unwrap(),
+        "backup",
+        "--sync",
+        "--time",
+        "2025-03-01T13:00:00Z",
+    ]);
+    assert!(on_remote() > n, "--sync syncs the other store");
+
+    // --no-alerts: a failing run pages nobody (and says so).
+    drop(dav);
+    kb.set(
+        "RCLONE_FLAGS",
+        "--contimeout 1s --retries 1 --low-level-retries 1",
+    );
+    let r = kb.run(&["--no-alerts", "backup", "--time", "2025-03-01T14:00:00Z"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(r.stderr().contains("--no-alerts"), "{}", r.all());
+    assert_eq!(ntfy.requests().len(), 0);
+    let r = kb.run(&["backup", "--time", "2025-03-01T15:00:00Z"]);
+    assert_eq!(r.code(), 1);
+    assert_eq!(
+        ntfy.wait(1).len(),
+        1,
+        "without the flag the same failure alerts"
+    );
+}

@@ -59,8 +59,15 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
     let mut target = target(cfg, args)?;
     let store = Store::new(cfg.backup_dir.clone());
     let pg = Postgres::new(cfg.db.clone());
+    let skip_sync = if args.no_sync {
+        Some("--no-sync")
+    } else if cfg.other_store && !args.sync {
+        Some("--backup-dir names another store than the configured BACKUP_DIR (--sync syncs it anyway)")
+    } else {
+        None
+    };
     if args.dry_run {
-        return dry_run(cfg, &store, &pg, &target).await;
+        return dry_run(cfg, &store, &pg, &target, skip_sync).await;
     }
 
     // The holder's words name the database: a restore of it waits for this run.
@@ -73,8 +80,12 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         .map_err(|e| crate::error::explain(e, &store.root));
     // Off-site: only after a successful local backup and rotation. A failure
     // there never removes the local backup; the next run uploads what is missing.
-    let synced = match (&result, &cfg.remote) {
-        (Ok(_), Some(rc)) => {
+    let synced = match (&result, &cfg.remote, skip_sync) {
+        (Ok(_), Some(rc), Some(why)) => {
+            tracing::info!("Off-site sync to {}:{} skipped: {why}", rc.name, rc.path);
+            None
+        }
+        (Ok(_), Some(rc), None) => {
             Some(crate::offsite::step(cfg, &store, &Remote::new(rc.clone())).await)
         }
         _ => None,
@@ -252,7 +263,13 @@ async fn record(
     }
 }
 
-async fn dry_run(cfg: &Config, store: &Store, pg: &Postgres, target: &Target) -> Result<()> {
+async fn dry_run(
+    cfg: &Config,
+    store: &Store,
+    pg: &Postgres,
+    target: &Target,
+    skip_sync: Option<&str>,
+) -> Result<()> {
     // The pg_dump the run would use is chosen for the server (read-only queries).
     let (pg, server) = match crate::take::preflight(pg).await {
         Ok((info, chosen)) => (chosen, format!("PostgreSQL {}", info.version)),
@@ -330,6 +347,15 @@ async fn dry_run(cfg: &Config, store: &Store, pg: &Postgres, target: &Target) ->
         for (d, b) in deletions {
             println!("  {}  ({})", b.rel_path, d.reasons_text());
         }
+    }
+    match (&cfg.remote, skip_sync) {
+        (None, _) => println!("Off-site: no remote configured (RCLONE_REMOTE_NAME)"),
+        (Some(rc), Some(why)) => println!("Off-site: would skip {}:{}: {why}", rc.name, rc.path),
+        (Some(rc), None) => println!(
+            "Off-site: would upload to {}:{} what it lacks (sidecars first), check it, then apply the same \
+             retention to the remote's own listing (`kbackup list --remote` shows it)",
+            rc.name, rc.path
+        ),
     }
     Ok(())
 }
