@@ -8,6 +8,18 @@ use std::collections::BTreeSet;
 use common::net::{Mode, Recorder, Webdav};
 use common::*;
 
+/// A WebDAV remote in `kb.home/dav` and an ntfy receiver, set on `kb`.
+fn dav_and_ntfy(kb: &mut Kb) -> (std::path::PathBuf, Webdav, Recorder) {
+    let dav_dir = kb.home.path().join("dav");
+    let dav = Webdav::start(&dav_dir, None);
+    for (k, v) in dav.settings() {
+        kb.set(&k, &v);
+    }
+    let ntfy = Recorder::start(Mode::Ok);
+    kb.set("NTFY_URL", &ntfy.url).set("NTFY_TOPIC", "backups");
+    (dav_dir, dav, ntfy)
+}
+
 fn local_remote(kb: &mut Kb, dir: &std::path::Path) {
     kb.set("RCLONE_CONFIG", "/dev/null")
         .set("RCLONE_CONFIG_OFFSITE_TYPE", "local")
@@ -65,13 +77,7 @@ fn the_remote_mirrors_the_local_layout() {
 fn a_remote_that_is_down_keeps_the_local_backup_alerts_and_the_next_run_catches_up() {
     let db = cluster().sample_db("odown");
     let mut kb = Kb::direct(&db);
-    let dav_dir = kb.home.path().join("dav");
-    let dav = Webdav::start(&dav_dir, None);
-    for (k, v) in dav.settings() {
-        kb.set(&k, &v);
-    }
-    let ntfy = Recorder::start(Mode::Ok);
-    kb.set("NTFY_URL", &ntfy.url).set("NTFY_TOPIC", "backups");
+    let (dav_dir, dav, ntfy) = dav_and_ntfy(&mut kb);
     kb.ok(&["backup", "--time", "2025-03-01T10:00:00Z"]);
     let port = dav.port;
     drop(dav); // the remote goes down
@@ -467,13 +473,7 @@ fn a_remote_that_refuses_deletes_or_crawls_is_loud_and_loses_nothing() {
 fn one_run_can_switch_off_the_remote_and_the_alerts() {
     let db = cluster().sample_db("oonce");
     let mut kb = Kb::direct(&db);
-    let dav_dir = kb.home.path().join("dav");
-    let dav = Webdav::start(&dav_dir, None);
-    for (k, v) in dav.settings() {
-        kb.set(&k, &v);
-    }
-    let ntfy = Recorder::start(Mode::Ok);
-    kb.set("NTFY_URL", &ntfy.url).set("NTFY_TOPIC", "t");
+    let (dav_dir, dav, ntfy) = dav_and_ntfy(&mut kb);
     let on_remote = || -> usize {
         files_under(&dav_dir.join("backups"))
             .iter()
