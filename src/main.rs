@@ -18,6 +18,7 @@ mod metrics;
 mod naming;
 mod notify;
 mod offsite;
+mod output;
 mod postgres;
 mod process;
 mod readback;
@@ -43,18 +44,6 @@ use crate::error::{exit_kind, ExitKind};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Reports piped into `head` end quietly when the reader goes, as Unix tools
-    // do, instead of panicking on EPIPE. Only for commands that write to no
-    // child's stdin (there, a broken pipe must stay an error we handle).
-    if matches!(
-        cli.command,
-        Command::List(_) | Command::Status(_) | Command::Config(_)
-    ) {
-        // SAFETY: called before any thread is started; restores the default action.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     let cfg = match config::load(&cli.global) {
         Ok(c) => c,
         Err(failure) => return settings_failed(&cli, failure),

@@ -1017,14 +1017,49 @@ fn reports_piped_into_head_end_quietly() {
     for h in 0..6 {
         kb.ok(&["backup", "--time", &format!("2025-06-01T0{h}:00:00Z")]);
     }
-    for command in ["list", "config"] {
-        let out = kb
-            .wrapped(&["bash", "-c", "\"$0\" \"$@\" | true"], &[command])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!err.contains("panicked"), "{command}: {err}");
+    // Every command that prints, its reader gone after one line (or none):
+    // no panic, the exit code it would have had, and the work done.
+    for (args, code) in [
+        (vec!["list"], 0),
+        (vec!["list", "--json"], 0),
+        (vec!["config"], 0),
+        (vec!["status", "--max-age", "100000d"], 0),
+        (vec!["rotate", "--dry-run"], 0),
+        (vec!["verify", "--all", "--quick"], 0),
+        (vec!["restore", "--latest", "--dry-run"], 0),
+        (vec!["backup", "--dry-run"], 0),
+        (
+            vec![
+                "restore",
+                "--latest",
+                "--yes",
+                "--target-db",
+                &format!("{db}_piped"),
+            ],
+            0,
+        ),
+    ] {
+        for reader in ["head -1", "true"] {
+            let out = kb
+                .wrapped(
+                    &[
+                        "bash",
+                        "-c",
+                        &format!("\"$0\" \"$@\" | {reader}; exit ${{PIPESTATUS[0]}}"),
+                    ],
+                    &args,
+                )
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!err.contains("panicked"), "{args:?} | {reader}: {err}");
+            assert_eq!(out.status.code(), Some(code), "{args:?} | {reader}: {err}");
+        }
     }
+    assert_eq!(
+        c.psql(&format!("{db}_piped"), "SELECT count(*) FROM t"),
+        "0"
+    );
 }
 
 /// SIGINT, SIGTERM and SIGHUP while the swap waits with the target closed: the

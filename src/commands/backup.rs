@@ -290,26 +290,26 @@ async fn dry_run(
         stem,
         Format::CustomZstd.ext()
     );
-    println!("Dry run: nothing will be changed.");
-    println!(
+    crate::out!("Dry run: nothing will be changed.");
+    crate::out!(
         "Database: {} ({} mode), {server}",
         pg.describe(),
         if pg.is_docker() { "docker" } else { "direct" }
     );
-    println!("Would run: {}", pg.pg_dump());
-    println!(
+    crate::out!("Would run: {}", pg.pg_dump());
+    crate::out!(
         "  streamed through the archive check, zstd level {} and SHA-256 into {}",
         cfg.compression_level,
         store.root.join(&rel).display()
     );
-    println!("Would run: {}", pg.pg_dumpall_globals(true));
-    println!(
+    crate::out!("Would run: {}", pg.pg_dumpall_globals(true));
+    crate::out!(
         "Would write: {rel} (+ {stem}.{} and {stem}.{})",
         naming::MANIFEST_EXT,
         naming::GLOBALS_EXT
     );
     if target.tier == Tier::Named && store.has_stem(Tier::Named, &stem) {
-        println!(
+        crate::out!(
             "Would refuse: named backup {:?} already exists",
             target.label
         );
@@ -322,7 +322,7 @@ async fn dry_run(
             target.taken_at,
             |tier, label| store.has_stem(tier, &naming::stem(&cfg.prefix, label, 1)),
         ) {
-            println!(
+            crate::out!(
                 "Would place: {}/{}.{} (hard link)",
                 tier.dir(),
                 naming::stem(&cfg.prefix, &label, 1),
@@ -341,17 +341,17 @@ async fn dry_run(
     let decisions = crate::rotation::plan(cfg, &with_new, Utc::now());
     let deletions: Vec<_> = decisions.iter().filter(|(d, _)| !d.keep).collect();
     if deletions.is_empty() {
-        println!("Rotation would delete nothing.");
+        crate::out!("Rotation would delete nothing.");
     } else {
-        println!("Rotation would delete {}:", deletions.len());
+        crate::out!("Rotation would delete {}:", deletions.len());
         for (d, b) in deletions {
-            println!("  {}  ({})", b.rel_path, d.reasons_text());
+            crate::out!("  {}  ({})", b.rel_path, d.reasons_text());
         }
     }
     match (&cfg.remote, skip_sync) {
-        (None, _) => println!("Off-site: no remote configured (RCLONE_REMOTE_NAME)"),
-        (Some(rc), Some(why)) => println!("Off-site: would skip {}:{}: {why}", rc.name, rc.path),
-        (Some(rc), None) => println!(
+        (None, _) => crate::out!("Off-site: no remote configured (RCLONE_REMOTE_NAME)"),
+        (Some(rc), Some(why)) => crate::out!("Off-site: would skip {}:{}: {why}", rc.name, rc.path),
+        (Some(rc), None) => crate::out!(
             "Off-site: would upload to {}:{} what it lacks (sidecars first), check it, then apply the same \
              retention to the remote's own listing (`kbackup list --remote` shows it)",
             rc.name, rc.path

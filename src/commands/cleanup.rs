@@ -18,31 +18,31 @@ pub async fn run(cfg: &Config, args: &CleanupArgs) -> Result<()> {
     };
     let found = leftovers::find(cfg).await;
     if found.is_empty() {
-        println!("Nothing to clean up: no run left anything behind.");
+        crate::out!("Nothing to clean up: no run left anything behind.");
         return Ok(());
     }
     let mut failed = Vec::new();
     for l in &found {
         let what = l.describe();
         if !l.clearable() {
-            println!("note: {what}");
+            crate::out!("note: {what}");
             continue;
         }
         if args.dry_run {
-            println!("would clear: {what}");
+            crate::out!("would clear: {what}");
             continue;
         }
         match leftovers::clear(cfg, l).await {
-            Ok(()) => println!("cleared: {what}"),
+            Ok(()) => crate::out!("cleared: {what}"),
             Err(e) => {
-                println!("FAILED:  {what}: {e:#}");
+                crate::out!("FAILED:  {what}: {e:#}");
                 failed.push(what);
             }
         }
     }
     if !args.dry_run {
         for p in store.remove_leftovers()? {
-            println!("cleared: temporary file {}", p.display());
+            crate::out!("cleared: temporary file {}", p.display());
         }
     }
     if !failed.is_empty() {

@@ -40,7 +40,7 @@ pub fn run(cfg: &Config, args: &ConfigArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        crate::out!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(7);
@@ -51,15 +51,17 @@ pub fn run(cfg: &Config, args: &ConfigArgs) -> Result<()> {
         .max()
         .unwrap_or(0)
         .clamp(5, 40);
-    println!(
+    crate::out!(
         "{:w0$}  {:w1$}  {:w2$}  SOURCE",
-        "SETTING", "TOML KEY", "VALUE"
+        "SETTING",
+        "TOML KEY",
+        "VALUE"
     );
     for (env, key, value, source) in &rows {
-        println!("{env:w0$}  {key:w1$}  {value:w2$}  {source}");
+        crate::out!("{env:w0$}  {key:w1$}  {value:w2$}  {source}");
     }
-    println!();
-    println!(
+    crate::out!();
+    crate::out!(
         "Mode: {}; store: {}",
         match &cfg.db.container {
             Some(c) => format!("docker exec into container {c}"),

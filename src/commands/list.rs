@@ -39,17 +39,23 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        crate::out!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
     let now = Utc::now();
-    println!("Backups in {}", store.root.display());
+    crate::out!("Backups in {}", store.root.display());
     if shown.is_empty() {
-        println!("  (none)");
+        crate::out!("  (none)");
     } else {
-        println!(
+        crate::out!(
             "{:8} {:25} {:>6} {:>7}  {:>3}  {:8}  {:14}  FILE",
-            "TIER", "TIME", "AGE", "SIZE", "PG", "MANIFEST", "VERIFIED"
+            "TIER",
+            "TIME",
+            "AGE",
+            "SIZE",
+            "PG",
+            "MANIFEST",
+            "VERIFIED"
         );
         for b in &shown {
             let manifest = match (&b.manifest, &b.manifest_error) {
@@ -69,7 +75,7 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                 ),
                 None => "-".to_string(),
             };
-            println!(
+            crate::out!(
                 "{:8} {:25} {:>6} {:>7}  {:>3}  {:8}  {:14}  {}",
                 b.tier.dir(),
                 b.time.format("%Y-%m-%d %H:%M:%S %:z").to_string(),
@@ -84,7 +90,7 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
             );
         }
     }
-    println!("{}", tier_counts(&all));
+    crate::out!("{}", tier_counts(&all));
     Ok(())
 }
 
@@ -126,20 +132,24 @@ pub async fn run_remote(cfg: &Config, args: &ListArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        crate::out!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
     let now = Utc::now();
-    println!("Backups on {}", remote.root());
+    crate::out!("Backups on {}", remote.root());
     if shown.is_empty() {
-        println!("  (none)");
+        crate::out!("  (none)");
     } else {
-        println!(
+        crate::out!(
             "{:8} {:25} {:>6} {:>7}  {:8}  FILE",
-            "TIER", "TIME", "AGE", "SIZE", "MANIFEST"
+            "TIER",
+            "TIME",
+            "AGE",
+            "SIZE",
+            "MANIFEST"
         );
         for b in &shown {
-            println!(
+            crate::out!(
                 "{:8} {:25} {:>6} {:>7}  {:8}  {}",
                 b.tier.dir(),
                 b.time.format("%Y-%m-%d %H:%M:%S %:z").to_string(),
@@ -151,7 +161,7 @@ pub async fn run_remote(cfg: &Config, args: &ListArgs) -> Result<()> {
         }
     }
     let count = |t: Tier| backups.iter().filter(|b| b.tier == t).count();
-    println!(
+    crate::out!(
         "Hourly: {}, Daily: {}, Weekly: {}, Monthly: {}, Named: {}",
         count(Tier::Hourly),
         count(Tier::Daily),

@@ -23,9 +23,9 @@ pub async fn run(cfg: &Config, args: &NotifyArgs) -> Result<()> {
     let mut failed = Vec::new();
     for (channel, r) in &results {
         match r {
-            Ok(()) => println!("{channel:12} sent"),
+            Ok(()) => crate::out!("{channel:12} sent"),
             Err(e) => {
-                println!("{channel:12} FAILED: {e:#}");
+                crate::out!("{channel:12} FAILED: {e:#}");
                 failed.push(*channel);
             }
         }

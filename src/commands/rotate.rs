@@ -19,10 +19,10 @@ pub async fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
     let decisions = plan(cfg, &backups, Utc::now());
     if args.json {
         let views: Vec<_> = decisions.iter().map(|(d, b)| view(d, b)).collect();
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        crate::out!("{}", serde_json::to_string_pretty(&views)?);
     } else {
         for (d, b) in &decisions {
-            println!(
+            crate::out!(
                 "{:6}  {}  ({})",
                 if d.keep { "keep" } else { "delete" },
                 b.rel_path,
@@ -30,7 +30,7 @@ pub async fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
             );
         }
         let n = decisions.iter().filter(|(d, _)| !d.keep).count();
-        println!(
+        crate::out!(
             "{}: {} to delete, {} kept.",
             if args.dry_run { "Dry run" } else { "Rotation" },
             n,

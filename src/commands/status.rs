@@ -140,7 +140,7 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
                 )
             })
             .collect();
-        println!(
+        crate::out!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "healthy": problems.is_empty(),
@@ -156,15 +156,15 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
             }))?
         );
     } else {
-        println!(
+        crate::out!(
             "kbackup status for {} (store {})",
             cfg.db.name,
             store.root.display()
         );
-        println!("Newest backup per tier:");
+        crate::out!("Newest backup per tier:");
         for t in Tier::ALL {
             match ours.iter().filter(|b| b.tier == t).max_by_key(|b| b.time) {
-                Some(b) => println!(
+                Some(b) => crate::out!(
                     "  {:8} {:>6} old  {:>6}  {}  ({})",
                     t.dir(),
                     age(b.time, now),
@@ -172,53 +172,53 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
                     b.rel_path,
                     verified(b.verification.best())
                 ),
-                None => println!("  {:8} none", t.dir()),
+                None => crate::out!("  {:8} none", t.dir()),
             }
         }
         match &last_run {
-            Some(r) if r.ok => println!("Last backup run: succeeded at {}", when(r.finished_at)),
-            Some(r) => println!(
+            Some(r) if r.ok => crate::out!("Last backup run: succeeded at {}", when(r.finished_at)),
+            Some(r) => crate::out!(
                 "Last backup run: FAILED at {}: {}",
                 when(r.finished_at),
                 r.error.as_deref().unwrap_or("")
             ),
-            None => println!("Last backup run: none recorded"),
+            None => crate::out!("Last backup run: none recorded"),
         }
         match &last_verify {
-            Some(v) => println!(
+            Some(v) => crate::out!(
                 "Last verification: {} ({}, {} backups) at {}",
                 if v.ok { "passed" } else { "FAILED" },
                 if v.quick { "quick" } else { "full" },
                 v.checked.len(),
                 when(v.finished_at)
             ),
-            None => println!("Last verification: none (run `kbackup verify`)"),
+            None => crate::out!("Last verification: none (run `kbackup verify`)"),
         }
         match (&cfg.remote, &last_sync) {
-            (None, _) => println!("Off-site sync: not configured"),
-            (Some(rc), None) => println!("Off-site sync: {} configured, never run", rc.root()),
-            (Some(_), Some(s)) if s.ok => println!(
+            (None, _) => crate::out!("Off-site sync: not configured"),
+            (Some(rc), None) => crate::out!("Off-site sync: {} configured, never run", rc.root()),
+            (Some(_), Some(s)) if s.ok => crate::out!(
                 "Off-site sync: succeeded at {} ({}, {} backups there)",
                 when(s.finished_at),
                 s.remote,
                 s.remote_backups
             ),
-            (Some(_), Some(s)) => println!(
+            (Some(_), Some(s)) => crate::out!(
                 "Off-site sync: FAILED at {}: {}",
                 when(s.finished_at),
                 s.error.as_deref().unwrap_or("")
             ),
         }
         if let Some(f) = free {
-            println!("Disk free in BACKUP_DIR: {}", human_size(f));
+            crate::out!("Disk free in BACKUP_DIR: {}", human_size(f));
         }
-        println!("Max age: {}", humantime::format_duration(max_age));
+        crate::out!("Max age: {}", humantime::format_duration(max_age));
         if problems.is_empty() {
-            println!("Health: OK");
+            crate::out!("Health: OK");
         } else {
-            println!("Health: UNHEALTHY");
+            crate::out!("Health: UNHEALTHY");
             for p in &problems {
-                println!("  - {p}");
+                crate::out!("  - {p}");
             }
         }
     }

@@ -96,7 +96,7 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
         });
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        crate::out!("{}", serde_json::to_string_pretty(&reports)?);
     }
 
     let failed: Vec<String> = reports
@@ -685,7 +685,7 @@ async fn restored_checks(
 }
 
 fn print_report(s: &Subject<'_>, v: &Verification) {
-    println!(
+    crate::out!(
         "{} ({}{})",
         s.shown,
         if v.quick { "quick" } else { "full" },
@@ -700,14 +700,14 @@ fn print_report(s: &Subject<'_>, v: &Verification) {
             Outcome::Fail => "FAIL",
             Outcome::Skip => "skip",
         };
-        println!("  {tag}  {:26} {}", c.name, c.detail);
+        crate::out!("  {tag}  {:26} {}", c.name, c.detail);
     }
     if v.passed {
-        println!(
+        crate::out!(
             "  => all checks passed: the backup is valid and can be used for restore ({:.1}s)\n",
             v.duration_ms as f64 / 1000.0
         );
     } else {
-        println!("  => FAILED: do not rely on this backup\n");
+        crate::out!("  => FAILED: do not rely on this backup\n");
     }
 }

@@ -96,7 +96,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     if args.dry_run {
         plan.print(cfg, args, &rc, &source, &checked);
         if let Some(holder) = store.holder() {
-            println!(
+            crate::out!(
                 "Store:    held by {holder}{}",
                 if holder.starts_with(&format!("backup of {target} (")) {
                     format!(
@@ -267,8 +267,8 @@ fn report(
         checked.expected.len(),
         checked.expected.iter().map(|t| t.rows).sum::<Option<u64>>(),
     );
-    println!("Restore complete in {:.1}s.", took.as_secs_f64());
-    println!(
+    crate::out!("Restore complete in {:.1}s.", took.as_secs_f64());
+    crate::out!(
         "  Backup:   {}{}",
         source.shown,
         source
@@ -276,7 +276,7 @@ fn report(
             .map(|t| format!(" (taken {})", taken(t)))
             .unwrap_or_default()
     );
-    println!(
+    crate::out!(
         "  Restored: {target}: {tables} tables, {}",
         match rows {
             Some(n) => format!("{n} rows, every table's count equal to the backup's"),
@@ -284,11 +284,11 @@ fn report(
         }
     );
     match old {
-        Some(o) => println!(
+        Some(o) => crate::out!(
             "  Previous: kept as {o}; when you no longer need it: {}",
             crate::lifecycle::dropdb_command(o)
         ),
-        None if dropped => println!("  Previous: dropped (--drop-old)"),
+        None if dropped => crate::out!("  Previous: dropped (--drop-old)"),
         None => {}
     }
     tracing::info!("Restore of {target} from {} complete", source.shown);

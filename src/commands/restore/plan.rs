@@ -247,8 +247,8 @@ impl Plan {
     ) {
         let pg = &rc.pg;
         let target = &self.target;
-        println!("Dry run: nothing will be changed.");
-        println!(
+        crate::out!("Dry run: nothing will be changed.");
+        crate::out!(
             "Backup:   {}{} ({}, manifest: {})",
             source.shown,
             source
@@ -266,14 +266,14 @@ impl Plan {
                 "no"
             }
         );
-        println!(
+        crate::out!(
             "Checked:  complete archive, {}; {} tables, {}",
             checked.checksum,
             checked.summary.tables.len(),
             super::rows_text(&checked.expected)
         );
         let from = checked.summary.server_version.as_deref().unwrap_or("?");
-        println!(
+        crate::out!(
             "Server:   PostgreSQL {} at {}; the backup is of PostgreSQL {from}{}",
             rc.server_version,
             pg.describe_server(),
@@ -289,7 +289,7 @@ impl Plan {
                 None => "",
             }
         );
-        println!(
+        crate::out!(
             "Client:   {} reads archive formats up to {}: this backup's {} can be read{}",
             rc.client.describe("pg_restore"),
             clients::restore_reads_up_to(rc.client.major),
@@ -303,7 +303,7 @@ impl Plan {
             }
         );
         match &self.existing {
-            Some(e) => println!(
+            Some(e) => crate::out!(
                 "Target:   {target} exists ({}, {} tables, {} connections) and would be replaced{}",
                 human_size(e.size),
                 e.tables,
@@ -314,15 +314,15 @@ impl Plan {
                     " after confirmation (--yes when not on a terminal)"
                 }
             ),
-            None => println!("Target:   {target} does not exist; it would be created"),
+            None => crate::out!("Target:   {target} does not exist; it would be created"),
         }
         if self.missing_roles.is_empty() {
-            println!(
+            crate::out!(
                 "Roles:    all {} roles the backup uses exist",
                 checked.summary.roles.len()
             );
         } else if args.with_globals {
-            println!(
+            crate::out!(
                 "Roles:    would create {} from {}",
                 self.missing_roles.join(", "),
                 source
@@ -332,14 +332,14 @@ impl Plan {
                     .unwrap_or("(no globals)".into())
             );
         } else {
-            println!(
+            crate::out!(
                 "Roles:    MISSING {}: the restore would stop here (--with-globals creates them)",
                 self.missing_roles.join(", ")
             );
         }
-        println!("Steps:");
+        crate::out!("Steps:");
         for step in self.steps(cfg, rc, source, checked) {
-            println!("  {step}");
+            crate::out!("  {step}");
         }
     }
 }
