@@ -131,6 +131,12 @@ pub struct CleanupArgs {
     /// List what would be cleared; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also drop the databases restores kept (`<db>_pre_restore_<time>`) older than AGE (7d, 12h).
+    #[arg(long, value_name = "AGE")]
+    pub old_copies: Option<String>,
+    /// Drop those old copies without asking (needed when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

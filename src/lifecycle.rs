@@ -14,9 +14,10 @@ use crate::config::Config;
 use crate::postgres::Postgres;
 use crate::sql::{self, ident, literal};
 
-/// The shell command that drops database `name`, quoted to paste as is.
-pub fn dropdb_command(name: &str) -> String {
-    shlex::try_join(["dropdb", name]).unwrap_or_else(|_| format!("dropdb {name}"))
+/// The shell command that drops database `name` on `pg`'s server, quoted to
+/// paste as is (`docker exec ...` in docker mode).
+pub fn dropdb_command(pg: &Postgres, name: &str) -> String {
+    pg.command_line("dropdb", &[name])
 }
 
 /// Sessions a restore may end on a database it replaces or drops: every other
@@ -28,6 +29,53 @@ pub fn others_sessions(db: &str) -> String {
          AND pid <> pg_backend_pid() AND application_name NOT LIKE 'kbackup-%'",
         literal(db)
     )
+}
+
+/// A database a restore replaced and kept (`<target>_pre_restore_<time>`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeptCopy {
+    pub name: String,
+    pub size_bytes: u64,
+    /// When the restore replaced it (the server's local time, from the name).
+    pub replaced_at: chrono::NaiveDateTime,
+}
+
+/// The time in a kept copy's name: `..._pre_restore_20261120_101500` (or
+/// `..._2` when that name was taken).
+pub fn kept_copy_time(name: &str) -> Option<chrono::NaiveDateTime> {
+    let (_, rest) = name.rsplit_once("_pre_restore_")?;
+    let stamp = rest.get(..15)?;
+    let tail = &rest[15..];
+    let numbered = tail.is_empty()
+        || tail
+            .strip_prefix('_')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !numbered {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d_%H%M%S").ok()
+}
+
+/// The kept copies on the server, oldest first.
+pub async fn kept_copies(pg: &Postgres) -> Result<Vec<KeptCopy>> {
+    let rows = pg
+        .query(
+            &pg.db.maintenance_db,
+            "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname LIKE '%\\_pre\\_restore\\_%'",
+        )
+        .await?;
+    let mut out: Vec<KeptCopy> = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(KeptCopy {
+                replaced_at: kept_copy_time(r.first()?)?,
+                size_bytes: r.get(1)?.parse().ok()?,
+                name: r.into_iter().next()?,
+            })
+        })
+        .collect();
+    out.sort_by_key(|c| c.replaced_at);
+    Ok(out)
 }
 
 /// PostgreSQL's limit on identifier length, in bytes.
@@ -325,6 +373,27 @@ pub async fn holders(pg: &Postgres, db: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_copies_are_known_by_their_names() {
+        let t = |s| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap();
+        assert_eq!(
+            kept_copy_time("app_pre_restore_20261120_101500"),
+            Some(t("2026-11-20 10:15:00"))
+        );
+        assert_eq!(
+            kept_copy_time("my_pre_restore_db_pre_restore_20261120_101500_2"),
+            Some(t("2026-11-20 10:15:00"))
+        );
+        for other in [
+            "app_pre_restore_2026112",
+            "app_pre_restore_20261120_101500x",
+            "app_pre_restore_20261120_101500_",
+            "app",
+        ] {
+            assert_eq!(kept_copy_time(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn derived_names_fit_63_bytes_on_char_boundaries() {

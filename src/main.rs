@@ -211,7 +211,7 @@ async fn dispatch(command: &Command, cfg: &config::Config) -> anyhow::Result<()>
         Command::Rotate(a) => commands::rotate::run(cfg, a).await,
         Command::Cleanup(a) => commands::cleanup::run(cfg, a).await,
         Command::Verify(a) => commands::verify::run(cfg, a).await,
-        Command::Status(a) => commands::status::run(cfg, a),
+        Command::Status(a) => commands::status::run(cfg, a).await,
         Command::Sync => commands::sync::run(cfg).await,
         Command::Notify(a) => commands::notify::run(cfg, a).await,
         Command::Config(a) => commands::config::run(cfg, a),

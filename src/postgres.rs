@@ -191,6 +191,31 @@ impl Postgres {
         }
     }
 
+    /// `tool args...` as the operator would type it to reach this server: with
+    /// `docker exec` in docker mode, the connection options in direct mode (a
+    /// password is never shown; the tool asks for it or reads ~/.pgpass).
+    pub fn command_line(&self, tool: &str, args: &[&str]) -> String {
+        let mut words: Vec<String> = Vec::new();
+        match &self.db.container {
+            Some(c) => words.extend(["docker".into(), "exec".into(), c.clone(), tool.into()]),
+            None => {
+                words.push(match &self.db.bin_dir {
+                    Some(d) => d.join(tool).display().to_string(),
+                    None => tool.into(),
+                });
+                if let Some(h) = &self.db.host {
+                    words.extend(["--host".into(), h.clone()]);
+                }
+                if self.db.port != 5432 {
+                    words.extend(["--port".into(), self.db.port.to_string()]);
+                }
+            }
+        }
+        words.extend(["--username".into(), self.db.user.clone()]);
+        words.extend(args.iter().map(|a| a.to_string()));
+        shlex::try_join(words.iter().map(String::as_str)).unwrap_or_else(|_| words.join(" "))
+    }
+
     /// The dump kbackup takes: custom format, no compression inside (kbackup
     /// compresses with zstd as it streams, and reads the rows as they pass).
     pub fn pg_dump(&self) -> Cmd {
@@ -833,6 +858,22 @@ mod tests {
             .db
             .password
             .unwrap()
+    }
+
+    #[test]
+    fn hints_name_the_server_as_the_operator_types_it() {
+        let mut d = db(Some("postgres-db"));
+        assert_eq!(
+            Postgres::new(d.clone()).command_line("dropdb", &["app_pre_restore_1"]),
+            "docker exec postgres-db dropdb --username n8n_user app_pre_restore_1"
+        );
+        d.container = None;
+        d.host = Some("/run/pg".into());
+        d.port = 5433;
+        assert_eq!(
+            Postgres::new(d).command_line("dropdb", &["my db"]),
+            "dropdb --host /run/pg --port 5433 --username n8n_user 'my db'"
+        );
     }
 
     #[test]

@@ -836,3 +836,64 @@ fn a_restore_waits_for_a_running_backup_of_its_target_and_never_ends_it() {
     assert_eq!(kb.dumps("hourly").len(), 2);
     assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "50");
 }
+
+/// Kept copies (`<db>_pre_restore_<time>`) piled up unnoticed: `status` lists
+/// them with size and age, and `cleanup --old-copies AGE` drops those older
+/// than AGE after asking (`--yes` without a terminal; `--dry-run` lists).
+#[test]
+fn kept_copies_are_shown_and_old_ones_dropped_on_request() {
+    let c = cluster();
+    let db = c.new_db("keptcopies");
+    c.psql(&db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let r = kb.ok(&["restore", "--latest", "--yes"]);
+    let kept = format!("{db}_pre_restore_");
+    assert!(
+        r.stdout().contains(&format!(
+            "when you no longer need it: {}/dropdb",
+            pg_bin().display()
+        )),
+        "{}",
+        r.all()
+    );
+    let status = kb.run(&["status", "--max-age", "100000d"]);
+    assert!(
+        status.stdout().contains("Kept by restores (") && status.stdout().contains(&kept),
+        "{}",
+        status.all()
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &kb.run(&["status", "--json", "--max-age", "100000d"])
+            .stdout(),
+    )
+    .unwrap();
+    assert!(json["kept_copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["name"].as_str().unwrap().starts_with(&kept)));
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let dry = kb.ok(&["cleanup", "--old-copies", "1s", "--dry-run"]);
+    assert!(
+        dry.stdout().contains(&format!("would drop: {kept}")),
+        "{}",
+        dry.all()
+    );
+    assert!(databases(&db).iter().any(|d| d.starts_with(&kept)));
+    let r = kb.run(&["cleanup", "--old-copies", "1s"]);
+    assert_eq!(r.code(), 2, "{}", r.all());
+    assert!(databases(&db).iter().any(|d| d.starts_with(&kept)));
+    let r = kb.ok(&["cleanup", "--old-copies", "1s", "--yes"]);
+    assert!(
+        r.stdout().contains(&format!("dropped: {kept}")),
+        "{}",
+        r.all()
+    );
+    assert!(!databases(&db).iter().any(|d| d.starts_with(&kept)));
+    // A young copy stays.
+    kb.ok(&["restore", "--latest", "--yes"]);
+    kb.ok(&["cleanup", "--old-copies", "1h", "--yes"]);
+    assert!(databases(&db).iter().any(|d| d.starts_with(&kept)));
+}

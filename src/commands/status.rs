@@ -15,7 +15,7 @@ use crate::naming::Tier;
 use crate::store::{human_size, Store};
 use crate::{clock, state};
 
-pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
+pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     let max_age = match &args.max_age {
         Some(s) => humantime::parse_duration(s)
             .ok()
@@ -38,6 +38,12 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     let last_verify = state::last_verify(&store.root);
     let last_sync = state::last_sync(&store.root).filter(|_| cfg.remote.is_some());
     let free = store.free_space().ok();
+    // Databases restores kept: they pile up unnoticed. Asked of the server;
+    // one that does not answer is not a backup problem (None: unknown).
+    let kept = {
+        let pg = crate::postgres::Postgres::new(cfg.db.clone());
+        crate::lifecycle::kept_copies(&pg).await.ok()
+    };
 
     let mut problems = Vec::new();
     // A backup dated ahead of the clock (a wrong clock, an old --time) says
@@ -153,6 +159,7 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
                 "last_verify": last_verify,
                 "offsite_sync": last_sync,
                 "disk_free_bytes": free,
+                "kept_copies": kept,
             }))?
         );
     } else {
@@ -211,6 +218,29 @@ pub fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
         }
         if let Some(f) = free {
             crate::out!("Disk free in BACKUP_DIR: {}", human_size(f));
+        }
+        match &kept {
+            Some(copies) if !copies.is_empty() => {
+                let local = chrono::Local::now().naive_local();
+                crate::out!(
+                    "Kept by restores ({} database(s), {}; `kbackup cleanup --old-copies 7d` drops those older than a week):",
+                    copies.len(),
+                    human_size(copies.iter().map(|c| c.size_bytes).sum())
+                );
+                for c in copies {
+                    let old = (local - c.replaced_at).to_std().unwrap_or_default();
+                    crate::out!(
+                        "  {}  {}  {} old",
+                        c.name,
+                        human_size(c.size_bytes),
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            old.as_secs() / 60 * 60
+                        ))
+                    );
+                }
+            }
+            Some(_) => {}
+            None => crate::out!("Kept by restores: unknown (the server did not answer)"),
         }
         crate::out!("Max age: {}", humantime::format_duration(max_age));
         if problems.is_empty() {

@@ -141,11 +141,15 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     for (file, _) in cleanup::incomplete(&cfg.backup_dir, &target) {
         let _ = std::fs::remove_file(file);
     }
+    let kept = old.map(|o| {
+        let drop = crate::lifecycle::dropdb_command(&pg, &o);
+        (o, drop)
+    });
     report(
         &source,
         &checked,
         &target,
-        old.as_deref(),
+        kept,
         args.drop_old,
         clock_start.elapsed(),
     );
@@ -259,7 +263,7 @@ fn report(
     source: &Source,
     checked: &Checked,
     target: &str,
-    old: Option<&str>,
+    kept: Option<(String, String)>,
     dropped: bool,
     took: Duration,
 ) {
@@ -283,11 +287,10 @@ fn report(
             None => "every table present (row counts unknown for this backup)".to_string(),
         }
     );
-    match old {
-        Some(o) => crate::out!(
-            "  Previous: kept as {o}; when you no longer need it: {}",
-            crate::lifecycle::dropdb_command(o)
-        ),
+    match kept {
+        Some((o, drop)) => {
+            crate::out!("  Previous: kept as {o}; when you no longer need it: {drop}")
+        }
         None if dropped => crate::out!("  Previous: dropped (--drop-old)"),
         None => {}
     }

@@ -178,7 +178,10 @@ impl Plan {
                         steps.push(if *drop_old {
                             format!("DROP DATABASE {}", ident(old))
                         } else {
-                            format!("keep {old} (drop it later with: {})", dropdb_command(old))
+                            format!(
+                                "keep {old} (drop it later with: {})",
+                                dropdb_command(&rc.pg, old)
+                            )
                         });
                     }
                     None => steps.push(format!(

@@ -85,7 +85,7 @@ async fn via_scratch(
     create_database(pg, scratch, &checked.summary, rc.server_major).await?;
     if let Err(e) = restore_and_check(job, scratch).await {
         if let Err(d) = drop_database(pg, scratch).await {
-            tracing::error!("{d:#}; drop it by hand: {}", dropdb_command(scratch));
+            tracing::error!("{d:#}; drop it by hand: {}", dropdb_command(pg, scratch));
         } else {
             undo_scratch.done();
         }
@@ -175,7 +175,7 @@ async fn in_place(
     let incomplete = cleanup::notice_incomplete(format!(
         "The in-place restore of {target} did not finish: {target} is INCOMPLETE (dropped, partly restored). {}",
         if undo_hint.is_empty() {
-            format!("It did not exist before; drop it: {}", dropdb_command(target))
+            format!("It did not exist before; drop it: {}", dropdb_command(pg, target))
         } else {
             undo_hint.clone()
         }
