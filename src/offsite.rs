@@ -106,13 +106,16 @@ pub async fn sync(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
                     .unwrap_or(false),
                 _ => false,
             };
-            if !same {
+            let key = format!("remote-differs:{}/{}", remote.root(), b.rel_path);
+            if !same && crate::state::first_time(&store.root, &key) {
                 tracing::warn!(
                     "{} already holds a different backup at {}: it is kept (an existing backup is never replaced); {} stays local only",
                     remote.root(),
                     b.rel_path,
                     b.rel_path
                 );
+            }
+            if !same {
                 continue;
             }
         }

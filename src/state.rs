@@ -97,3 +97,18 @@ pub fn last_sync(root: &Path) -> Option<SyncRun> {
 pub fn record_sync(root: &Path, run: &SyncRun) -> Result<()> {
     write(root, "last-sync.json", run)
 }
+
+/// Warnings already given (key -> when first given): a standing condition is
+/// said once, not on every hourly run (where it would train operators to skip
+/// warnings); `status` keeps showing what matters of it.
+pub fn first_time(root: &Path, key: &str) -> bool {
+    let mut said: std::collections::BTreeMap<String, DateTime<FixedOffset>> =
+        read(root, "notices.json").unwrap_or_default();
+    if said.contains_key(key) {
+        return false;
+    }
+    said.insert(key.to_string(), chrono::Local::now().fixed_offset());
+    // A notice that cannot be recorded is given again next time: never lost.
+    let _ = write(root, "notices.json", &said);
+    true
+}

@@ -220,10 +220,16 @@ async fn dump_globals(pg: &Postgres, cfg: &Config, info: &ServerInfo) -> Result<
         .await
         .map_err(|e| pg.tool_error("pg_dumpall", e))
         .context("saving the cluster's globals (roles, tablespaces)")?;
-    if !with_passwords {
+    // Said once per role and server (then recorded; `status` keeps showing it).
+    let key = format!(
+        "globals-without-passwords:{}@{}",
+        cfg.db.user,
+        pg.describe_server()
+    );
+    if !with_passwords && crate::state::first_time(&cfg.backup_dir, &key) {
         tracing::warn!(
             "Globals saved without role passwords: {} may not read them (not a superuser); \
-             set role passwords again after a restore onto a fresh server",
+             set role passwords again after a restore onto a fresh server. Said once; `kbackup status` shows it",
             cfg.db.user
         );
     }

@@ -315,6 +315,21 @@ fn a_server_in_another_language_gets_the_same_answers() {
         "{}",
         r.all()
     );
+    // Said once, not on every hourly run; `status` keeps showing it.
+    let r = plain.ok(&["backup"]);
+    assert!(
+        !r.stderr().contains("without role passwords"),
+        "{}",
+        r.all()
+    );
+    let status = plain.run(&["status", "--max-age", "100000d"]);
+    assert!(
+        status
+            .stdout()
+            .contains("Globals:  saved without role passwords"),
+        "{}",
+        status.all()
+    );
 
     // A target held open: the swap gives up in time and names the holder.
     kb.ok(&["backup"]);

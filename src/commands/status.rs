@@ -38,6 +38,11 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     let last_verify = state::last_verify(&store.root);
     let last_sync = state::last_sync(&store.root).filter(|_| cfg.remote.is_some());
     let free = store.free_space().ok();
+    let newest_manifest = ours
+        .iter()
+        .filter(|b| b.manifest.is_some())
+        .max_by_key(|b| b.time)
+        .and_then(|b| b.manifest.as_ref());
     // Databases restores kept: they pile up unnoticed. Asked of the server;
     // one that does not answer is not a backup problem (None: unknown).
     let kept = {
@@ -160,6 +165,7 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
                 "offsite_sync": last_sync,
                 "disk_free_bytes": free,
                 "kept_copies": kept,
+                "globals_role_passwords": newest_manifest.map(|m| m.globals.role_passwords),
             }))?
         );
     } else {
@@ -218,6 +224,12 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
         }
         if let Some(f) = free {
             crate::out!("Disk free in BACKUP_DIR: {}", human_size(f));
+        }
+        if newest_manifest.is_some_and(|m| !m.globals.role_passwords) {
+            crate::out!(
+                "Globals:  saved without role passwords (DB_USER may not read them): set them again after a \
+                 restore onto a fresh server"
+            );
         }
         match &kept {
             Some(copies) if !copies.is_empty() => {
