@@ -120,6 +120,11 @@ fn main() -> ExitCode {
                 .await;
             }
         }
+        // The error first, then the alerts that carry it.
+        if let Err(e) = &result {
+            tracing::error!("{e:#}");
+        }
+        notify::send_queued(&cfg).await;
         result
     });
     // After a signal, a blocking read (the confirmation prompt) may never
@@ -137,10 +142,7 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::from(exit_kind(&e) as u8)
-        }
+        Err(e) => ExitCode::from(exit_kind(&e) as u8),
     }
 }
 
@@ -172,19 +174,23 @@ fn settings_failed(cli: &Cli, failure: config::LoadFailure) -> ExitCode {
         tracing::error!("{e:#}");
         return code;
     };
-    runtime.block_on(notify::alert(
-        &*alerting,
-        notify::Alert {
-            kind,
-            title: format!(
-                "kbackup {} of {} cannot start: its settings are wrong",
-                kind.name(),
-                alerting.db
-            ),
-            body: format!("{e:#}"),
-        },
-    ));
     tracing::error!("{e:#}");
+    runtime.block_on(async {
+        notify::alert(
+            &*alerting,
+            notify::Alert {
+                kind,
+                title: format!(
+                    "kbackup {} of {} cannot start: its settings are wrong",
+                    kind.name(),
+                    alerting.db
+                ),
+                body: format!("{e:#}"),
+            },
+        )
+        .await;
+        notify::send_queued(&*alerting).await;
+    });
     code
 }
 

@@ -166,20 +166,37 @@ pub fn alerted() -> bool {
 }
 
 /// Raises a failure alert on every configured channel (and the healthcheck's /fail).
+/// Raises a failure alert: queued, and sent by [`send_queued`] once the run's
+/// error has been said (main does it as every run ends), so the log reads
+/// error first, then "alert sent".
 pub async fn alert(cfg: &impl Channels, a: Alert) {
     ALERTED.store(true, std::sync::atomic::Ordering::SeqCst);
-    tracing::warn!("Alert: {}: {}", a.title, a.body);
     let m = failure_message(cfg, &a);
-    let ping = async {
-        // The healthcheck follows the scheduled job: backup and what it runs.
-        if matches!(
-            a.kind,
-            Kind::Backup | Kind::Rotate | Kind::Sync | Kind::Locked
-        ) {
-            ping(cfg, "/fail", &m.text).await;
-        }
-    };
-    tokio::join!(send_all(cfg, &m, false), ping);
+    QUEUE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((m, a.kind));
+}
+
+static QUEUE: std::sync::Mutex<Vec<(Message, Kind)>> = std::sync::Mutex::new(Vec::new());
+
+/// Sends the alerts this run raised, on every configured channel (and the
+/// healthcheck's /fail for the scheduled job's kinds).
+pub async fn send_queued(cfg: &impl Channels) {
+    let queued = std::mem::take(&mut *QUEUE.lock().unwrap_or_else(|e| e.into_inner()));
+    for (m, kind) in queued {
+        let ping = async {
+            // The healthcheck follows the scheduled job: backup and what it runs.
+            if matches!(
+                kind,
+                Kind::Backup | Kind::Rotate | Kind::Sync | Kind::Locked
+            ) {
+                ping(cfg, "/fail", &m.text).await;
+            }
+        };
+        tokio::join!(send_all(cfg, &m, false), ping);
+        tracing::info!("Alert sent: {}", m.title);
+    }
 }
 
 /// Tells the channels that opted in that a backup succeeded, and pings the healthcheck.
@@ -354,6 +371,24 @@ async fn check(resp: reqwest::Response) -> Result<()> {
     )
 }
 
+/// A request's error with every cause under it ("error sending request:
+/// client error (Connect): tcp connect error: Connection refused"), its URL
+/// (a secret) left out.
+fn causes(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
 async fn post_json(url: String, body: serde_json::Value, t: Duration) -> Result<()> {
     // The URL is a secret (it carries the webhook's token): errors name the host only.
     let host = reqwest::Url::parse(&url)
@@ -365,7 +400,7 @@ async fn post_json(url: String, body: serde_json::Value, t: Duration) -> Result<
         .json(&body)
         .send()
         .await
-        .map_err(|e| anyhow!("POST to {host}: {}", e.without_url()))?;
+        .map_err(|e| anyhow!("POST to {host}: {}", causes(e)))?;
     check(resp).await
 }
 
@@ -379,7 +414,7 @@ async fn post_text(url: String, body: String, t: Duration) -> Result<()> {
         .body(body)
         .send()
         .await
-        .map_err(|e| anyhow!("POST to {host}: {}", e.without_url()))?;
+        .map_err(|e| anyhow!("POST to {host}: {}", causes(e)))?;
     check(resp).await
 }
 
@@ -401,13 +436,10 @@ async fn ntfy(c: &Ntfy, m: &Message, t: Duration) -> Result<()> {
     if let Some(token) = &c.token {
         req = req.bearer_auth(token.expose());
     }
-    let resp = req.send().await.map_err(|e| {
-        anyhow!(
-            "POST to {}: {}",
-            crate::secrets::show_url(&url),
-            e.without_url()
-        )
-    })?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow!("POST to {}: {}", crate::secrets::show_url(&url), causes(e)))?;
     check(resp).await
 }
 

@@ -448,3 +448,22 @@ fn a_verification_that_cannot_run_never_marks_the_backup() {
     // The same backup verifies where it can run.
     kb.ok(&["verify"]);
 }
+
+/// Defect: an alert endpoint that is down was reported as "error sending
+/// request", with nothing of why. The causes under it are named.
+#[test]
+fn an_alert_endpoint_that_is_down_is_named_with_its_cause() {
+    let db = cluster().new_db("adown");
+    let mut kb = Kb::direct(&db);
+    let port = common::net::free_port();
+    kb.set("NTFY_URL", &format!("http://127.0.0.1:{port}"))
+        .set("NTFY_TOPIC", "t")
+        .set("BACKUP_KEEP_DAILY", "x");
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 2, "{}", r.all());
+    assert!(
+        r.stderr().contains("alert via ntfy failed") && r.stderr().contains("Connection refused"),
+        "{}",
+        r.all()
+    );
+}

@@ -100,6 +100,13 @@ fn a_remote_that_is_down_keeps_the_local_backup_alerts_and_the_next_run_catches_
         r.stderr()
     );
     assert!(r.stderr().contains("was kept"), "{}", r.stderr());
+    // The overall result is said last: no "Backup complete!" before a failed
+    // sync, and the error before the alert that carries it.
+    let err = r.stderr();
+    assert!(!err.contains("Backup complete!"), "{err}");
+    let error_at = err.find("ERROR: ").expect("an error line");
+    assert!(err[error_at..].contains("Alert sent: "), "{err}");
+    assert!(!err[..error_at].contains("Alert"), "{err}");
     assert_eq!(kb.dumps("hourly").len(), 2, "the local backup is kept");
     let alerts = ntfy.wait(1);
     assert!(

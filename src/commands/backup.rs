@@ -119,7 +119,20 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         (Ok((path, _)), Some(Err(e))) => {
             Err(e.context(format!("the local backup {} was kept", path.display())))
         }
-        (Ok(_), _) => Ok(()),
+        // The overall result is said last, once everything (off-site too) is done.
+        (Ok(_), synced) => {
+            let after = store.scan(&cfg.calendar, &cfg.prefix)?;
+            tracing::info!(
+                "Backup complete! Local: {}, {}{}",
+                human_size(store.disk_usage()),
+                crate::store::tier_counts(&after),
+                match synced {
+                    Some(Ok(r)) => format!("; off-site: {} file(s) uploaded", r.uploaded.len()),
+                    _ => String::new(),
+                }
+            );
+            Ok(())
+        }
     }
 }
 
@@ -197,12 +210,6 @@ async fn job(
         )
     })?;
 
-    let after = store.scan(&cfg.calendar, &cfg.prefix)?;
-    tracing::info!(
-        "Backup complete! Local: {}, {}",
-        human_size(store.disk_usage()),
-        crate::store::tier_counts(&after)
-    );
     Ok((path, size))
 }
 
