@@ -25,6 +25,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = "Global options (every command)")]
 pub struct GlobalArgs {
     /// TOML settings file (also KBACKUP_CONFIG).
     #[arg(long, global = true, value_name = "FILE")]
@@ -35,7 +36,7 @@ pub struct GlobalArgs {
     /// Backup store folder (BACKUP_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     pub backup_dir: Option<String>,
-    /// Database to back up (DB_NAME / POSTGRES_DB).
+    /// The database: backed up, restored over (unless --target-db), verified (DB_NAME / POSTGRES_DB).
     #[arg(long = "db", global = true, value_name = "NAME")]
     pub database: Option<String>,
     /// Docker container running PostgreSQL; selects docker mode (CONTAINER_DB).

@@ -980,3 +980,22 @@ fn the_readme_cron_line_runs_under_cron_even_with_the_store_gone() {
         .unwrap()
         .contains("Backup complete"));
 }
+
+/// Every subcommand's help keeps its own flags apart from the global ones.
+#[test]
+fn help_puts_global_flags_under_their_own_heading() {
+    let kb = Kb::bare();
+    for (command, own) in [
+        ("restore", "--target-db"),
+        ("backup", "--no-sync"),
+        ("verify", "--quick"),
+    ] {
+        let help = kb.ok(&[command, "--help"]).stdout();
+        let heading = help
+            .find("Global options (every command):")
+            .unwrap_or_else(|| panic!("{command}: {help}"));
+        let own_at = help.find(own).unwrap();
+        let global_at = help.find("--backup-dir <DIR>").unwrap();
+        assert!(own_at < heading && heading < global_at, "{command}: {help}");
+    }
+}
