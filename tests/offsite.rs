@@ -194,6 +194,12 @@ fn restore_from_the_remote_checks_the_remote_manifest() {
     c.psql(&db, "DELETE FROM traces");
     let rel = kb.dumps("hourly")[0].clone();
 
+    // The dry run names the download by its origin, not a temporary path
+    // that is gone when it ends.
+    let dry = kb.ok(&["restore", "--remote", &rel, "--dry-run"]).stdout();
+    assert!(dry.contains("downloaded into BACKUP_DIR/.kbackup>"), "{dry}");
+    assert!(!dry.contains("/.kbackup/.kbackup-download"), "{dry}");
+
     // The seed's form: --remote PATH.
     let target = format!("{db}_fromremote");
     let r = kb.ok(&["restore", "--remote", &rel, "--target-db", &target]);
@@ -493,6 +499,15 @@ fn one_run_can_switch_off_the_remote_and_the_alerts() {
     kb.ok(&["backup", "--time", "2025-03-01T10:00:00Z"]);
     let synced = on_remote();
     assert!(synced > 0);
+    // Daily and weekly names carry a date only: the time comes from the remote manifest.
+    let listed = kb.ok(&["list", "--remote"]).stdout();
+    for tier in ["daily", "weekly"] {
+        let line = listed
+            .lines()
+            .find(|l| l.starts_with(tier))
+            .unwrap_or_else(|| panic!("{listed}"));
+        assert!(line.contains("2025-03-01 10:00:00"), "{listed}");
+    }
 
     let scratch = kb.home.path().join("scratch-store");
     let dry = kb.ok(&[

@@ -111,22 +111,47 @@ pub async fn run_remote(cfg: &Config, args: &ListArgs) -> Result<()> {
         .iter()
         .filter(|b| args.tier.is_none_or(|t| t == b.tier))
         .collect();
-    let has_manifest = |b: &crate::offsite::RemoteBackup| {
-        present.contains(
-            format!(
-                "{}/{}",
-                b.tier.dir(),
-                crate::naming::sidecar(&b.parsed.stem, crate::naming::MANIFEST_EXT)
-            )
-            .as_str(),
+    let manifest_of = |b: &crate::offsite::RemoteBackup| {
+        format!(
+            "{}/{}",
+            b.tier.dir(),
+            crate::naming::sidecar(&b.parsed.stem, crate::naming::MANIFEST_EXT)
         )
     };
+    let has_manifest = |b: &crate::offsite::RemoteBackup| present.contains(manifest_of(b).as_str());
+    // Daily, weekly, monthly and named names carry a date at most: the time a
+    // backup was taken is read from its manifest on the remote (a few small
+    // files, fetched together; beyond MANIFEST_FETCHES the name's date stands).
+    const MANIFEST_FETCHES: usize = 64;
+    let wanted: Vec<String> = shown
+        .iter()
+        .filter(|b| b.tier != crate::naming::Tier::Hourly && has_manifest(b))
+        .map(|b| manifest_of(b))
+        .take(MANIFEST_FETCHES)
+        .collect();
+    let mut fetches = tokio::task::JoinSet::new();
+    for rel in wanted {
+        let remote = remote.clone();
+        fetches.spawn(async move {
+            let bytes = remote.cat(&rel).await.ok()?;
+            let m: crate::manifest::Manifest = serde_json::from_slice(&bytes).ok()?;
+            Some((rel, m.started_at))
+        });
+    }
+    let mut taken = std::collections::BTreeMap::new();
+    while let Some(done) = fetches.join_next().await {
+        if let Ok(Some((rel, at))) = done {
+            taken.insert(rel, at);
+        }
+    }
+    let time_of =
+        |b: &crate::offsite::RemoteBackup| taken.get(&manifest_of(b)).copied().unwrap_or(b.time);
     if args.json {
         let items: Vec<_> = shown
             .iter()
             .map(|b| {
                 json!({
-                    "path": b.rel_path, "tier": b.tier, "time": b.time.to_rfc3339(), "size_bytes": b.size,
+                    "path": b.rel_path, "tier": b.tier, "time": time_of(b).to_rfc3339(), "size_bytes": b.size,
                     "sha256": null, "database": b.parsed.prefix, "format": b.parsed.format,
                     "manifest": has_manifest(b), "remote": remote.root(),
                 })
@@ -152,8 +177,8 @@ pub async fn run_remote(cfg: &Config, args: &ListArgs) -> Result<()> {
             crate::out!(
                 "{:8} {:25} {:>6} {:>7}  {:8}  {}",
                 b.tier.dir(),
-                b.time.format("%Y-%m-%d %H:%M:%S %:z").to_string(),
-                age(b.time, now),
+                time_of(b).format("%Y-%m-%d %H:%M:%S %:z").to_string(),
+                age(time_of(b), now),
                 human_size(b.size),
                 if has_manifest(b) { "yes" } else { "no" },
                 b.rel_path

@@ -33,6 +33,17 @@ pub struct Source {
     _download: Option<tempfile::TempDir>,
 }
 
+impl Source {
+    /// The file as a plan names it: a download from the remote exists only
+    /// while the run lasts, so it is named by where it comes from.
+    pub fn file_text(&self) -> String {
+        match &self._download {
+            Some(_) => format!("<{} downloaded into BACKUP_DIR/.kbackup>", self.shown),
+            None => self.path.display().to_string(),
+        }
+    }
+}
+
 /// What the file check found.
 pub struct Checked {
     pub summary: Summary,

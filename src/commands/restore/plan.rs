@@ -202,7 +202,7 @@ impl Plan {
     /// The command that restores into `db`: see `readback::run_pg_restore`.
     fn restore_step(&self, cfg: &Config, rc: &RestoreClient, source: &Source, db: &str) -> String {
         let pg = &rc.pg;
-        let file = source.path.display();
+        let file = source.file_text();
         let archive = match self.feed {
             Feed::ParallelFromCopy => format!("<{file} uncompressed into BACKUP_DIR/.kbackup>"),
             Feed::ParallelFromFile => file.to_string(),
