@@ -197,7 +197,10 @@ fn restore_from_the_remote_checks_the_remote_manifest() {
     // The dry run names the download by its origin, not a temporary path
     // that is gone when it ends.
     let dry = kb.ok(&["restore", "--remote", &rel, "--dry-run"]).stdout();
-    assert!(dry.contains("downloaded into BACKUP_DIR/.kbackup>"), "{dry}");
+    assert!(
+        dry.contains("downloaded into BACKUP_DIR/.kbackup>"),
+        "{dry}"
+    );
     assert!(!dry.contains("/.kbackup/.kbackup-download"), "{dry}");
 
     // The seed's form: --remote PATH.
