@@ -19,6 +19,7 @@ mod naming;
 mod notify;
 mod offsite;
 mod output;
+mod owner;
 mod postgres;
 mod process;
 mod readback;

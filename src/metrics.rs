@@ -40,7 +40,7 @@ pub fn render(cfg: &Config, store: &Store) -> String {
         }
     };
     let ts = |t: chrono::DateTime<chrono::FixedOffset>| t.timestamp_millis() as f64 / 1000.0;
-    if let Some(run) = state::last_backup(&store.root) {
+    if let Some(run) = state::last_backup(&store.root, &cfg.prefix, &cfg.db.name) {
         if let Some(t) = run.last_success_at {
             metric(
                 "kbackup_last_success_timestamp_seconds",
@@ -73,10 +73,7 @@ pub fn render(cfg: &Config, store: &Store) -> String {
         }
     }
     if let Ok(backups) = store.scan(&cfg.calendar, &cfg.prefix) {
-        let ours: Vec<_> = backups
-            .iter()
-            .filter(|b| b.parsed.prefix == cfg.prefix)
-            .collect();
+        let ours: Vec<_> = backups.iter().filter(|b| b.is_mine(&cfg.prefix)).collect();
         let per_tier: Vec<(String, f64)> = Tier::ALL
             .iter()
             .map(|t| {
@@ -99,7 +96,7 @@ pub fn render(cfg: &Config, store: &Store) -> String {
             );
         }
     }
-    if let Some(v) = state::last_verify(&store.root) {
+    if let Some(v) = state::last_verify(&store.root, &cfg.prefix) {
         metric(
             "kbackup_last_verify_timestamp_seconds",
             "When the last verification finished.",
@@ -111,7 +108,7 @@ pub fn render(cfg: &Config, store: &Store) -> String {
             &[(db.clone(), if v.ok { 1.0 } else { 0.0 })],
         );
     }
-    if let Some(s) = state::last_sync(&store.root) {
+    if let Some(s) = state::last_sync(&store.root, &cfg.prefix) {
         metric(
             "kbackup_last_sync_timestamp_seconds",
             "When the last off-site sync finished.",

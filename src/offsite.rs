@@ -29,6 +29,10 @@ pub struct Report {
 
 /// A dump on the remote, parsed from its path.
 pub struct RemoteBackup {
+    /// Whose it is (see `owner`): the remote holds no manifest kbackup reads
+    /// for this, so a named/ file is this database's when the local store's
+    /// manifest of the same file says so, and ambiguous otherwise.
+    pub owner: crate::owner::Owner,
     pub rel_path: String,
     pub tier: Tier,
     pub parsed: naming::Parsed,
@@ -36,15 +40,31 @@ pub struct RemoteBackup {
     pub time: chrono::DateTime<chrono::FixedOffset>,
 }
 
-/// The remote's dumps of this database, newest first.
-pub fn remote_backups(cfg: &Config, listing: &[RemoteFile]) -> Vec<RemoteBackup> {
+/// The remote's dumps, newest first, each with its owner as this database
+/// (`cfg.prefix`) sees it; `local` (the store's scan) tells named/ files apart.
+pub fn remote_backups(
+    cfg: &Config,
+    listing: &[RemoteFile],
+    local: &[crate::store::Backup],
+) -> Vec<RemoteBackup> {
+    let known: BTreeMap<&str, &str> = local
+        .iter()
+        .filter_map(|b| Some((b.rel_path.as_str(), b.manifest.as_ref()?.prefix.as_str())))
+        .collect();
     let mut out: Vec<RemoteBackup> = listing
         .iter()
         .filter_map(|f| {
             let (dir, name) = f.path.split_once('/')?;
             let tier = Tier::ALL.into_iter().find(|t| t.dir() == dir)?;
             let parsed = naming::parse_file_name(&cfg.calendar, tier, name, &cfg.prefix)?;
+            let owner = crate::owner::owner(
+                &cfg.prefix,
+                tier,
+                &parsed.prefix,
+                known.get(f.path.as_str()).copied(),
+            );
             Some(RemoteBackup {
+                owner,
                 time: parsed.time.unwrap_or(f.mod_time),
                 rel_path: f.path.clone(),
                 tier,
@@ -68,7 +88,7 @@ pub async fn sync(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
     let local = store.scan(&cfg.calendar, &cfg.prefix)?;
     let (mut sidecars, mut dumps) = (Vec::new(), Vec::new());
     let mut report = Report::default();
-    for b in local.iter().filter(|b| b.parsed.prefix == cfg.prefix) {
+    for b in local.iter().filter(|b| b.is_mine(&cfg.prefix)) {
         // The backup's files, sidecars first, with their local sizes.
         let mut files: Vec<(String, u64, bool)> = Vec::new();
         for ext in [GLOBALS_EXT, MANIFEST_EXT] {
@@ -161,7 +181,12 @@ pub async fn sync(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
             });
         }
     }
-    let backups = remote_backups(cfg, &now_on_remote);
+    // Retention ranks this database's backups only: another database's files
+    // (and named/ files whose owner cannot be told) are never deleted here.
+    let backups: Vec<RemoteBackup> = remote_backups(cfg, &now_on_remote, &local)
+        .into_iter()
+        .filter(|b| b.owner == crate::owner::Owner::Mine)
+        .collect();
     let candidates: Vec<Candidate<usize>> = backups
         .iter()
         .enumerate()
@@ -225,7 +250,7 @@ pub async fn step(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
         deleted_files: result.as_ref().map(|r| r.deleted.len()).unwrap_or(0),
         remote_backups: result.as_ref().map(|r| r.remote_backups).unwrap_or(0),
     };
-    if let Err(e) = state::record_sync(&store.root, &run) {
+    if let Err(e) = state::record_sync(&store.root, &cfg.prefix, &run) {
         tracing::warn!("cannot record the sync for `kbackup status`: {e:#}");
     }
     if let Err(e) = &result {

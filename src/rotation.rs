@@ -20,7 +20,7 @@ pub fn plan(
     let candidates: Vec<Candidate<usize>> = backups
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.parsed.prefix == cfg.prefix)
+        .filter(|(_, b)| b.is_mine(&cfg.prefix))
         // A backup dated in the future (a clock that was wrong) is neither
         // counted nor deleted: it would push real backups out of their tier.
         // `status` reports it.

@@ -37,10 +37,9 @@ pub fn select<'a>(
     prefix: &str,
     root: &Path,
 ) -> Result<Selection<'a>, String> {
-    let ours: Vec<&Backup> = backups
-        .iter()
-        .filter(|b| b.parsed.prefix == prefix)
-        .collect();
+    // This database's backups by identity (see `owner`); a named backup whose
+    // owner cannot be told is chosen only by its exact name.
+    let ours: Vec<&Backup> = backups.iter().filter(|b| b.is_mine(prefix)).collect();
     let newest = |pred: &dyn Fn(&Backup) -> bool| {
         ours.iter().copied().filter(|b| pred(b)).max_by(|a, b| {
             a.time
@@ -53,10 +52,11 @@ pub fn select<'a>(
         Selector::Latest => newest(&|_| true),
         Selector::LatestIn(tier) => newest(&|b| b.tier == *tier),
         Selector::At(t) => newest(&|b| b.time.with_timezone(&Utc) <= *t),
-        Selector::Name(name) => ours
-            .iter()
-            .copied()
-            .find(|b| b.tier == Tier::Named && b.parsed.label == *name),
+        Selector::Name(name) => backups.iter().find(|b| {
+            b.tier == Tier::Named
+                && b.parsed.label == *name
+                && b.owner(prefix) != crate::owner::Owner::Other
+        }),
         Selector::File(path) => {
             let full = if path.is_absolute() {
                 path.clone()
@@ -226,8 +226,14 @@ mod tests {
             pick(Selector::At(utc("2025-12-26T06:00:01Z"))).unwrap(),
             "hourly/kairon_2025-12-26_06-00-01.dump.zst"
         );
+        // A named file without a manifest could be another prefix's
+        // (`kairon_pre...` of a database `kairon_pre`): only its exact name picks it.
         assert_eq!(
             pick(Selector::At(utc("2025-12-25T13:00:00Z"))).unwrap(),
+            "daily/kairon_2025-12-25.dump.zst"
+        );
+        assert_eq!(
+            pick(Selector::Name("pre_migration".into())).unwrap(),
             "named/kairon_pre_migration.dump.zst"
         );
         let e = pick(Selector::At(utc("2025-01-01T00:00:00Z"))).unwrap_err();
@@ -248,10 +254,7 @@ mod tests {
             e.contains("hourly: 2 (newest hourly/kairon_2025-12-26_07-00-01.dump.zst"),
             "{e}"
         );
-        assert!(
-            e.contains("daily: 2") && e.contains("named: 1") && !e.contains("other"),
-            "{e}"
-        );
+        assert!(e.contains("daily: 2") && !e.contains("other"), "{e}");
         let e = pick(Selector::Name("nope".into())).unwrap_err();
         assert!(e.contains("No named backup \"nope\""), "{e}");
         let empty: Vec<Backup> = vec![];

@@ -1,8 +1,11 @@
 //! What the last runs did, for `status` and the metrics file.
 //!
-//! Each command writes only its own record (`BACKUP_DIR/.kbackup/last-backup.json`,
-//! `last-verify.json`), atomically, so a backup and a verify finishing together
-//! never lose each other's result.
+//! Each command writes only its own record, one per database (by its file
+//! prefix: `BACKUP_DIR/.kbackup/last-backup.<prefix>.json`, `last-verify.<prefix>.json`,
+//! `last-sync.<prefix>.json`), atomically: a backup and a verify finishing
+//! together never lose each other's result, and databases sharing a store
+//! never read each other's. A record from before (`last-backup.json`) is read
+//! for the database it names until that database writes its own.
 
 use std::path::{Path, PathBuf};
 
@@ -59,20 +62,25 @@ fn write<T: Serialize>(root: &Path, name: &str, value: &T) -> Result<()> {
     write_replace(&path(root, name), &serde_json::to_vec_pretty(value)?)
 }
 
-pub fn last_backup(root: &Path) -> Option<BackupRun> {
-    read(root, "last-backup.json")
+fn per_db(kind: &str, prefix: &str) -> String {
+    format!("last-{kind}.{prefix}.json")
 }
 
-pub fn record_backup(root: &Path, run: &BackupRun) -> Result<()> {
-    write(root, "last-backup.json", run)
+pub fn last_backup(root: &Path, prefix: &str, database: &str) -> Option<BackupRun> {
+    read(root, &per_db("backup", prefix))
+        .or_else(|| read::<BackupRun>(root, "last-backup.json").filter(|r| r.database == database))
 }
 
-pub fn last_verify(root: &Path) -> Option<VerifyRun> {
-    read(root, "last-verify.json")
+pub fn record_backup(root: &Path, prefix: &str, run: &BackupRun) -> Result<()> {
+    write(root, &per_db("backup", prefix), run)
 }
 
-pub fn record_verify(root: &Path, run: &VerifyRun) -> Result<()> {
-    write(root, "last-verify.json", run)
+pub fn last_verify(root: &Path, prefix: &str) -> Option<VerifyRun> {
+    read(root, &per_db("verify", prefix))
+}
+
+pub fn record_verify(root: &Path, prefix: &str, run: &VerifyRun) -> Result<()> {
+    write(root, &per_db("verify", prefix), run)
 }
 
 /// The last off-site sync, by `backup` or `sync`.
@@ -90,12 +98,12 @@ pub struct SyncRun {
     pub remote_backups: usize,
 }
 
-pub fn last_sync(root: &Path) -> Option<SyncRun> {
-    read(root, "last-sync.json")
+pub fn last_sync(root: &Path, prefix: &str) -> Option<SyncRun> {
+    read(root, &per_db("sync", prefix))
 }
 
-pub fn record_sync(root: &Path, run: &SyncRun) -> Result<()> {
-    write(root, "last-sync.json", run)
+pub fn record_sync(root: &Path, prefix: &str, run: &SyncRun) -> Result<()> {
+    write(root, &per_db("sync", prefix), run)
 }
 
 /// Warnings already given (key -> when first given): a standing condition is

@@ -56,6 +56,21 @@ impl Backup {
             .with_file_name(naming::sidecar(&self.parsed.stem, ext))
     }
 
+    /// Whose backup this is, for a database with file prefix `prefix`.
+    pub fn owner(&self, prefix: &str) -> crate::owner::Owner {
+        crate::owner::owner(
+            prefix,
+            self.tier,
+            &self.parsed.prefix,
+            self.manifest.as_ref().map(|m| m.prefix.as_str()),
+        )
+    }
+
+    /// This database's, for every decision that deletes or chooses.
+    pub fn is_mine(&self, prefix: &str) -> bool {
+        self.owner(prefix) == crate::owner::Owner::Mine
+    }
+
     pub fn database(&self) -> &str {
         self.manifest
             .as_ref()

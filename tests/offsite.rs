@@ -581,3 +581,109 @@ fn one_run_can_switch_off_the_remote_and_the_alerts() {
         "without the flag the same failure alerts"
     );
 }
+
+/// Defects: databases sharing a store and a remote touched each other. Remote
+/// retention ranked every database's files together (a backup of `app` with
+/// keep 1 deleted `app_staging`'s), `named/app_staging_pre_migration` read as
+/// a backup of `app`, and status/metrics were one record per store. Three
+/// databases whose names begin each other's, each with its own keep count:
+/// each keeps exactly its own policy, locally and on the remote.
+#[test]
+fn databases_sharing_a_store_and_a_remote_never_touch_each_other() {
+    let c = cluster();
+    let app = c.new_db("shared");
+    let staging = format!("{app}_staging");
+    let two = format!("{app}_2");
+    for d in [&staging, &two] {
+        c.psql("postgres", &format!("CREATE DATABASE {d}"));
+    }
+    for d in [&app, &staging, &two] {
+        c.psql(d, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    }
+    let home = tempfile::tempdir().unwrap();
+    let store = home.path().join("store");
+    let remote = home.path().join("remote");
+    let metrics = home.path().join("metrics");
+    let kb_of = |db: &str, keep: &str| {
+        let mut kb = Kb::direct(db);
+        kb.set("BACKUP_DIR", store.to_str().unwrap())
+            .set("BACKUP_KEEP_HOURLY", keep)
+            .set("BACKUP_KEEP_DAILY", "0")
+            .set("BACKUP_KEEP_WEEKLY", "0")
+            .set(
+                "BACKUP_METRICS_FILE",
+                metrics.join(format!("{db}.prom")).to_str().unwrap(),
+            );
+        local_remote(&mut kb, &remote);
+        kb
+    };
+    let dbs = [
+        (&app, kb_of(&app, "1"), 1),
+        (&staging, kb_of(&staging, "2"), 2),
+        (&two, kb_of(&two, "3"), 3),
+    ];
+    for hour in 10..14 {
+        for (i, (_, kb, _)) in dbs.iter().enumerate() {
+            kb.ok(&[
+                "backup",
+                "--time",
+                &format!("2025-03-01T{hour}:{:02}:00Z", i * 10),
+            ]);
+        }
+    }
+    let hourly_of = |files: Vec<String>, db: &str| -> usize {
+        files
+            .iter()
+            .filter(|f| {
+                f.strip_prefix(&format!("hourly/{db}_"))
+                    .is_some_and(|rest| rest.starts_with("2025-") && f.ends_with(".dump.zst"))
+            })
+            .count()
+    };
+    for (db, _, keep) in &dbs {
+        let local: Vec<String> = files_under(&store).into_iter().collect();
+        let on_remote: Vec<String> = files_under(&remote).into_iter().collect();
+        assert_eq!(hourly_of(local, db), *keep, "{db} locally");
+        assert_eq!(hourly_of(on_remote, db), *keep, "{db} on the remote");
+    }
+
+    // A named backup of app_staging is never app's.
+    let (_, staging_kb, _) = &dbs[1];
+    staging_kb.ok(&["backup", "--name", "pre_migration"]);
+    let (_, app_kb, _) = &dbs[0];
+    let dry = app_kb.ok(&["restore", "--latest", "--dry-run"]).stdout();
+    assert!(
+        dry.contains(&format!("hourly/{app}_2025-03-01_13-00-00")),
+        "{dry}"
+    );
+    assert!(
+        app_kb
+            .run(&["restore", "--name", "staging_pre_migration", "--dry-run"])
+            .code()
+            != 0
+    );
+
+    // app fails, app_staging succeeds: app stays unhealthy, in text, JSON and metrics.
+    c.psql(
+        "postgres",
+        &format!("ALTER DATABASE {app} WITH ALLOW_CONNECTIONS false"),
+    );
+    assert_eq!(app_kb.run(&["backup"]).code(), 1);
+    staging_kb.ok(&["backup"]);
+    c.psql(
+        "postgres",
+        &format!("ALTER DATABASE {app} WITH ALLOW_CONNECTIONS true"),
+    );
+    let status = app_kb.run(&["status", "--max-age", "100000d"]);
+    assert_eq!(status.code(), 1, "{}", status.all());
+    assert_eq!(
+        staging_kb.run(&["status", "--max-age", "100000d"]).code(),
+        0
+    );
+    let prom = std::fs::read_to_string(metrics.join(format!("{app}.prom"))).unwrap();
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("kbackup_last_run_success") && l.ends_with(" 0")),
+        "{prom}"
+    );
+}

@@ -227,7 +227,7 @@ async fn record(
         return;
     }
     let finished = cfg.calendar.zone.local_time(Utc::now());
-    let previous = state::last_backup(&store.root);
+    let previous = state::last_backup(&store.root, &cfg.prefix, &cfg.db.name);
     let run = state::BackupRun {
         database: cfg.db.name.clone(),
         started_at: started,
@@ -251,7 +251,7 @@ async fn record(
             previous.and_then(|p| p.last_success_at)
         },
     };
-    if let Err(e) = state::record_backup(&store.root, &run) {
+    if let Err(e) = state::record_backup(&store.root, &cfg.prefix, &run) {
         tracing::warn!("cannot record the run's result for `kbackup status`: {e:#}");
     }
     if let Err(e) = metrics::update(cfg, store) {

@@ -106,7 +106,8 @@ pub async fn run_remote(cfg: &Config, args: &ListArgs) -> Result<()> {
     let listing = remote.list().await?;
     let present: std::collections::BTreeSet<&str> =
         listing.iter().map(|f| f.path.as_str()).collect();
-    let backups = crate::offsite::remote_backups(cfg, &listing);
+    // Everything on the remote is listed, whoever's it is (the FILE names it).
+    let backups = crate::offsite::remote_backups(cfg, &listing, &[]);
     let shown: Vec<_> = backups
         .iter()
         .filter(|b| args.tier.is_none_or(|t| t == b.tier))

@@ -30,13 +30,10 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     let store = Store::new(cfg.backup_dir.clone());
     let now = Utc::now();
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
-    let ours: Vec<_> = backups
-        .iter()
-        .filter(|b| b.parsed.prefix == cfg.prefix)
-        .collect();
-    let last_run = state::last_backup(&store.root);
-    let last_verify = state::last_verify(&store.root);
-    let last_sync = state::last_sync(&store.root).filter(|_| cfg.remote.is_some());
+    let ours: Vec<_> = backups.iter().filter(|b| b.is_mine(&cfg.prefix)).collect();
+    let last_run = state::last_backup(&store.root, &cfg.prefix, &cfg.db.name);
+    let last_verify = state::last_verify(&store.root, &cfg.prefix);
+    let last_sync = state::last_sync(&store.root, &cfg.prefix).filter(|_| cfg.remote.is_some());
     let free = store.free_space().ok();
     let newest_manifest = ours
         .iter()

@@ -120,7 +120,7 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
         checked: reports.iter().map(|r| r.path.clone()).collect(),
         failed: failed.clone(),
     };
-    if let Err(e) = state::record_verify(&store.root, &run) {
+    if let Err(e) = state::record_verify(&store.root, &cfg.prefix, &run) {
         tracing::warn!("cannot record the verification for `kbackup status`: {e:#}");
     }
     if let Err(e) = metrics::update(cfg, &store) {
@@ -160,7 +160,7 @@ fn choose<'a>(
     backups: &'a [Backup],
     args: &VerifyArgs,
 ) -> Result<Vec<Subject<'a>>> {
-    let ours = || backups.iter().filter(|b| b.parsed.prefix == cfg.prefix);
+    let ours = || backups.iter().filter(|b| b.is_mine(&cfg.prefix));
     let picked: Vec<&Backup> = if args.all {
         ours().collect()
     } else if let Some(tier) = args.tier {

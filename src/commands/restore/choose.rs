@@ -127,8 +127,9 @@ pub async fn remote(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<S
     let present: BTreeSet<&str> = listing.iter().map(|f| f.path.as_str()).collect();
     // The remote's dumps, as a listing `select` understands (paths under the remote root).
     let root = PathBuf::from(remote.root());
-    let backups: Vec<Backup> = crate::offsite::remote_backups(cfg, &listing)
+    let backups: Vec<Backup> = crate::offsite::remote_backups(cfg, &listing, &[])
         .into_iter()
+        .filter(|b| b.owner != crate::owner::Owner::Other)
         .map(|b| Backup {
             tier: b.tier,
             path: root.join(&b.rel_path),
