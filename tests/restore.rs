@@ -885,6 +885,17 @@ fn kept_copies_are_shown_and_old_ones_dropped_on_request() {
     let r = kb.run(&["cleanup", "--old-copies", "1s"]);
     assert_eq!(r.code(), 2, "{}", r.all());
     assert!(databases(&db).iter().any(|d| d.starts_with(&kept)));
+    // On a terminal it asks; anything but "yes" keeps them.
+    let (code, out) = on_terminal(&kb, &["cleanup", "--old-copies", "1s"], "no");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("Type yes to continue"), "{out}");
+    assert!(databases(&db).iter().any(|d| d.starts_with(&kept)));
+    let (code, out) = on_terminal(&kb, &["cleanup", "--old-copies", "1s"], "yes");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("dropped: {kept}")), "{out}");
+    assert!(!databases(&db).iter().any(|d| d.starts_with(&kept)));
+    kb.ok(&["restore", "--latest", "--yes"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let r = kb.ok(&["cleanup", "--old-copies", "1s", "--yes"]);
     assert!(
         r.stdout().contains(&format!("dropped: {kept}")),
