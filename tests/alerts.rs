@@ -466,4 +466,20 @@ fn an_alert_endpoint_that_is_down_is_named_with_its_cause() {
         "{}",
         r.all()
     );
+
+    // One that answers 500: said with its status; the other channels still get
+    // the alert and the job's exit code is its own.
+    let failing = Recorder::start(Mode::Fail);
+    let hook = Recorder::start(Mode::Ok);
+    kb.set("NTFY_URL", &failing.url)
+        .set("BACKUP_WEBHOOK_URL", &hook.url);
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 2, "{}", r.all());
+    assert!(
+        r.stderr().contains("alert via ntfy failed") && r.stderr().contains("500"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(failing.requests().len(), 2, "tried twice within its budget");
+    assert_eq!(hook.wait(1).len(), 1);
 }

@@ -313,17 +313,73 @@ fn a_signal_during_the_check_pass_removes_the_temporary_archive() {
     let db = big_db("sig_check");
     let kb = Kb::direct(&db);
     kb.ok(&["backup"]);
-    let child = kb.spawn(&["restore", "--latest", "--yes"]);
-    wait_for(30, "the temporary archive", || {
-        (!partial_files(&kb).is_empty()).then_some(())
-    });
-    run_ok(Command::new("kill").args(["-HUP", &child.id().to_string()]));
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(129), "{err}");
-    assert_eq!(partial_files(&kb), Vec::<String>::new(), "{err}");
-    assert!(scratch_dbs(&db).is_empty());
-    assert_eq!(c.psql(&db, "SELECT count(*) FROM big"), "400000");
+    for (signal, code) in [
+        ("INT", Some(130)),
+        ("TERM", Some(143)),
+        ("HUP", Some(129)),
+        ("KILL", None),
+    ] {
+        let child = kb.spawn(&["restore", "--latest", "--yes"]);
+        wait_for(30, "the temporary archive", || {
+            (!partial_files(&kb).is_empty()).then_some(())
+        });
+        run_ok(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]));
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), code, "SIG{signal}: {err}");
+        if signal == "KILL" {
+            // Nothing could run at the kill: the next cleanup clears it.
+            let r = kb.ok(&["cleanup"]);
+            assert!(
+                r.stdout().contains("cleared: temporary file"),
+                "{}",
+                r.all()
+            );
+        }
+        assert_eq!(
+            partial_files(&kb),
+            Vec::<String>::new(),
+            "SIG{signal}: {err}"
+        );
+        assert!(scratch_dbs(&db).is_empty());
+        assert_eq!(c.psql(&db, "SELECT count(*) FROM big"), "400000");
+    }
+}
+
+/// `kill -9` of kbackup while pg_restore fills the scratch copy: nothing can
+/// run at the kill; the next run reports it and `kbackup cleanup` drops the
+/// scratch copy (ending what is still connected to it) and its files.
+#[test]
+fn a_restore_killed_with_sigkill_during_pg_restore_is_cleaned_up() {
+    let SlowRestore {
+        db,
+        before: fp,
+        mut child,
+        _kb: kb,
+    } = start_slow_restore("kill9_restore");
+    wait_for_pg_restore(&db);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        scratch_dbs(&db).len(),
+        1,
+        "the kill left the scratch copy (the case to handle)"
+    );
+    let r = kb.ok(&["cleanup"]);
+    assert!(r.stdout().contains("cleared:"), "{}", r.all());
+    assert!(
+        scratch_dbs(&db).is_empty(),
+        "{:?}\n{}",
+        scratch_dbs(&db),
+        r.all()
+    );
+    assert_eq!(partial_files(&kb), Vec::<String>::new());
+    assert_eq!(cluster().fingerprint(&db), fp);
+    assert!(
+        kb.files().iter().all(|f| !f.starts_with(".kbackup/undo/")),
+        "{:?}",
+        kb.files()
+    );
 }
 
 /// Defect: Ctrl-C during `--in-place` printed "partial work was undone and

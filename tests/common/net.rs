@@ -27,6 +27,8 @@ pub enum Mode {
     Ok,
     /// Accept, read, and never answer.
     Hang,
+    /// Answers 500.
+    Fail,
 }
 
 pub struct Recorder {
@@ -102,6 +104,11 @@ fn serve(stream: TcpStream, mode: Mode, log: &Mutex<Vec<Request>>) {
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
         }
         Mode::Hang => std::thread::sleep(Duration::from_secs(120)),
+        Mode::Fail => {
+            let _ = stream.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\nboom",
+            );
+        }
     }
 }
 
