@@ -75,6 +75,8 @@ pub fn owner_of_database(name: &str) -> Option<u32> {
         .rsplit_once("_kbrestore_")
         .or_else(|| name.rsplit_once("_kbverify_"))?;
     let (stamp, pid) = tail.split_once('_')?;
+    // `_2`, `_3`... when the name was taken.
+    let pid = pid.split_once('_').map_or(pid, |(p, _)| p);
     (stamp.len() == 14 && stamp.bytes().all(|b| b.is_ascii_digit()))
         .then(|| pid.parse().ok())
         .flatten()
@@ -195,6 +197,10 @@ mod tests {
         assert_eq!(
             owner_of_database("app_kbrestore_20261122031805_8449"),
             Some(8449)
+        );
+        assert_eq!(
+            owner_of_database("app_kbrestore_20261122031805_1_2"),
+            Some(1)
         );
         assert_eq!(
             owner_of_database("app_kbverify_20261122031805_12"),

@@ -140,6 +140,43 @@ pub fn create_database_sql(
     sql
 }
 
+/// CREATE DATABASE found the name taken: the database is not this run's.
+#[derive(Debug)]
+pub struct AlreadyExists(pub String);
+
+impl std::fmt::Display for AlreadyExists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a database named {} already exists and was not made by this run: it is left alone",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for AlreadyExists {}
+
+/// Creates database `name` for this run, its undo (drop it) armed first and
+/// run on every exit path until the caller disarms it. A database that turns
+/// out to exist already (another run, another host picked the same name) is
+/// not this run's: its undo is disarmed at once, so nothing ever drops it.
+pub async fn create_own_database(
+    pg: &Postgres,
+    name: &str,
+    summary: &Summary,
+    server_major: u32,
+) -> Result<cleanup::Registered> {
+    let undo = cleanup::register(pg, drop_statements(name));
+    match create_database(pg, name, summary, server_major).await {
+        Ok(()) => Ok(undo),
+        Err(e) if e.downcast_ref::<AlreadyExists>().is_some() => {
+            undo.done();
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn create_database(
     pg: &Postgres,
     name: &str,
@@ -158,6 +195,9 @@ pub async fn create_database(
     };
     let sql = create_database_sql(name, summary, owner_exists, Some(server_major));
     if let Err(e) = pg.admin(&[&sql], None).await {
+        if crate::postgres::sqlstate(e.stderr()) == Some("42P04") {
+            return Err(anyhow::Error::new(AlreadyExists(name.to_string())));
+        }
         // The archive's locale may not exist on this server: fall back to the server's.
         let fallback = create_database_sql(name, summary, owner_exists, None);
         tracing::warn!(

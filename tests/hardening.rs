@@ -1327,3 +1327,45 @@ fn a_disk_that_fills_mid_dump_or_mid_restore_copy_loses_nothing() {
     );
     assert_only_whole_backups(&kb, "mid-restore");
 }
+
+/// Review finding: a scratch (or verification) database name already taken
+/// (kbackup runs as pid 1 in every container: the same name from two hosts in
+/// the same second) made CREATE DATABASE fail, and the undo then dropped the
+/// other run's database. Names are picked free, and a database this run did
+/// not create is never dropped by it.
+#[test]
+fn a_database_this_run_did_not_create_is_never_dropped() {
+    let c = cluster();
+    let db = rows_db(c, "taken", 3);
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    // The names a restore and a verify started as pid 1 would pick in the next seconds.
+    let now = chrono::Local::now();
+    let mut taken = Vec::new();
+    for s in 0..4 {
+        let t = (now + chrono::Duration::seconds(s)).format("%Y%m%d%H%M%S");
+        for kind in ["kbrestore", "kbverify"] {
+            let name = format!("{db}_{kind}_{t}_1");
+            c.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
+            c.psql(&name, "CREATE TABLE precious (x int)");
+            taken.push(name);
+        }
+    }
+    for args in [vec!["restore", "--latest", "--yes"], vec!["verify"]] {
+        let out = kb
+            .wrapped(&["unshare", "--pid", "--fork", "--mount-proc"], &args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+    for name in &taken {
+        assert_eq!(
+            c.psql(name, "SELECT count(*) FROM precious"),
+            "0",
+            "{name} was touched"
+        );
+        c.psql("postgres", &format!("DROP DATABASE \"{name}\""));
+    }
+    assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "3");
+}

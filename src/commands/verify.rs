@@ -18,12 +18,11 @@ use serde::Serialize;
 
 use crate::archive::Summary;
 use crate::checks::{self, ObjectCounts};
-use crate::cleanup;
 use crate::cli::VerifyArgs;
 use crate::config::{Config, DbConfig};
 use crate::dump;
 use crate::error::{usage, Coded, ExitKind};
-use crate::lifecycle::{create_database, derived_name, drop_database, drop_statements};
+use crate::lifecycle::{create_own_database, drop_database, free_name};
 use crate::manifest::{Check, Manifest, Outcome, Verification};
 use crate::naming::GLOBALS_EXT;
 use crate::postgres::Postgres;
@@ -478,14 +477,17 @@ async fn full_checks(
         .database
         .clone()
         .unwrap_or_else(|| cfg.db.name.clone());
-    let temp = derived_name(
+    // A free name: a pid repeats across containers (often 1).
+    let temp = free_name(
+        pg,
         &base,
         &format!(
             "_kbverify_{}_{}",
             Local::now().format("%Y%m%d%H%M%S"),
             std::process::id()
         ),
-    );
+    )
+    .await?;
     // The pg_restore that can read this archive, checked before anything is
     // created. A server or client that cannot take it is this machine's problem,
     // not the backup's: the verification does not run (and records nothing).
@@ -497,10 +499,10 @@ async fn full_checks(
         ))
     })?;
     let pg = &rc.pg;
-    // Armed before CREATE DATABASE: an error or a signal from here on drops it.
-    let undo = cleanup::register(pg, drop_statements(&temp));
-    // A database that cannot be created says nothing of the backup.
-    create_database(pg, &temp, summary, rc.server_major)
+    // Armed before CREATE DATABASE: an error or a signal from here on drops it
+    // (only if this run made it). One that cannot be created says nothing of
+    // the backup.
+    let undo = create_own_database(pg, &temp, summary, rc.server_major)
         .await
         .with_context(|| format!("cannot create {temp} on {}", pg.describe_server()))?;
     let started = Instant::now();

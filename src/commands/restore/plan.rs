@@ -10,7 +10,7 @@ use crate::cli::RestoreArgs;
 use crate::clients::{self, RestoreMode};
 use crate::config::Config;
 use crate::dump;
-use crate::lifecycle::{create_database_sql, derived_name, dropdb_command, free_name};
+use crate::lifecycle::{create_database_sql, dropdb_command, free_name};
 use crate::postgres::{version_major, Postgres, RestoreClient};
 use crate::readback::Feed;
 use crate::sql::{ident, literal};
@@ -47,15 +47,12 @@ pub struct Plan {
     pub feed: Feed,
 }
 
-/// The scratch database a restore of `target` goes into first.
-fn scratch_name(target: &str, now: DateTime<Local>) -> String {
-    derived_name(
-        target,
-        &format!(
-            "_kbrestore_{}_{}",
-            now.format("%Y%m%d%H%M%S"),
-            std::process::id()
-        ),
+/// The suffix of the scratch database a restore goes into first.
+fn scratch_suffix(now: DateTime<Local>) -> String {
+    format!(
+        "_kbrestore_{}_{}",
+        now.format("%Y%m%d%H%M%S"),
+        std::process::id()
     )
 }
 
@@ -103,7 +100,8 @@ impl Plan {
             }
         } else {
             Strategy::Scratch {
-                scratch: scratch_name(target, now),
+                // A free name: a pid repeats across containers (often 1).
+                scratch: free_name(pg, target, &scratch_suffix(now)).await?,
                 old: match &existing {
                     // The name the replaced database is kept under.
                     Some(_) => {

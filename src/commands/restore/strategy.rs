@@ -8,7 +8,7 @@ use super::choose::{Checked, Source};
 use super::plan::{Plan, Strategy};
 use crate::cleanup;
 use crate::config::Config;
-use crate::lifecycle::{create_database, drop_database, drop_statements, dropdb_command, swap};
+use crate::lifecycle::{create_database, create_own_database, drop_database, dropdb_command, swap};
 use crate::postgres::{Postgres, RestoreClient};
 use crate::readback::{prove_rows, run_pg_restore};
 use crate::sql::{ident, retarget};
@@ -80,9 +80,8 @@ async fn via_scratch(
     let pg = &rc.pg;
     tracing::info!("Creating scratch database {scratch}...");
     // Armed before CREATE DATABASE: whatever ends this run before the swap
-    // (an error, a signal) drops the scratch copy.
-    let undo_scratch = cleanup::register(pg, drop_statements(scratch));
-    create_database(pg, scratch, &checked.summary, rc.server_major).await?;
+    // (an error, a signal) drops the scratch copy, and only if this run made it.
+    let undo_scratch = create_own_database(pg, scratch, &checked.summary, rc.server_major).await?;
     if let Err(e) = restore_and_check(job, scratch).await {
         if let Err(d) = drop_database(pg, scratch).await {
             tracing::error!("{d:#}; drop it by hand: {}", dropdb_command(pg, scratch));
