@@ -278,6 +278,25 @@ pub fn parse_file_name(
     })
 }
 
+/// A file name prefix for database `name` (used when a database other than the
+/// configured one is backed up, as `restore --in-place --target-db` does): a
+/// database name may hold `/` or start with `.`, a file name in a tier folder may not.
+pub fn file_prefix(name: &str) -> String {
+    let mut p: String = name
+        .chars()
+        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
+        .collect();
+    if p.starts_with('.') || p.is_empty() {
+        p.insert(0, '_');
+    }
+    p
+}
+
+/// Whether `stem` can only ever name a file inside its tier folder.
+pub fn stem_stays_in_folder(stem: &str) -> bool {
+    !stem.is_empty() && !stem.contains('/') && !stem.contains('\0') && !stem.starts_with('.')
+}
+
 /// The stem for a new file: `<prefix>_<label>`, with `_N` when `seq > 1`.
 pub fn stem(prefix: &str, label: &str, seq: u32) -> String {
     if seq > 1 {
@@ -298,6 +317,21 @@ pub fn validate_backup_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod file_prefix_tests {
+    use super::*;
+
+    #[test]
+    fn any_database_name_makes_a_prefix_that_stays_in_its_folder() {
+        for name in ["app", "../../evil", ".hidden", "a/b", "", "ünï cödé"] {
+            let p = file_prefix(name);
+            assert!(stem_stays_in_folder(&stem(&p, "x", 1)), "{name:?} -> {p:?}");
+        }
+        assert_eq!(file_prefix("app"), "app");
+        assert_eq!(file_prefix("../../evil"), "_.._.._evil");
+    }
 }
 
 #[cfg(test)]

@@ -167,6 +167,15 @@ impl Store {
         check_root(&self.root)
     }
 
+    /// The trust checks of [`check_root`] for a store that exists, creating
+    /// nothing: for commands that read backups from it to act on them (restore).
+    pub fn check_existing(&self) -> Result<()> {
+        if fs::symlink_metadata(&self.root).is_ok() {
+            check_root(&self.root)?;
+        }
+        Ok(())
+    }
+
     /// Creates a tier folder (0700), tightening one that is readable by others.
     pub fn ensure_tier(&self, tier: Tier) -> Result<PathBuf> {
         self.ensure_root()?;
@@ -453,6 +462,11 @@ impl Store {
 
     /// Publishes a staged backup as `tier/<stem>.<ext>` (sidecars first, dump last).
     pub fn publish(&self, tier: Tier, stem: &str, staged: Staged) -> Result<PathBuf> {
+        anyhow::ensure!(
+            naming::stem_stays_in_folder(stem),
+            "refusing to write {stem:?}: a backup's name must stay inside {}",
+            self.tier_dir(tier).display()
+        );
         let dir = self.ensure_tier(tier)?;
         let manifest_json = serde_json::to_vec_pretty(&staged.manifest)?;
         let globals = dir.join(naming::sidecar(stem, GLOBALS_EXT));

@@ -502,9 +502,20 @@ fn the_store_trusts_nothing_planted_in_it() {
             .args(["nobody"])
             .arg(&kb.store),
     );
-    let r = kb.run(&["backup"]);
-    assert_eq!(r.code(), 2, "{}", r.all());
-    assert!(r.stderr().contains("chown"), "{}", r.stderr());
+    // Review finding: restore read (and restored) from such a store.
+    for args in [
+        vec!["backup"],
+        vec!["restore", "--latest", "--yes", "--target-db", "trust_copy"],
+        vec!["restore", "--latest", "--dry-run"],
+    ] {
+        let r = kb.run(&args);
+        assert_eq!(r.code(), 2, "{args:?}: {}", r.all());
+        assert!(r.stderr().contains("chown"), "{}", r.stderr());
+    }
+    assert!(!c
+        .psql("postgres", "SELECT datname FROM pg_database")
+        .lines()
+        .any(|d| d == "trust_copy"));
     run_ok(
         std::process::Command::new("chown")
             .args(["root"])
@@ -528,6 +539,10 @@ fn the_store_trusts_nothing_planted_in_it() {
         let r = above.run(&["backup"]);
         if refused {
             assert_eq!(r.code(), 2, "{owner} {mode:o}: {}", r.all());
+            if std::fs::metadata(parent.join("store")).is_ok() {
+                let r = above.run(&["restore", "--latest", "--dry-run"]);
+                assert_eq!(r.code(), 2, "restore, {owner} {mode:o}: {}", r.all());
+            }
             assert!(
                 r.stderr().contains("a folder above the backup folder")
                     && r.stderr().contains(parent.to_str().unwrap()),
@@ -1368,4 +1383,41 @@ fn a_database_this_run_did_not_create_is_never_dropped() {
         c.psql("postgres", &format!("DROP DATABASE \"{name}\""));
     }
     assert_eq!(c.psql(&db, "SELECT count(*) FROM t"), "3");
+}
+
+/// Review finding: `restore --in-place --target-db '../../x'` wrote the safety
+/// backup of `../../x` outside the store (the target's name became the file
+/// prefix). Any database name makes a file name that stays in its folder.
+#[test]
+fn an_in_place_safety_backup_of_any_name_stays_in_the_store() {
+    let c = cluster();
+    let db = rows_db(c, "escape", 2);
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+    let target = format!("../../{db}_esc");
+    c.psql("postgres", &format!("CREATE DATABASE \"{target}\""));
+    let outside_before = files_under(kb.home.path());
+    kb.ok(&[
+        "restore",
+        "--latest",
+        "--yes",
+        "--in-place",
+        "--target-db",
+        &target,
+    ]);
+    let new: Vec<String> = files_under(kb.home.path())
+        .difference(&outside_before)
+        .cloned()
+        .collect();
+    assert!(
+        new.iter().all(|f| f.starts_with("store/")),
+        "written outside the store: {new:?}"
+    );
+    assert!(
+        new.iter()
+            .any(|f| f.starts_with("store/named/") && f.ends_with(".dump.zst")),
+        "{new:?}"
+    );
+    assert_eq!(c.psql(&target, "SELECT count(*) FROM t"), "2");
+    c.psql("postgres", &format!("DROP DATABASE \"{target}\""));
 }

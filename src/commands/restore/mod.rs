@@ -42,6 +42,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
 pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let clock_start = Instant::now();
     let store = Store::new(cfg.backup_dir.clone());
+    // Files from a store another user could have swapped are never restored.
+    store.check_existing()?;
     let target = args
         .target_db
         .clone()

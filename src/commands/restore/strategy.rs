@@ -135,7 +135,7 @@ async fn in_place(
         let mut scfg = cfg.clone();
         scfg.db.name = target.to_string();
         if target != cfg.db.name {
-            scfg.prefix = target.to_string();
+            scfg.prefix = crate::naming::file_prefix(target);
         }
         let spg = Postgres::new(scfg.db.clone());
         let _lock = store.lock("restore --in-place (safety backup)")?;
