@@ -523,7 +523,8 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
         if let Some(o) = owner.as_deref().filter(|o| !o.is_empty()) {
             roles.insert(o.to_string());
         }
-        if matches!(desc.as_str(), "ACL" | "DEFAULT ACL") {
+        // Grantees, and the roles a row-level security policy applies to.
+        if matches!(desc.as_str(), "ACL" | "DEFAULT ACL" | "POLICY") {
             roles.extend(crate::sql::acl_roles(defn.as_deref().unwrap_or_default()));
         }
         let on_database = tag.as_deref().is_some_and(|t| t.starts_with("DATABASE "));

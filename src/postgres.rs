@@ -249,6 +249,8 @@ impl Postgres {
                 "-t",
                 "-F",
                 "\x1f",
+                "-R",
+                "\x1e",
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-v",
@@ -321,8 +323,13 @@ impl Postgres {
             .run_sql(db, &[sql], timeout)
             .await
             .map_err(|e| self.connect_error(e))?;
-        Ok(String::from_utf8_lossy(&out)
-            .lines()
+        // Rows are separated by the ASCII record separator and fields by the
+        // unit separator, so values may hold newlines (a role "nl\nrole");
+        // psql ends the result with one newline.
+        let text = String::from_utf8_lossy(&out);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        Ok(text
+            .split('\x1e')
             .filter(|l| !l.is_empty())
             .map(|l| l.split('\x1f').map(String::from).collect())
             .collect())

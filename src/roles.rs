@@ -88,23 +88,28 @@ fn drop_role_sql(name: &str) -> String {
 /// their CREATE ROLE and ALTER ROLE, and memberships granted to them.
 pub fn role_statements(globals: &str, roles: &[String]) -> Vec<String> {
     let wanted: BTreeSet<&str> = roles.iter().map(String::as_str).collect();
-    globals
-        .lines()
-        .filter(|line| {
-            let words = sql::tokens(line);
-            let upper = sql::leading_words(line, 2);
+    sql::statements(globals)
+        .into_iter()
+        .filter(|statement| {
+            // Comments before a statement are part of its text: look past them.
+            let words = sql::tokens(statement);
+            let upper = sql::leading_words(statement, 2);
             match upper.iter().map(String::as_str).collect::<Vec<_>>()[..] {
                 ["CREATE", "ROLE"] | ["ALTER", "ROLE"] => words
                     .get(2)
                     .and_then(|w| w.name())
                     .is_some_and(|w| wanted.contains(w.as_str())),
-                ["GRANT", _] => sql::acl_roles(line)
+                ["GRANT", _] => sql::acl_roles(statement)
                     .first()
                     .is_some_and(|r| wanted.contains(r.as_str())),
                 _ => false,
             }
         })
-        .map(String::from)
+        .map(|s| {
+            // Without the comments that came before it in the file.
+            let start = sql::tokens(s).first().map_or(0, |t| t.start);
+            s[start..].to_string()
+        })
         .collect()
 }
 

@@ -188,7 +188,14 @@ pub fn acl_roles(sql: &str) -> Vec<String> {
         if starts_list {
             i += 1;
             while i < t.len() {
-                if !t[i].is("PUBLIC") && !t[i].is("GROUP") {
+                let special = [
+                    "PUBLIC",
+                    "GROUP",
+                    "CURRENT_USER",
+                    "SESSION_USER",
+                    "CURRENT_ROLE",
+                ];
+                if !special.iter().any(|k| t[i].is(k)) {
                     out.extend(t[i].name());
                 }
                 if t.get(i + 1).is_some_and(|n| n.text == ",") {
@@ -199,6 +206,28 @@ pub fn acl_roles(sql: &str) -> Vec<String> {
             }
         }
         i += 1;
+    }
+    out
+}
+
+/// The statements of a script, each with its `;`, split where the tokenizer
+/// finds a `;` outside quotes (a quoted name may hold a newline or a `;`).
+pub fn statements(script: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for t in tokens(script) {
+        if t.kind == Kind::Punct && t.text == ";" {
+            let end = t.start + 1;
+            let s = script[start..end].trim();
+            if s != ";" {
+                out.push(s);
+            }
+            start = end;
+        }
+    }
+    let rest = script[start..].trim();
+    if !rest.is_empty() && !tokens(rest).is_empty() {
+        out.push(rest);
     }
     out
 }
@@ -290,7 +319,8 @@ mod tests {
                    GRANT ALL ON SCHEMA s TO reader WITH GRANT OPTION;\n\
                    ALTER DEFAULT PRIVILEGES FOR ROLE owner1 IN SCHEMA s GRANT SELECT ON TABLES TO Reporting;\n\
                    GRANT UPDATE ON TABLE t TO x GRANTED BY boss;\nCOMMENT ON TABLE t IS 'grant to nobody';\n\
-                   COMMENT ON TABLE t IS $$ TO ghost $$;";
+                   COMMENT ON TABLE t IS $$ TO ghost $$;\n\
+                   CREATE POLICY p ON public.t FOR SELECT TO rls_reader, CURRENT_USER USING (x <> 'TO nobody');";
         assert_eq!(
             acl_roles(sql),
             [
@@ -300,7 +330,8 @@ mod tests {
                 "owner1",
                 "reporting",
                 "x",
-                "boss"
+                "boss",
+                "rls_reader"
             ]
         );
     }
@@ -364,6 +395,15 @@ mod tests {
         ] {
             assert_eq!(retarget(statement, original, new), want, "{statement}");
         }
+    }
+
+    #[test]
+    fn scripts_split_into_statements_outside_quotes() {
+        let script = "CREATE ROLE \"nl\nrole\";\n-- a; comment\nALTER ROLE \"a;b\" WITH LOGIN;\nSET x = 'y;z';";
+        let st = statements(script);
+        assert_eq!(st.len(), 3, "{st:?}");
+        assert_eq!(st[0], "CREATE ROLE \"nl\nrole\";");
+        assert!(st[1].ends_with("ALTER ROLE \"a;b\" WITH LOGIN;"), "{st:?}");
     }
 
     #[test]
