@@ -177,9 +177,15 @@ pub async fn run_pending() -> Vec<String> {
                             let _ = std::fs::remove_file(p);
                         }
                     }
-                    Err(e) => tracing::error!(
-                        "could not undo ({what}): {e:#}; `kbackup cleanup` will try again"
-                    ),
+                    Err(e) => {
+                        tracing::error!(
+                            "could not undo ({what}): {e:#}; `kbackup cleanup` will try again"
+                        );
+                        // The run's last word must not claim it was undone.
+                        notices.push(format!(
+                            "Could not undo ({what}): run `kbackup cleanup` once the server answers."
+                        ));
+                    }
                 }
             }
             Undo::File(p) => {
@@ -306,6 +312,28 @@ pub fn stranded(store_root: &Path) -> Vec<(PathBuf, Entry)> {
         .collect();
     out.sort_by(|a, b| b.0.cmp(&a.0));
     out
+}
+
+/// Checks, before a run changes a server, that its undo steps can be
+/// journaled in the store (a full disk would let a `kill -9` strand a scratch
+/// database that no later run knows of): this run's lock and a probe entry.
+pub fn journal_ready(store_root: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = journal_dir(store_root);
+    let probe = dir.join(format!(".probe-{}.json", std::process::id()));
+    let ready = (|| -> anyhow::Result<()> {
+        run_id(store_root).context("cannot create this run's lock in .kbackup/runs")?;
+        crate::store::write_replace(&probe, b"{}")?;
+        std::fs::remove_file(&probe)?;
+        Ok(())
+    })();
+    ready.with_context(|| {
+        format!(
+            "cannot journal this run's undo steps in {}: nothing was changed on the server (a run killed \
+             midway could otherwise leave what no later run can find)",
+            dir.display()
+        )
+    })
 }
 
 /// This run's identity in a store: `<pid>-<start in ns>`, with an exclusive

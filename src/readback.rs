@@ -63,6 +63,15 @@ pub struct Input {
 }
 
 impl Input {
+    /// The feed the run really uses: a planned copy that could not be written
+    /// streams instead.
+    pub fn feed(&self, planned: Feed) -> Feed {
+        match (planned, &self.seekable) {
+            (Feed::ParallelFromCopy, None) => Feed::Stream,
+            (p, _) => p,
+        }
+    }
+
     pub fn stream() -> Input {
         Input {
             seekable: None,

@@ -579,9 +579,16 @@ impl Store {
     pub fn free_space(&self) -> Result<u64> {
         free_space(&self.root)
     }
+
+    /// Files that can still be created there (None: the filesystem has no
+    /// inode limit to report).
+    pub fn free_inodes(&self) -> Result<Option<u64>> {
+        let s = statvfs(&self.root)?;
+        Ok((s.f_files > 0).then_some(s.f_favail as u64))
+    }
 }
 
-pub fn free_space(path: &Path) -> Result<u64> {
+fn statvfs(path: &Path) -> Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -590,6 +597,11 @@ pub fn free_space(path: &Path) -> Result<u64> {
         return Err(io::Error::last_os_error())
             .with_context(|| format!("statvfs {}", path.display()));
     }
+    Ok(s)
+}
+
+pub fn free_space(path: &Path) -> Result<u64> {
+    let s = statvfs(path)?;
     Ok(s.f_bavail as u64 * s.f_frsize as u64)
 }
 

@@ -1269,6 +1269,12 @@ fn a_store_that_fills_up_at_any_write_keeps_only_whole_backups() {
             code => panic!("{what}: exit {code}: {}", r.all()),
         }
         assert_only_whole_backups(&kb, &what);
+        if spare == 0 {
+            // Review finding: status said OK here (the failure could not even be recorded).
+            let st = kb.run(&["status", "--max-age", "100000d"]);
+            assert_eq!(st.code(), 1, "{}", st.all());
+            assert!(st.stdout().contains("no free inodes"), "{}", st.all());
+        }
         drop(fs);
     }
     // The sweep reached both ends: runs that could not finish, and a run with room.

@@ -64,6 +64,26 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
             store.root.display()
         ));
     }
+    // A full store: the next backup fails, and may not even be able to record
+    // that it did (so the last run's record can look healthy).
+    let newest_size = ours.iter().max_by_key(|b| b.time).map(|b| b.size);
+    if store.free_inodes().ok().flatten() == Some(0) {
+        problems.push(format!(
+            "{} has no free inodes left: the next backup cannot be written (nor its failure recorded); \
+             free some files there or keep fewer backups",
+            store.root.display()
+        ));
+    } else if let (Some(f), Some(n)) = (free, newest_size) {
+        if f < n {
+            problems.push(format!(
+                "{} has {} free, less than the newest backup ({}): the next backup will not fit; free space \
+                 there or keep fewer backups",
+                store.root.display(),
+                human_size(f),
+                human_size(n)
+            ));
+        }
+    }
     for (_, e) in crate::cleanup::incomplete(&store.root, &cfg.db.name) {
         problems.push(
             e.note

@@ -65,6 +65,7 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
         if let Err(e) = can_run(&server).await {
             return Err(could_not_run(cfg, e).await);
         }
+        crate::cleanup::journal_ready(&cfg.backup_dir)?;
     }
 
     let mut reports = Vec::new();

@@ -93,6 +93,13 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let rc = pg.restore_client(&checked.summary).await?;
     let pg = rc.pg.clone();
     let missing = missing_roles(&pg, &checked.summary).await?;
+    // What the run does, not what it hoped: a copy that could not be written
+    // (a full disk) streams, and the plan says so. A dry run writes no copy.
+    let feed = if args.dry_run {
+        feed
+    } else {
+        checked.input.feed(feed)
+    };
     let plan = Plan::make(args, &pg, &target, feed, missing).await?;
 
     if args.dry_run {
@@ -121,6 +128,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     if plan.existing.is_some() && !args.yes {
         confirm(cfg, &plan, &source).await?;
     }
+    crate::cleanup::journal_ready(&cfg.backup_dir)?;
     for step in plan.steps(cfg, &rc, &source, &checked) {
         tracing::info!("Plan: {step}");
     }
