@@ -160,7 +160,11 @@ pub async fn sync(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
             dumps.len(),
             human_size(report.uploaded_bytes)
         );
-        remote.upload(&store.root, &dumps, cfg.timeout).await?;
+        // One by one, each under a temporary name until complete: a dump on
+        // the remote is always whole (BACKUP_TIMEOUT bounds each upload).
+        for rel in &dumps {
+            remote.upload_whole(&store.root, rel, cfg.timeout).await?;
+        }
     }
     report.uploaded = sidecars.into_iter().chain(dumps).collect();
     if !report.uploaded.is_empty() {

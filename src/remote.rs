@@ -148,6 +148,38 @@ impl Remote {
         Ok(())
     }
 
+    /// Uploads one file so that it appears under its name only once complete:
+    /// to `<rel>.kbackup-partial`, then renamed on the remote (a server-side
+    /// move where the backend has one). A server that keeps writing what an
+    /// interrupted client sent (rclone's WebDAV server does) leaves only a
+    /// `.partial`, never a cut-off dump listed as a backup. `timeout` bounds
+    /// the transfer.
+    pub async fn upload_whole(
+        &self,
+        local_root: &Path,
+        rel: &str,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        let partial = format!("{rel}.kbackup-partial");
+        self.transfer()
+            .arg("copyto")
+            .arg(local_root.join(rel))
+            .arg(self.at(&partial))
+            .output(timeout)
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("uploading {rel} to {}", self.root()))?;
+        self.rclone()
+            .arg("moveto")
+            .arg(self.at(&partial))
+            .arg(self.at(rel))
+            .output(Some(LIST_TIMEOUT))
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("moving the uploaded {rel} into place on {}", self.root()))?;
+        Ok(())
+    }
+
     /// Checks uploaded files against the local ones: size, and hash where the
     /// backend has one.
     pub async fn check(&self, local_root: &Path, files: &[String]) -> Result<()> {

@@ -469,6 +469,14 @@ fn a_remote_that_refuses_deletes_or_crawls_is_loud_and_loses_nothing() {
     assert_eq!(ntfy.wait(3).len(), 3);
     assert_eq!(kb.dumps("hourly").len(), 1);
     assert_whole_dumps(&dav_dir.join("backups"), "after the server died");
+    // What the server kept of the interrupted upload is not a dump by its name.
+    assert!(
+        !files_under(&dav_dir.join("backups"))
+            .iter()
+            .any(|f| f.contains("12-30-00.dump.zst") && f.ends_with(".dump.zst")),
+        "{:?}",
+        files_under(&dav_dir.join("backups"))
+    );
 
     // Healthy again: the upload completes and retention removes what it could not.
     let _dav = Webdav::start(&dav_dir, Some(port));
