@@ -35,7 +35,7 @@ pub fn roles_message(missing: &[String], globals: Option<&Path>) -> String {
         Some(g) => format!(
             "Create them from the globals saved with the backup, then run the restore again:\n  \
              psql -d postgres -f {}\nor rerun with --with-globals, which creates just the missing roles from that file.",
-            g.display()
+            shlex::try_quote(&g.display().to_string()).map(|q| q.into_owned()).unwrap_or_else(|_| g.display().to_string())
         ),
         None => "This backup has no saved globals (seed-era file): create the roles by hand (CREATE ROLE ...), \
                  then run the restore again."
