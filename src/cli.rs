@@ -202,6 +202,9 @@ pub struct RestoreArgs {
     /// Create the roles the backup needs and the server lacks, from the globals saved with it.
     #[arg(long)]
     pub with_globals: bool,
+    /// Allow --file to name a file outside BACKUP_DIR (a backup copied from another server).
+    #[arg(long)]
+    pub outside_store: bool,
     /// When a backup of the target is running, refuse at once (exit 3) instead of waiting up to 30 minutes for it.
     #[arg(long)]
     pub no_wait: bool,

@@ -701,6 +701,14 @@ fn restore_paths_stay_in_the_store() {
         ],
         vec!["restore", "--remote", "../outside.dump.zst", "--yes"],
         vec!["restore", "--file", &rel_link, "--yes"],
+        // An absolute path outside the store, or one climbing out of it.
+        vec!["restore", "--file", outside.to_str().unwrap(), "--yes"],
+        vec![
+            "restore",
+            "--file",
+            &format!("{}/../outside.dump.zst", kb.store.display()),
+            "--yes",
+        ],
     ] {
         let r = kb.run(&args);
         assert_eq!(r.code(), 2, "{args:?}: {}", r.all());
@@ -716,6 +724,18 @@ fn restore_paths_stay_in_the_store() {
             .all(|b| b["path"] != rel_link.as_str()),
         "a link is not a backup"
     );
+    // Said explicitly, a file from elsewhere is restored (a copy from another server).
+    let target = format!("{db}_fromoutside");
+    kb.ok(&[
+        "restore",
+        "--file",
+        outside.to_str().unwrap(),
+        "--outside-store",
+        "--yes",
+        "--target-db",
+        &target,
+    ]);
+    assert_eq!(c.psql(&target, "SELECT count(*) FROM t"), "1");
     // A whole tier folder that is a link (review finding): neither read nor written.
     let elsewhere = kb.home.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();

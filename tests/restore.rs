@@ -151,7 +151,13 @@ fn a_corrupted_or_truncated_backup_is_refused_and_nothing_changes() {
     let cut = kb.home.path().join("cut.dump.zst");
     bytes[mid] ^= 0x01;
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    let r = kb.run(&["restore", "--file", cut.to_str().unwrap(), "--yes"]);
+    let r = kb.run(&[
+        "restore",
+        "--file",
+        cut.to_str().unwrap(),
+        "--outside-store",
+        "--yes",
+    ]);
     assert_eq!(r.code(), 1, "{}", r.all());
     assert!(
         r.stderr().contains("is not a readable, complete archive"),

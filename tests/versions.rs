@@ -164,7 +164,7 @@ fn upgrade(from: u32) {
 
     let target = format!("upgraded_from_{from}");
     let kb = Kb::on(new, &target, &client_bin(17));
-    let dry = kb.ok(&["restore", "--file", &file, "--dry-run"]);
+    let dry = kb.ok(&["restore", "--file", &file, "--outside-store", "--dry-run"]);
     assert!(
         dry.stdout()
             .contains(&format!("the backup is of PostgreSQL {from}")),
@@ -177,7 +177,14 @@ fn upgrade(from: u32) {
         dry.all()
     );
     // A new server lacks the old one's roles: the globals saved with the backup bring them.
-    let r = kb.ok(&["restore", "--file", &file, "--yes", "--with-globals"]);
+    let r = kb.ok(&[
+        "restore",
+        "--file",
+        &file,
+        "--outside-store",
+        "--yes",
+        "--with-globals",
+    ]);
     assert!(
         r.stderr().contains(&format!(
             "Restoring a PostgreSQL {from} backup into PostgreSQL 17"
@@ -210,8 +217,8 @@ fn a_newer_backup_is_refused_by_an_older_server_before_anything_is_created() {
     for client in [client_bin(15), client_bin(17)] {
         let kb = Kb::on(old, "downgraded", &client);
         for args in [
-            vec!["restore", "--file", &file, "--yes"],
-            vec!["restore", "--file", &file, "--dry-run"],
+            vec!["restore", "--file", &file, "--outside-store", "--yes"],
+            vec!["restore", "--file", &file, "--outside-store", "--dry-run"],
             vec!["verify", &file],
         ] {
             let r = kb.run(&args);
@@ -270,7 +277,7 @@ fn an_old_pg_restore_is_refused_naming_both_versions_or_replaced() {
 
     // Debian's pg_restore 15 and nothing else: refused, with the fix.
     let mut kb = Kb::on(c, "old_client_target", &client_bin(15));
-    let r = kb.run(&["restore", "--file", &file, "--yes"]);
+    let r = kb.run(&["restore", "--file", &file, "--outside-store", "--yes"]);
     fails_saying(
         &r,
         &[
@@ -289,7 +296,7 @@ fn an_old_pg_restore_is_refused_naming_both_versions_or_replaced() {
     // With the usual folders searched, the 17 client is found and named.
     let search = format!("{}/*/bin", pg_versions_dir().display());
     kb.set("POSTGRES_CLIENT_PATHS", &search);
-    let r = kb.ok(&["restore", "--file", &file, "--yes"]);
+    let r = kb.ok(&["restore", "--file", &file, "--outside-store", "--yes"]);
     assert!(
         r.stderr().contains("Using pg_restore 17.10 (") && r.stderr().contains("pg_restore 15."),
         "{}",

@@ -224,9 +224,22 @@ pub fn local(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> 
             }
         }
         Selection::External(path) => {
+            // A path outside the store (or one that climbs out with `..`) is
+            // read only when the operator says so: a backup copied from
+            // another server is such a file; a mistyped or crafted argument is not.
+            let climbs = path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir);
+            if (climbs || !path.starts_with(&store.root)) && !args.outside_store {
+                return Err(usage(format!(
+                    "--file {}: leads out of the store ({}, BACKUP_DIR). Copy the file into the store \
+                     (e.g. its named/ folder), or pass --outside-store to restore a file from elsewhere",
+                    path.display(),
+                    store.root.display()
+                )));
+            }
             // A link inside the store is never followed out of it (another user
-            // could have planted it); a path given outside the store is the
-            // operator's own choice (a backup copied from another server).
+            // could have planted it).
             if path.starts_with(&store.root)
                 && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
             {
