@@ -160,6 +160,9 @@ fn notice_about(message: String, incomplete: Option<String>) -> Registered {
 pub async fn run_pending() -> Vec<String> {
     let actions: Vec<Action> =
         std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
+    if !actions.is_empty() {
+        crate::postgres::begin_undo();
+    }
     let mut notices = Vec::new();
     for a in actions.into_iter().rev() {
         match a.undo {

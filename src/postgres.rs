@@ -30,6 +30,24 @@ pub fn session_name() -> &'static str {
     })
 }
 
+static UNDOING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on this run only undoes: its sessions carry `<session_name>-undo`,
+/// which the undo's own "end this run's sessions" step leaves alone (an undo
+/// that timed out is still allowed to finish on the server).
+pub fn begin_undo() {
+    UNDOING.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The application_name of the sessions opened now.
+fn app_name() -> String {
+    if UNDOING.load(std::sync::atomic::Ordering::SeqCst) {
+        format!("{}-undo", session_name())
+    } else {
+        session_name().to_string()
+    }
+}
+
 /// Ends every session named `app` other than its own and waits (up to 10 s)
 /// until they are gone, so that what they were doing is rolled back before
 /// the statements that follow it run.
@@ -152,10 +170,11 @@ impl Postgres {
         // The tools' own messages in English whatever the operator's locale
         // (LANGUAGE=de...): the few that kbackup tells apart are theirs. Every
         // session carries this run's name, so an undo can end what is in flight.
+        let app = app_name();
         let env: Vec<(&str, &str)> = env
             .iter()
             .copied()
-            .chain([("PGAPPNAME", session_name()), ("LC_ALL", "C")])
+            .chain([("PGAPPNAME", app.as_str()), ("LC_ALL", "C")])
             .collect();
         let env = &env[..];
         match &self.db.container {
