@@ -100,12 +100,15 @@ for l in json.load(open("native/pg-symlinks.json")):
 start_cluster() {
   local dir=$1 bin
   bin=$(pg_bindir) || die "PostgreSQL server not installed"
-  mkdir -p "$dir/sock"
-  chown -R postgres: "$dir"
-  runuser -u postgres -- "$bin/initdb" --no-sync -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$dir/data" >/dev/null \
+  # DIR stays root's (kbackup refuses a store below a folder another user
+  # owns); only the server's own folders belong to postgres.
+  chmod 755 "$dir"
+  mkdir -p "$dir/sock" "$dir/pg"
+  chown -R postgres: "$dir/sock" "$dir/pg"
+  runuser -u postgres -- "$bin/initdb" --no-sync -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$dir/pg/data" >/dev/null \
     || die "initdb failed"
-  runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-    -o "-c listen_addresses= -k $dir/sock -p 5432" start >/dev/null || die "PostgreSQL did not start (see $dir/log)"
+  runuser -u postgres -- "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w \
+    -o "-c listen_addresses= -k $dir/sock -p 5432" start >/dev/null || die "PostgreSQL did not start (see $dir/pg/log)"
   export PGHOST="$dir/sock" PGPORT=5432 PGUSER=postgres
   export PATH="$bin:$PATH"
 }
@@ -113,7 +116,7 @@ start_cluster() {
 stop_cluster() {
   local dir=$1 bin
   bin=$(pg_bindir) || return 0
-  [ -d "$dir/data" ] && runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+  [ -d "$dir/pg/data" ] && runuser -u postgres -- "$bin/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
 # release_and_cluster NAME: installs PostgreSQL and zstd when missing, builds
