@@ -440,8 +440,7 @@ fn load_or_alerting(
             notify,
             log_dir: values
                 .string("backup.dir")
-                .and_then(|d| expand_home(&d))
-                .map(|d| cwd.join(d))
+                .and_then(|d| store_dir(&d, cwd))
                 .filter(|d| d.is_dir()),
         })
     });
@@ -460,8 +459,7 @@ fn load_or_alerting(
         let configured = resolve_one(spec, &HashMap::new(), env, &dotenv, &toml)
             .ok()
             .flatten()
-            .and_then(|r| expand_home(r.value.trim()))
-            .map(|d| cwd.join(d));
+            .and_then(|r| store_dir(r.value.trim(), cwd));
         config.other_store = configured.as_ref() != Some(&config.backup_dir);
     }
     if global.no_alerts {
@@ -848,7 +846,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
     let dir = values
         .string("backup.dir")
         .unwrap_or_else(|| "backups".into());
-    let backup_dir = expand_home(&dir).map(|p| cwd.join(p)).ok_or_else(|| {
+    let backup_dir = store_dir(&dir, cwd).ok_or_else(|| {
         usage(format!(
             "invalid setting BACKUP_DIR = {dir:?}: `~` needs HOME to be set"
         ))
@@ -1167,6 +1165,12 @@ fn build_notify(values: &Values) -> Result<NotifyConfig> {
             .transpose()?,
         healthcheck: url("notify.healthcheck_url")?.map(Secret),
     })
+}
+
+/// BACKUP_DIR as a path: `~` expanded, relative to the current folder (None:
+/// `~` without HOME).
+fn store_dir(value: &str, cwd: &Path) -> Option<PathBuf> {
+    expand_home(value).map(|p| cwd.join(p))
 }
 
 fn expand_home(dir: &str) -> Option<PathBuf> {

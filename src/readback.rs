@@ -286,23 +286,29 @@ pub async fn run_as_script(
         })
 }
 
-/// Every table present, with the backup's row count. Returns (tables, rows).
-/// The row-count proof: every table present, with the backup's row count.
-pub async fn prove_rows(pg: &Postgres, db: &str, expected: &[TableData]) -> Result<(usize, u64)> {
-    let counts = checks::row_counts(pg, db, expected).await?;
-    let mismatches: Vec<String> = expected
+/// Where restored row counts differ from the expected ones, each as
+/// `schema.table: restored N, <source> M` (`source`: "backup", "the manifest").
+pub fn row_mismatches(expected: &[TableData], counts: &[u64], source: &str) -> Vec<String> {
+    expected
         .iter()
-        .zip(&counts)
+        .zip(counts)
         .filter(|(t, n)| t.rows.is_some_and(|want| want != **n))
         .map(|(t, n)| {
             format!(
-                "{}.{}: restored {n}, backup {}",
+                "{}.{}: restored {n}, {source} {}",
                 t.schema,
                 t.name,
                 t.rows.unwrap_or_default()
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The row-count proof: every table present, with the backup's row count.
+/// Returns (tables, rows).
+pub async fn prove_rows(pg: &Postgres, db: &str, expected: &[TableData]) -> Result<(usize, u64)> {
+    let counts = checks::row_counts(pg, db, expected).await?;
+    let mismatches = row_mismatches(expected, &counts, "backup");
     if !mismatches.is_empty() {
         bail!(
             "row counts differ from the backup's: {}",

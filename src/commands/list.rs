@@ -130,10 +130,13 @@ pub async fn run_remote(cfg: &Config, args: &ListArgs) -> Result<()> {
         .map(|b| manifest_of(b))
         .take(MANIFEST_FETCHES)
         .collect();
+    // Four rclone processes at a time, not one per manifest.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
     let mut fetches = tokio::task::JoinSet::new();
     for rel in wanted {
-        let remote = remote.clone();
+        let (remote, slots) = (remote.clone(), slots.clone());
         fetches.spawn(async move {
+            let _slot = slots.acquire_owned().await.ok()?;
             let bytes = remote.cat(&rel).await.ok()?;
             let m: crate::manifest::Manifest = serde_json::from_slice(&bytes).ok()?;
             Some((rel, m.started_at))

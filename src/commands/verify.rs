@@ -596,19 +596,7 @@ async fn restored_checks(
     } else {
         match checks::row_counts(pg, db, &expected).await {
             Ok(counts) => {
-                let diffs: Vec<String> = expected
-                    .iter()
-                    .zip(&counts)
-                    .filter(|(t, n)| t.rows.is_some_and(|w| w != **n))
-                    .map(|(t, n)| {
-                        format!(
-                            "{}.{}: restored {n}, {source} {}",
-                            t.schema,
-                            t.name,
-                            t.rows.unwrap_or_default()
-                        )
-                    })
-                    .collect();
+                let diffs = crate::readback::row_mismatches(&expected, &counts, source);
                 let total: u64 = counts.iter().sum();
                 checks.push(if diffs.is_empty() {
                     pass_fail(
