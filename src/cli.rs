@@ -183,6 +183,12 @@ pub struct RestoreArgs {
     /// Database to restore into (default: the configured database).
     #[arg(long, value_name = "NAME")]
     pub target_db: Option<String>,
+    /// Every configured database (DB_NAME=a,b, or under DB_NAME=all the ones the
+    /// last backup run found): the roles of the saved globals first, then each
+    /// database's chosen backup through the safe path (disaster recovery onto a
+    /// fresh server).
+    #[arg(long, conflicts_with_all = ["target_db", "file"])]
+    pub all: bool,
     /// Print the plan (backup, checks, commands, renames) and change nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -42,7 +42,7 @@ impl Spec {
 /// README document each of them (a test keeps them in step).
 pub const SETTINGS: &[Spec] = &[
     Spec { key: "database.name", env: &["DB_NAME", "POSTGRES_DB"], default: None, secret: false,
-        doc: "Database to back up (required)." },
+        doc: "Database(s) to back up (required): one name, a comma-separated list (kairon,n8n; a name holding a comma or spaces at its ends in double quotes), or all: every database on the server that accepts connections, templates excepted. Or [[database]] tables in the TOML file." },
     Spec { key: "database.user", env: &["DB_USER", "POSTGRES_USER"], default: Some("postgres"), secret: false,
         doc: "Role pg_dump connects as." },
     Spec { key: "database.password", env: &["POSTGRES_PASSWORD"], default: None, secret: true,
@@ -70,6 +70,8 @@ pub const SETTINGS: &[Spec] = &[
         doc: "Set to production to mark a production server: restoring over a database there warns loudly (Kaizen seed)." },
     Spec { key: "backup.dir", env: &["BACKUP_DIR"], default: Some("backups"), secret: false,
         doc: "Backup store folder (relative paths are taken from the current directory)." },
+    Spec { key: "backup.exclude", env: &["BACKUP_EXCLUDE"], default: None, secret: false,
+        doc: "With DB_NAME=all: databases not to back up (comma-separated, as DB_NAME)." },
     Spec { key: "backup.prefix", env: &["BACKUP_PREFIX"], default: None, secret: false,
         doc: "File name prefix (default: the database name)." },
     Spec { key: "backup.keep_hourly", env: &["BACKUP_KEEP_HOURLY"], default: Some("24"), secret: false,
@@ -279,11 +281,75 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// `--backup-dir` names another store than the configured BACKUP_DIR.
     pub other_store: bool,
+    /// The databases this run covers (this configuration is the only one's, or
+    /// the template of `all`'s).
+    pub databases: Databases,
     /// Every setting with its resolved value and source, for `kbackup config`.
     pub resolved: Vec<(&'static Spec, Option<Raw>)>,
     /// What the operator should fix but that does not stop the run (logged
     /// once logging is up): a secret in a file others can read.
     pub warnings: Vec<String>,
+}
+
+/// The databases a run covers.
+#[derive(Debug, Clone)]
+pub enum Databases {
+    /// One database: the configuration it is in.
+    One,
+    /// Several, each with its own settings (DB_NAME=a,b or [[database]] tables).
+    Several(Vec<Config>),
+    /// DB_NAME=all: every database on the server that accepts connections,
+    /// templates and `exclude` aside, found when a run starts. Those with a
+    /// [[database]] table have its settings (`entries`); the others this
+    /// configuration's, with their own name and prefix (`Config::for_database`).
+    All {
+        exclude: Vec<String>,
+        entries: Vec<Config>,
+    },
+}
+
+impl Config {
+    /// Applies `f` to this configuration and every database's in it.
+    pub fn each_mut(&mut self, f: &mut dyn FnMut(&mut Config)) {
+        f(self);
+        match &mut self.databases {
+            Databases::One => {}
+            Databases::Several(each) | Databases::All { entries: each, .. } => {
+                each.iter_mut().for_each(f)
+            }
+        }
+    }
+
+    /// More than one database, or `all`.
+    pub fn several(&self) -> bool {
+        !matches!(self.databases, Databases::One)
+    }
+
+    /// The configured databases, for messages: `app`, `app, n8n`, `all databases`.
+    pub fn describe_databases(&self) -> String {
+        match &self.databases {
+            Databases::All { .. } => "all databases".into(),
+            _ => self.db.name.clone(),
+        }
+    }
+
+    /// The settings of database `name` found under DB_NAME=all: its
+    /// [[database]] table's, or these with its name and prefix.
+    pub fn for_database(&self, name: &str) -> Config {
+        if let Databases::All { entries, .. } = &self.databases {
+            if let Some(c) = entries.iter().find(|c| c.db.name == name) {
+                return c.clone();
+            }
+        }
+        let mut c = self.clone();
+        c.databases = Databases::One;
+        c.db.name = name.to_string();
+        c.prefix = crate::naming::file_prefix(name);
+        if let Some(v) = &mut c.verify_server {
+            v.name = name.to_string();
+        }
+        c
+    }
 }
 
 /// A warning when `path`, which holds a secret, can be read by group or others.
@@ -444,7 +510,9 @@ fn load_or_alerting(
                 .filter(|d| d.is_dir()),
         })
     });
-    let mut config = build(resolved, cwd).map_err(|e| LoadFailure {
+    let entries = toml.as_ref().map(|t| t.entries.as_slice()).unwrap_or(&[]);
+    let toml_path = toml.as_ref().map(|t| t.path.as_path());
+    let mut config = build_all(resolved, entries, toml_path, cwd).map_err(|e| LoadFailure {
         error: with_sources(e, &read_from),
         alerting,
     })?;
@@ -460,15 +528,216 @@ fn load_or_alerting(
             .ok()
             .flatten()
             .and_then(|r| store_dir(r.value.trim(), cwd));
-        config.other_store = configured.as_ref() != Some(&config.backup_dir);
+        let other = configured.as_ref() != Some(&config.backup_dir);
+        config.each_mut(&mut |c| c.other_store = other);
     }
     if global.no_alerts {
-        config.notify = NotifyConfig::off(config.notify.timeout);
+        config.each_mut(&mut |c| c.notify = NotifyConfig::off(c.notify.timeout));
         config
             .warnings
             .push("--no-alerts: this run sends no alert, whatever happens".into());
     }
     Ok(config)
+}
+
+/// Names in a list setting (DB_NAME, BACKUP_EXCLUDE): separated by commas,
+/// each trimmed; a name in double quotes is taken whole, commas and spaces
+/// included (`""` inside is one quote). Empty items are skipped.
+pub fn parse_names(text: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    Some('"') if chars.next_if_eq(&'"').is_some() => name.push('"'),
+                    Some('"') => break,
+                    Some(c) => name.push(c),
+                    None => return Err(format!("a name in double quotes is not closed: {text:?}")),
+                }
+            }
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            if !matches!(chars.peek(), None | Some(',')) {
+                return Err(format!(
+                    "text after a quoted name: {text:?} (separate names with commas)"
+                ));
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                name.push(c);
+            }
+            name = name.trim().to_string();
+        }
+        if !name.is_empty() {
+            names.push(name);
+        }
+        if chars.next().is_none() {
+            return Ok(names);
+        }
+    }
+}
+
+/// The resolved settings with one `[[database]]` table's values in front of
+/// every layer but the command line's.
+fn with_entry(
+    resolved: &[(&'static Spec, Option<Raw>)],
+    entry: &Entry,
+    toml_path: &Path,
+) -> Vec<(&'static Spec, Option<Raw>)> {
+    let mut out = resolved.to_vec();
+    for (spec, raw) in out.iter_mut() {
+        let Some(value) = entry.values.get(spec.key) else {
+            // A password file given for this database beats a shared password.
+            if spec.key == "database.password"
+                && entry.values.contains_key("database.password_file")
+            {
+                *raw = None;
+            }
+            continue;
+        };
+        if matches!(
+            raw,
+            Some(Raw {
+                source: Source::Flag { .. },
+                ..
+            })
+        ) {
+            continue;
+        }
+        let short = spec.key.split_once('.').map_or(spec.key, |(_, k)| k);
+        *raw = Some(Raw {
+            value: value.clone(),
+            source: Source::Toml {
+                path: toml_path.to_path_buf(),
+                key: format!("[[database]] {:?} {short}", entry.name),
+            },
+        });
+    }
+    out
+}
+
+/// Builds the settings of every configured database (see [`Databases`]).
+fn build_all(
+    resolved: Vec<(&'static Spec, Option<Raw>)>,
+    entries: &[Entry],
+    toml_path: Option<&Path>,
+    cwd: &Path,
+) -> Result<Config> {
+    let get = |key: &str| {
+        resolved
+            .iter()
+            .find(|(s, _)| s.key == key)
+            .and_then(|(s, r)| Some((*s, r.clone()?)))
+    };
+    for (i, e) in entries.iter().enumerate() {
+        if entries[..i].iter().any(|o| o.name == e.name) {
+            return Err(usage(format!(
+                "two [[database]] tables name {:?}: merge them into one",
+                e.name
+            )));
+        }
+    }
+    let list = |key: &str| -> Result<Option<Vec<String>>> {
+        match get(key) {
+            None => Ok(None),
+            Some((spec, raw)) => parse_names(&raw.value).map(Some).map_err(|why| {
+                raw.invalid(spec, &format!("database names separated by commas ({why})"))
+            }),
+        }
+    };
+    let all = get("database.name").is_some_and(|(_, r)| r.value.trim() == "all");
+    let names = if all {
+        vec![]
+    } else {
+        match list("database.name")? {
+            Some(n) if !n.is_empty() => n,
+            _ if !entries.is_empty() => entries.iter().map(|e| e.name.clone()).collect(),
+            _ => {
+                return Err(usage(
+                    "missing database name: set DB_NAME (or POSTGRES_DB) in the environment or .env \
+                     (a name, a comma-separated list, or all), `name` under [database] or [[database]] \
+                     tables in the TOML file, or pass --db NAME",
+                ))
+            }
+        }
+    };
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(usage(format!(
+                "the database {n:?} is listed twice in DB_NAME; list each database once"
+            )));
+        }
+    }
+    let exclude = list("backup.exclude")?.unwrap_or_default();
+    let several = all || names.len() > 1;
+    let one = |name: &str| -> Result<Config> {
+        let entry = entries.iter().find(|e| e.name == name);
+        let r = match (entry, toml_path) {
+            (Some(e), Some(p)) => with_entry(&resolved, e, p),
+            _ => resolved.clone(),
+        };
+        let own_prefix = entry.is_some_and(|e| e.values.contains_key("backup.prefix"));
+        if let (true, false, Some((spec, raw))) = (several, own_prefix, get("backup.prefix")) {
+            return Err(usage(format!(
+                "{} = {:?} would give every configured database the same file names; unset it (each database's \
+                 prefix is then its name) or give each database its own `prefix` in a [[database]] table",
+                raw.written_name(spec),
+                raw.value
+            )));
+        }
+        build(r, name.to_string(), cwd)
+    };
+    let mut top = match names.as_slice() {
+        [name] => one(name)?,
+        _ if all => {
+            if let Some((spec, raw)) = get("backup.prefix") {
+                return Err(usage(format!(
+                    "{} = {:?} would give every database of DB_NAME=all the same file names; unset it \
+                     (each database's prefix is then its name) or give a database its own `prefix` in a \
+                     [[database]] table",
+                    raw.written_name(spec),
+                    raw.value
+                )));
+            }
+            let mut top = build(resolved.clone(), "all".into(), cwd)?;
+            let entries = entries
+                .iter()
+                .map(|e| one(&e.name))
+                .collect::<Result<Vec<_>>>()?;
+            top.databases = Databases::All { exclude, entries };
+            top
+        }
+        _ => {
+            let each = names.iter().map(|n| one(n)).collect::<Result<Vec<_>>>()?;
+            for (i, c) in each.iter().enumerate() {
+                if let Some(o) = each[..i].iter().find(|o| o.prefix == c.prefix) {
+                    return Err(usage(format!(
+                        "the databases {:?} and {:?} would share the file prefix {:?}; give one of them \
+                         another `prefix` in its [[database]] table",
+                        o.db.name, c.db.name, c.prefix
+                    )));
+                }
+            }
+            let mut top = each[0].clone();
+            top.db.name = names.join(", ");
+            top.databases = Databases::Several(each);
+            top
+        }
+    };
+    if !all && get("backup.exclude").is_some() {
+        top.warnings.push(
+            "BACKUP_EXCLUDE is read only with DB_NAME=all; it is ignored for a list of databases"
+                .into(),
+        );
+    }
+    let mut warnings = std::mem::take(&mut top.warnings);
+    top.each_mut(&mut |c| warnings.append(&mut c.warnings));
+    warnings.sort();
+    warnings.dedup();
+    top.warnings = warnings;
+    Ok(top)
 }
 
 /// Which files the settings came from, for every settings error: a cron job
@@ -604,6 +873,8 @@ fn read_dotenv(global: &GlobalArgs, cwd: &Path) -> Result<Option<DotEnv>> {
 struct TomlLayer {
     path: PathBuf,
     values: HashMap<String, String>,
+    /// `[[database]]` tables, in the file's order.
+    entries: Vec<Entry>,
 }
 
 fn read_toml(
@@ -629,7 +900,14 @@ fn read_toml(
         .parse()
         .map_err(|e| usage(format!("{how} {}: not valid TOML: {e}", path.display())))?;
     let mut values = HashMap::new();
+    let mut entries = Vec::new();
     for (section, inner) in &table {
+        if let (toml::Value::Array(tables), "database") = (inner, section.as_str()) {
+            for (i, t) in tables.iter().enumerate() {
+                entries.push(read_entry(&path, i + 1, t)?);
+            }
+            continue;
+        }
         let toml::Value::Table(inner) = inner else {
             return Err(unknown_toml_key(&path, section));
         };
@@ -638,22 +916,86 @@ fn read_toml(
             if !SETTINGS.iter().any(|s| s.key == key) {
                 return Err(unknown_toml_key(&path, &key));
             }
-            let text = match value {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                other => {
-                    return Err(usage(format!(
-                        "invalid setting {key} = {other} in {}: expected a single value",
-                        path.display()
-                    )))
-                }
-            };
-            values.insert(key, text);
+            values.insert(key.clone(), toml_scalar(&path, &key, value)?);
         }
     }
-    Ok(Some(TomlLayer { path, values }))
+    Ok(Some(TomlLayer {
+        path,
+        values,
+        entries,
+    }))
+}
+
+fn toml_scalar(path: &Path, key: &str, value: &toml::Value) -> Result<String> {
+    Ok(match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        other => {
+            return Err(usage(format!(
+                "invalid setting {key} = {other} in {}: expected a single value",
+                path.display()
+            )))
+        }
+    })
+}
+
+/// The keys a `[[database]]` table may set, each the name of the setting it
+/// overrides for that database.
+const ENTRY_KEYS: &[(&str, &str)] = &[
+    ("name", "database.name"),
+    ("user", "database.user"),
+    ("password", "database.password"),
+    ("password_file", "database.password_file"),
+    ("host", "database.host"),
+    ("port", "database.port"),
+    ("container", "database.container"),
+    ("bin_dir", "database.bin_dir"),
+    ("maintenance_db", "database.maintenance_db"),
+    ("prefix", "backup.prefix"),
+    ("keep_hourly", "backup.keep_hourly"),
+    ("keep_daily", "backup.keep_daily"),
+    ("keep_weekly", "backup.keep_weekly"),
+    ("keep_monthly", "backup.keep_monthly"),
+    ("retention_days", "backup.retention_days"),
+    ("retention_count", "backup.retention_count"),
+];
+
+/// One `[[database]]` table: a database and the settings it overrides.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    /// Setting key (`backup.keep_hourly`) -> value.
+    values: BTreeMap<&'static str, String>,
+}
+
+fn read_entry(path: &Path, n: usize, value: &toml::Value) -> Result<Entry> {
+    let toml::Value::Table(t) = value else {
+        return Err(usage(format!(
+            "[[database]] number {n} in {} is not a table: write `[[database]]` followed by `name = \"...\"` lines",
+            path.display()
+        )));
+    };
+    let mut values = BTreeMap::new();
+    for (k, v) in t {
+        let Some((_, key)) = ENTRY_KEYS.iter().find(|(e, _)| e == k) else {
+            let known: Vec<&str> = ENTRY_KEYS.iter().map(|(e, _)| *e).collect();
+            return Err(usage(format!(
+                "unknown key `{k}` in [[database]] number {n} in {}: a [[database]] table may set {}",
+                path.display(),
+                known.join(", ")
+            )));
+        };
+        values.insert(*key, toml_scalar(path, &format!("database.{k}"), v)?);
+    }
+    let name = values.get("database.name").cloned().ok_or_else(|| {
+        usage(format!(
+            "[[database]] number {n} in {} has no name: add `name = \"...\"`",
+            path.display()
+        ))
+    })?;
+    Ok(Entry { name, values })
 }
 
 fn unknown_toml_key(path: &Path, key: &str) -> anyhow::Error {
@@ -780,20 +1122,14 @@ fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
-fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Config> {
+/// The settings of database `name` (the values already resolved for it).
+fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, name: String, cwd: &Path) -> Result<Config> {
     let values = Values(
         resolved
             .iter()
             .filter_map(|(s, r)| r.as_ref().map(|r| (s.key, (*s, r))))
             .collect(),
     );
-
-    let name = values.string("database.name").ok_or_else(|| {
-        usage(
-            "missing database name: set DB_NAME (or POSTGRES_DB) in the environment or .env, \
-             `name` under [database] in the TOML file, or pass --db NAME",
-        )
-    })?;
     let user = values
         .string("database.user")
         .unwrap_or_else(|| "postgres".into());
@@ -854,7 +1190,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
 
     let prefix = values
         .string("backup.prefix")
-        .unwrap_or_else(|| name.clone());
+        .unwrap_or_else(|| crate::naming::file_prefix(&name));
     if prefix.is_empty() || prefix.contains('/') || prefix.starts_with('.') {
         return Err(usage(format!(
             "invalid file name prefix {prefix:?} (BACKUP_PREFIX, default the database name): \
@@ -1033,6 +1369,7 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, cwd: &Path) -> Result<Conf
         resolved,
         warnings,
         other_store: false,
+        databases: Databases::One,
     })
 }
 
@@ -1259,6 +1596,146 @@ mod tests {
             c.warnings
         );
         assert_eq!(c.policy.keep_daily, 7);
+    }
+
+    #[test]
+    fn name_lists_split_on_commas_and_keep_quoted_names_whole() {
+        assert_eq!(parse_names("kairon, n8n").unwrap(), ["kairon", "n8n"]);
+        assert_eq!(
+            parse_names(r#""a,b", " spaced ", "say ""hi""",ünï"#).unwrap(),
+            ["a,b", " spaced ", "say \"hi\"", "ünï"]
+        );
+        assert_eq!(parse_names(" , x,,").unwrap(), ["x"]);
+        assert!(parse_names(r#""open"#).is_err());
+        assert!(parse_names(r#""a" b"#).is_err());
+    }
+
+    fn names(c: &Config) -> Vec<(String, String)> {
+        match &c.databases {
+            Databases::One => vec![(c.db.name.clone(), c.prefix.clone())],
+            Databases::Several(each) => each
+                .iter()
+                .map(|c| (c.db.name.clone(), c.prefix.clone()))
+                .collect(),
+            Databases::All { .. } => vec![],
+        }
+    }
+
+    #[test]
+    fn a_list_gives_each_database_its_own_prefix() {
+        let c = load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "app,app_staging, \"a/b\"")],
+        )
+        .unwrap();
+        assert!(c.several());
+        assert_eq!(
+            names(&c),
+            [
+                ("app".into(), "app".into()),
+                ("app_staging".into(), "app_staging".into()),
+                ("a/b".into(), "a_b".into())
+            ]
+        );
+        // A shared BACKUP_PREFIX would mix their files: refused.
+        let e = err_text(load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "a,b"), ("BACKUP_PREFIX", "p")],
+        ));
+        assert!(
+            e.contains("BACKUP_PREFIX") && e.contains("[[database]]"),
+            "{e}"
+        );
+        let e = err_text(load(&GlobalArgs::default(), &[("DB_NAME", "a,b,a")]));
+        assert!(e.contains("listed twice"), "{e}");
+        // --db picks one: a plain single-database run.
+        let g = GlobalArgs {
+            database: Some("b".into()),
+            ..Default::default()
+        };
+        let c = load(&g, &[("DB_NAME", "a,b")]).unwrap();
+        assert!(!c.several());
+        assert_eq!(c.db.name, "b");
+    }
+
+    #[test]
+    fn all_takes_exclusions_and_refuses_a_shared_prefix() {
+        let c = load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "all"), ("BACKUP_EXCLUDE", "x, \"y z\"")],
+        )
+        .unwrap();
+        match &c.databases {
+            Databases::All { exclude, .. } => assert_eq!(exclude, &["x", "y z"]),
+            other => panic!("{other:?}"),
+        }
+        let one = c.for_database(".hidden/db");
+        assert_eq!(
+            (one.db.name.as_str(), one.prefix.as_str()),
+            (".hidden/db", "_.hidden_db")
+        );
+        assert!(!one.several());
+        let e = err_text(load(
+            &GlobalArgs::default(),
+            &[("DB_NAME", "all"), ("BACKUP_PREFIX", "p")],
+        ));
+        assert!(e.contains("BACKUP_PREFIX"), "{e}");
+    }
+
+    #[test]
+    fn database_tables_override_the_shared_settings_for_their_database() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("k.toml"),
+            "[backup]\nkeep_hourly = 5\n\n[[database]]\nname = \"app\"\nkeep_hourly = 48\ncontainer = \"pg1\"\n\n\
+             [[database]]\nname = \"n8n\"\nprefix = \"n8n_prod\"\nhost = \"10.0.0.7\"\nport = 6543\n",
+        )
+        .unwrap();
+        let g = GlobalArgs {
+            config: Some("k.toml".into()),
+            ..Default::default()
+        };
+        // The environment's keep count is shared; a table's beats it for its database.
+        let c = load_from(&g, &env(&[("BACKUP_KEEP_HOURLY", "9")]), dir.path()).unwrap();
+        let Databases::Several(each) = &c.databases else {
+            panic!("{:?}", c.databases)
+        };
+        assert_eq!(each[0].db.name, "app");
+        assert_eq!(each[0].policy.keep_hourly, 48);
+        assert_eq!(each[0].db.container.as_deref(), Some("pg1"));
+        assert_eq!(each[1].prefix, "n8n_prod");
+        assert_eq!(each[1].policy.keep_hourly, 9);
+        assert_eq!(
+            (each[1].db.host.as_deref(), each[1].db.port),
+            (Some("10.0.0.7"), 6543)
+        );
+        // DB_NAME=all: the tables give settings to the databases they name.
+        let c = load_from(&g, &env(&[("DB_NAME", "all")]), dir.path()).unwrap();
+        assert_eq!(c.for_database("app").policy.keep_hourly, 48);
+        assert_eq!(c.for_database("other").policy.keep_hourly, 5);
+        assert_eq!(c.for_database("n8n").prefix, "n8n_prod");
+        // A bad value in a table names the table.
+        std::fs::write(
+            dir.path().join("k.toml"),
+            "[[database]]\nname = \"app\"\nkeep_hourly = -1\n",
+        )
+        .unwrap();
+        let e = err_text(load_from(&g, &env(&[]), dir.path()));
+        assert!(e.contains("[[database]] \"app\" keep_hourly"), "{e}");
+        std::fs::write(
+            dir.path().join("k.toml"),
+            "[[database]]\nname = \"app\"\nkeep = 1\n",
+        )
+        .unwrap();
+        let e = err_text(load_from(&g, &env(&[]), dir.path()));
+        assert!(e.contains("unknown key `keep`"), "{e}");
+        std::fs::write(
+            dir.path().join("k.toml"),
+            "[[database]]\nname = \"a\"\nprefix = \"p\"\n[[database]]\nname = \"b\"\nprefix = \"p\"\n",
+        )
+        .unwrap();
+        let e = err_text(load_from(&g, &env(&[]), dir.path()));
+        assert!(e.contains("share the file prefix"), "{e}");
     }
 
     #[test]

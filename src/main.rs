@@ -8,6 +8,7 @@ mod clients;
 mod clock;
 mod commands;
 mod config;
+mod databases;
 mod dump;
 mod error;
 mod leftovers;

@@ -29,16 +29,60 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The metrics of every database in [`shown`], each series once with a
+/// sample per database (the text format wants a metric's samples together).
 pub fn render(cfg: &Config, store: &Store) -> String {
-    let db = format!("database=\"{}\"", escape(&cfg.db.name));
+    let scan = store.scan(&cfg.calendar, &cfg.prefix).ok();
+    let mut series: Vec<Series> = Vec::new();
+    for db in shown(cfg, &store.root) {
+        render_one(
+            &db,
+            store,
+            scan.as_deref(),
+            &mut |name, help, samples| match series.iter_mut().find(|(n, _, _)| *n == name) {
+                Some((_, _, s)) => s.extend_from_slice(samples),
+                None => series.push((name, help, samples.to_vec())),
+            },
+        );
+    }
     let mut out = String::new();
-    let mut metric = |name: &str, help: &str, samples: &[(String, f64)]| {
+    for (name, help, samples) in series {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
         for (labels, value) in samples {
             let _ = writeln!(out, "{name}{{{labels}}} {value}");
         }
-    };
+    }
+    out
+}
+
+/// The databases the file shows: the configured ones, and every other one
+/// with a backup record in the store, so that jobs of different databases
+/// writing one metrics file keep each other's series.
+fn shown(cfg: &Config, root: &std::path::Path) -> Vec<Config> {
+    let mut dbs = crate::databases::recorded(cfg);
+    for (prefix, run) in state::backup_records(root) {
+        if !dbs.iter().any(|c| c.prefix == prefix) {
+            let mut c = cfg.for_database(&run.database);
+            c.prefix = prefix;
+            dbs.push(c);
+        }
+    }
+    dbs
+}
+
+/// A metric's name, help text and samples (labels, value).
+type Series = (&'static str, &'static str, Vec<(String, f64)>);
+
+type Sink<'a> = dyn FnMut(&'static str, &'static str, &[(String, f64)]) + 'a;
+
+fn render_one(
+    cfg: &Config,
+    store: &Store,
+    scan: Option<&[crate::store::Backup]>,
+    metric: &mut Sink,
+) {
+    let db = format!("database=\"{}\"", escape(&cfg.db.name));
     let ts = |t: chrono::DateTime<chrono::FixedOffset>| t.timestamp_millis() as f64 / 1000.0;
     if let Some(run) = state::last_backup(&store.root, &cfg.prefix, &cfg.db.name) {
         if let Some(t) = run.last_success_at {
@@ -72,7 +116,7 @@ pub fn render(cfg: &Config, store: &Store) -> String {
             );
         }
     }
-    if let Ok(backups) = store.scan(&cfg.calendar, &cfg.prefix) {
+    if let Some(backups) = scan {
         let ours: Vec<_> = backups.iter().filter(|b| b.is_mine(&cfg.prefix)).collect();
         let per_tier: Vec<(String, f64)> = Tier::ALL
             .iter()
@@ -132,5 +176,4 @@ pub fn render(cfg: &Config, store: &Store) -> String {
             &[(db.clone(), free as f64)],
         );
     }
-    out
 }

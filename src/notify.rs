@@ -184,7 +184,8 @@ static QUEUE: std::sync::Mutex<Vec<(Message, Kind)>> = std::sync::Mutex::new(Vec
 /// healthcheck's /fail for the scheduled job's kinds).
 pub async fn send_queued(cfg: &impl Channels) {
     let queued = std::mem::take(&mut *QUEUE.lock().unwrap_or_else(|e| e.into_inner()));
-    for (m, kind) in queued {
+    if let Some(one) = merged(queued) {
+        let (m, kind) = one;
         let ping = async {
             // The healthcheck follows the scheduled job: backup and what it runs.
             if matches!(
@@ -197,6 +198,48 @@ pub async fn send_queued(cfg: &impl Channels) {
         tokio::join!(send_all(cfg, &m, false), ping);
         tracing::info!("Alert sent: {}", m.title);
     }
+}
+
+/// A run pages once: several alerts raised by one run (a database's backup
+/// and another's sync) become one message listing each. Its kind is the
+/// first's, or a scheduled job's when any is (so the healthcheck hears /fail).
+fn merged(mut queued: Vec<(Message, Kind)>) -> Option<(Message, Kind)> {
+    if queued.len() <= 1 {
+        return queued.pop();
+    }
+    let scheduled = |k: &Kind| matches!(k, Kind::Backup | Kind::Rotate | Kind::Sync | Kind::Locked);
+    let kind = queued
+        .iter()
+        .map(|(_, k)| *k)
+        .find(scheduled)
+        .unwrap_or(queued[0].1);
+    let host = host_name();
+    let firsts: Vec<&str> = queued
+        .iter()
+        .map(|(m, _)| m.text.lines().next().unwrap_or(""))
+        .collect();
+    let m = Message {
+        ok: false,
+        kind,
+        title: format!(
+            "kbackup: {} failures on {host}: {}",
+            queued.len(),
+            firsts.join("; ")
+        ),
+        text: queued
+            .iter()
+            .map(|(m, _)| m.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n----\n\n"),
+        error: Some(
+            queued
+                .iter()
+                .filter_map(|(m, _)| m.error.as_deref())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+    };
+    Some((m, kind))
 }
 
 /// Tells the channels that opted in that a backup succeeded, and pings the healthcheck.

@@ -240,7 +240,8 @@ pub async fn sync(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
 }
 
 /// Syncs and records the outcome for status and metrics; alerts on failure.
-pub async fn step(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report> {
+/// `alert`: raise the alert here (a run over several databases raises one for all).
+pub async fn step(cfg: &Config, store: &Store, remote: &Remote, alert: bool) -> Result<Report> {
     let result = sync(cfg, store, remote)
         .await
         .with_context(|| format!("off-site sync to {} failed", remote.root()));
@@ -257,7 +258,7 @@ pub async fn step(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
     if let Err(e) = state::record_sync(&store.root, &cfg.prefix, &run) {
         tracing::warn!("cannot record the sync for `kbackup status`: {e:#}");
     }
-    if let Err(e) = &result {
+    if let (Err(e), true) = (&result, alert) {
         notify::alert(
             cfg,
             notify::Alert {

@@ -84,6 +84,18 @@ fn drop_role_sql(name: &str) -> String {
     )
 }
 
+/// The roles a `pg_dumpall --globals-only` file creates, in its order.
+pub fn created_roles(globals: &str) -> Vec<String> {
+    sql::statements(globals)
+        .into_iter()
+        .filter(|s| {
+            let w = sql::leading_words(s, 2);
+            w.len() == 2 && w[0] == "CREATE" && w[1] == "ROLE"
+        })
+        .filter_map(|s| sql::tokens(s).get(2).and_then(|w| w.name()))
+        .collect()
+}
+
 /// The statements of a `pg_dumpall --globals-only` file that concern `roles`:
 /// their CREATE ROLE and ALTER ROLE, and memberships granted to them.
 pub fn role_statements(globals: &str, roles: &[String]) -> Vec<String> {
@@ -116,6 +128,13 @@ pub fn role_statements(globals: &str, roles: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn created_roles_are_read_past_comments_and_quotes() {
+        let g = "--\n-- Roles\n--\n\nCREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER;\n\
+                 CREATE ROLE \"we \"\"ird\";\nGRANT x TO y;\nCREATE ROLE app_owner;\n";
+        assert_eq!(created_roles(g), ["postgres", "we \"ird", "app_owner"]);
+    }
 
     #[test]
     fn role_statements_pick_only_missing_roles() {

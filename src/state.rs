@@ -71,6 +71,22 @@ pub fn last_backup(root: &Path, prefix: &str, database: &str) -> Option<BackupRu
         .or_else(|| read::<BackupRun>(root, "last-backup.json").filter(|r| r.database == database))
 }
 
+/// Every database's backup record in the store: (prefix, record).
+pub fn backup_records(root: &Path) -> Vec<(String, BackupRun)> {
+    let Ok(dir) = std::fs::read_dir(root.join(STATE_DIR)) else {
+        return vec![];
+    };
+    let mut out: Vec<(String, BackupRun)> = dir
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let prefix = name.strip_prefix("last-backup.")?.strip_suffix(".json")?;
+            Some((prefix.to_string(), read(root, &name)?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 pub fn record_backup(root: &Path, prefix: &str, run: &BackupRun) -> Result<()> {
     write(root, &per_db("backup", prefix), run)
 }
@@ -119,4 +135,21 @@ pub fn first_time(root: &Path, key: &str) -> bool {
     // A notice that cannot be recorded is given again next time: never lost.
     let _ = write(root, "notices.json", &said);
     true
+}
+
+/// The databases the last run of DB_NAME=all found on the server: `list`,
+/// `status` and `rotate` cover these without asking the server (which may be
+/// down when monitoring asks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerDatabases {
+    pub found_at: DateTime<FixedOffset>,
+    pub databases: Vec<String>,
+}
+
+pub fn server_databases(root: &Path) -> Option<ServerDatabases> {
+    read(root, "databases.json")
+}
+
+pub fn record_server_databases(root: &Path, found: &ServerDatabases) -> Result<()> {
+    write(root, "databases.json", found)
 }

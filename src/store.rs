@@ -58,10 +58,23 @@ impl Backup {
 
     /// Whose backup this is, for a database with file prefix `prefix`.
     pub fn owner(&self, prefix: &str) -> crate::owner::Owner {
+        // A named/ file's prefix depends on the prefix the scan was asked
+        // about; judged by its stem instead, the answer is the same whatever
+        // database's scan it came from.
+        let named_as = self
+            .parsed
+            .stem
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('_'));
+        let parsed_prefix = if self.tier == Tier::Named && named_as {
+            prefix
+        } else {
+            &self.parsed.prefix
+        };
         crate::owner::owner(
             prefix,
             self.tier,
-            &self.parsed.prefix,
+            parsed_prefix,
             self.manifest.as_ref().map(|m| m.prefix.as_str()),
         )
     }
@@ -199,12 +212,22 @@ impl Store {
         self.lock_file(&self.root.join(LOCK_FILE), command)
     }
 
-    /// Waits, up to `wait`, while a backup of database `db` holds the store
-    /// (said once, with the holder); Ok(true) once it is done, Ok(false) when
+    /// Waits, up to `wait`, while a backup that may cover database `db` holds
+    /// the store: one of `db` alone, or of several databases (`backup of a, b`,
+    /// `backup of all databases`), whose list a name may not be told apart in.
+    /// Said once, with the holder; Ok(true) once it is done, Ok(false) when
     /// none was running. After `wait`: exit 3 naming the holder.
     pub async fn wait_for_backup_of(&self, db: &str, wait: std::time::Duration) -> Result<bool> {
         let deadline = std::time::Instant::now() + wait;
-        let mine = |h: &str| h.starts_with(&format!("backup of {db} ("));
+        let mine = |h: &str| {
+            h.strip_prefix("backup of ").is_some_and(|rest| {
+                rest.starts_with(&format!("{db} (")) || rest.starts_with("all databases (") || {
+                    // A list: the text before " (pid" holds ", ".
+                    rest.rsplit_once(" (pid ")
+                        .is_some_and(|(names, _)| names.contains(", "))
+                }
+            })
+        };
         let mut waited = false;
         while let Some(holder) = self.holder().filter(|h| mine(h)) {
             if std::time::Instant::now() >= deadline {

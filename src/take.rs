@@ -55,6 +55,7 @@ pub async fn take(
     store: &Store,
     pg: &Postgres,
     target: &mut Target,
+    globals: &mut Globals,
 ) -> Result<(std::path::PathBuf, String, u64)> {
     let (info, pg) = preflight(pg).await?;
     let pg = &pg;
@@ -94,7 +95,7 @@ pub async fn take(
         written.summary.tables.len()
     );
 
-    let (globals, role_passwords) = dump_globals(pg, cfg, &info).await?;
+    let (globals, role_passwords) = globals.of(pg, cfg, &info).await?;
     let zone = cfg.calendar.zone;
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
@@ -206,6 +207,29 @@ fn dump_error(pg: &Postgres, e: StreamError) -> anyhow::Error {
             "the dump of {} is not a complete archive; no backup was written",
             pg.describe()
         )),
+    }
+}
+
+/// The cluster's globals of each server a run dumps from, dumped once per
+/// run and server: every database of a run (DB_NAME=a,b or all) gets the same
+/// copy beside its dump.
+#[derive(Default)]
+pub struct Globals(std::collections::HashMap<String, (Vec<u8>, bool)>);
+
+impl Globals {
+    async fn of(
+        &mut self,
+        pg: &Postgres,
+        cfg: &Config,
+        info: &ServerInfo,
+    ) -> Result<(Vec<u8>, bool)> {
+        let server = format!("{}@{}", cfg.db.user, pg.describe_server());
+        if let Some(g) = self.0.get(&server) {
+            return Ok(g.clone());
+        }
+        let g = dump_globals(pg, cfg, info).await?;
+        self.0.insert(server, g.clone());
+        Ok(g)
     }
 }
 

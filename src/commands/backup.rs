@@ -56,9 +56,9 @@ fn target(cfg: &Config, args: &BackupArgs) -> Result<Target> {
 }
 
 pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
-    let mut target = target(cfg, args)?;
+    // Bad input is refused before anything runs (each database makes its own).
+    target(cfg, args)?;
     let store = Store::new(cfg.backup_dir.clone());
-    let pg = Postgres::new(cfg.db.clone());
     let skip_sync = if args.no_sync {
         Some("--no-sync")
     } else if cfg.other_store && !args.sync {
@@ -66,36 +66,108 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
     } else {
         None
     };
+    let several = cfg.several();
     if args.dry_run {
-        return dry_run(cfg, &store, &pg, &target, skip_sync).await;
+        for c in crate::databases::on_server(cfg, false).await? {
+            if several {
+                crate::out!("== {} ==", c.db.name);
+            }
+            let pg = Postgres::new(c.db.clone());
+            dry_run(&c, &store, &pg, &target(&c, args)?, skip_sync).await?;
+        }
+        return Ok(());
     }
 
-    // The holder's words name the database: a restore of it waits for this run.
-    let _lock = super::lock_store(cfg, &store, &format!("backup of {}", cfg.db.name)).await?;
+    // One lock for the run. The holder's words name the databases: a restore
+    // of one of them waits for this run.
+    let _lock = super::lock_store(
+        cfg,
+        &store,
+        &format!("backup of {}", cfg.describe_databases()),
+    )
+    .await?;
     notify::started(cfg).await;
-    let clock = std::time::Instant::now();
-    let started = cfg.calendar.zone.local_time(Utc::now());
-    let result = job(cfg, &store, &pg, &mut target)
-        .await
+    let dbs = crate::databases::on_server(cfg, true).await?;
+    if dbs.is_empty() {
+        anyhow::bail!(
+            "DB_NAME=all found no database to back up on {}: every one is a template, excluded \
+             (BACKUP_EXCLUDE) or closed to connections",
+            Postgres::new(cfg.db.clone()).describe_server()
+        );
+    }
+    if several {
+        let names: Vec<&str> = dbs.iter().map(|c| c.db.name.as_str()).collect();
+        tracing::info!(
+            "Starting backup of {} databases: {}",
+            dbs.len(),
+            names.join(", ")
+        );
+    }
+    for p in store.remove_leftovers()? {
+        tracing::warn!(
+            "Removed an unfinished file left by an interrupted run: {}",
+            p.display()
+        );
+    }
+    crate::leftovers::report(cfg).await;
+
+    // Each database in turn; one failing does not stop the others.
+    let mut globals = crate::take::Globals::default();
+    let mut runs = Vec::with_capacity(dbs.len());
+    for c in &dbs {
+        let clock = std::time::Instant::now();
+        let started = c.calendar.zone.local_time(Utc::now());
+        let pg = Postgres::new(c.db.clone());
+        let result = match target(c, args) {
+            Ok(mut t) => job(c, &store, &pg, &mut t, &mut globals, several).await,
+            Err(e) => Err(e),
+        }
         .map_err(|e| crate::error::explain(e, &store.root));
+        if let (true, Err(e)) = (several, &result) {
+            tracing::error!("Backup of {} FAILED: {e:#}", c.db.name);
+        }
+        runs.push(Run {
+            cfg: c,
+            started,
+            clock,
+            result,
+            synced: None,
+        });
+    }
     // Off-site: only after a successful local backup and rotation. A failure
     // there never removes the local backup; the next run uploads what is missing.
-    let synced = match (&result, &cfg.remote, skip_sync) {
-        (Ok(_), Some(rc), Some(why)) => {
-            tracing::info!("Off-site sync to {}:{} skipped: {why}", rc.name, rc.path);
-            None
-        }
-        (Ok(_), Some(rc), None) => {
-            Some(crate::offsite::step(cfg, &store, &Remote::new(rc.clone())).await)
-        }
-        _ => None,
-    };
-    let sync_error = match &synced {
-        Some(Err(e)) => Some(format!("{e:#}")),
-        _ => None,
-    };
-    record(cfg, &store, started, &result, sync_error.as_deref()).await;
-    if let (Ok((path, size)), None) = (&result, &sync_error) {
+    for r in runs.iter_mut().filter(|r| r.result.is_ok()) {
+        r.synced = match (&r.cfg.remote, skip_sync) {
+            (Some(rc), Some(why)) => {
+                tracing::info!("Off-site sync to {}:{} skipped: {why}", rc.name, rc.path);
+                None
+            }
+            (Some(rc), None) => {
+                Some(crate::offsite::step(r.cfg, &store, &Remote::new(rc.clone()), !several).await)
+            }
+            (None, _) => None,
+        };
+    }
+    for r in &runs {
+        record(
+            r.cfg,
+            &store,
+            r.started,
+            &r.result,
+            r.sync_error().as_deref(),
+            !several,
+        )
+        .await;
+    }
+    if let Err(e) = metrics::update(cfg, &store) {
+        tracing::warn!("cannot write the metrics file: {e:#}");
+    }
+    if several {
+        return report_several(cfg, &store, runs).await;
+    }
+    let r = runs.pop().expect("one database");
+    let sync_error = r.sync_error();
+    if let (Ok((path, size)), None) = (&r.result, &sync_error) {
         notify::success(
             cfg,
             notify::Success {
@@ -104,36 +176,141 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
                     "{} ({}) in {:.1}s{}",
                     path.strip_prefix(&store.root).unwrap_or(path).display(),
                     human_size(*size),
-                    clock.elapsed().as_secs_f64(),
-                    match &synced {
-                        Some(Ok(r)) => format!("; off-site: {} file(s) uploaded", r.uploaded.len()),
-                        _ => String::new(),
-                    }
+                    r.clock.elapsed().as_secs_f64(),
+                    r.uploaded_text()
                 ),
             },
         )
         .await;
     }
-    match (result, synced) {
+    let uploaded = r.uploaded_text();
+    match (r.result, r.synced) {
         (Err(e), _) => Err(e),
         (Ok((path, _)), Some(Err(e))) => {
             Err(e.context(format!("the local backup {} was kept", path.display())))
         }
         // The overall result is said last, once everything (off-site too) is done.
-        (Ok(_), synced) => {
+        (Ok(_), _) => {
             let after = store.scan(&cfg.calendar, &cfg.prefix)?;
+            let mine: Vec<_> = after
+                .into_iter()
+                .filter(|b| b.is_mine(&cfg.prefix))
+                .collect();
             tracing::info!(
-                "Backup complete! Local: {}, {}{}",
+                "Backup complete! Local: {}, {}{uploaded}",
                 human_size(store.disk_usage()),
-                crate::store::tier_counts(&after),
-                match synced {
-                    Some(Ok(r)) => format!("; off-site: {} file(s) uploaded", r.uploaded.len()),
-                    _ => String::new(),
-                }
+                crate::store::tier_counts(&mine),
             );
             Ok(())
         }
     }
+}
+
+/// One database's part of a run.
+struct Run<'a> {
+    cfg: &'a Config,
+    started: chrono::DateTime<chrono::FixedOffset>,
+    clock: std::time::Instant,
+    result: Result<(std::path::PathBuf, u64)>,
+    synced: Option<Result<crate::offsite::Report>>,
+}
+
+impl Run<'_> {
+    fn sync_error(&self) -> Option<String> {
+        match &self.synced {
+            Some(Err(e)) => Some(format!("{e:#}")),
+            _ => None,
+        }
+    }
+
+    fn uploaded_text(&self) -> String {
+        match &self.synced {
+            Some(Ok(r)) => format!("; off-site: {} file(s) uploaded", r.uploaded.len()),
+            _ => String::new(),
+        }
+    }
+
+    /// `kairon: hourly/kairon_2026....dump.zst (12.1 MB) in 3.2s`, or its error.
+    fn line(&self, root: &std::path::Path) -> String {
+        match (&self.result, self.sync_error()) {
+            (Ok((path, size)), None) => format!(
+                "{}: {} ({}) in {:.1}s{}",
+                self.cfg.db.name,
+                path.strip_prefix(root).unwrap_or(path).display(),
+                human_size(*size),
+                self.clock.elapsed().as_secs_f64(),
+                self.uploaded_text()
+            ),
+            (Ok((path, _)), Some(e)) => format!(
+                "{}: FAILED off-site (the local backup {} was kept): {e}",
+                self.cfg.db.name,
+                path.display()
+            ),
+            (Err(e), _) => format!("{}: FAILED: {e:#}", self.cfg.db.name),
+        }
+    }
+
+    fn ok(&self) -> bool {
+        self.result.is_ok() && self.sync_error().is_none()
+    }
+}
+
+/// The end of a run over several databases: a summary line per database in
+/// the seed's form, one alert listing every failure (and the successes), or
+/// one success message; exit 1 when any failed.
+async fn report_several(cfg: &Config, store: &Store, runs: Vec<Run<'_>>) -> Result<()> {
+    let after = store.scan(&cfg.calendar, &cfg.prefix)?;
+    for r in runs.iter().filter(|r| r.ok()) {
+        let mine: Vec<_> = after
+            .iter()
+            .filter(|b| b.is_mine(&r.cfg.prefix))
+            .cloned()
+            .collect();
+        tracing::info!(
+            "Backup complete! {}: {}{}",
+            r.cfg.db.name,
+            crate::store::tier_counts(&mine),
+            r.uploaded_text()
+        );
+    }
+    let failed: Vec<&Run> = runs.iter().filter(|r| !r.ok()).collect();
+    let lines: Vec<String> = runs.iter().map(|r| r.line(&store.root)).collect();
+    if failed.is_empty() {
+        tracing::info!(
+            "Backups complete: all {} databases. Local: {}",
+            runs.len(),
+            human_size(store.disk_usage())
+        );
+        notify::success(
+            cfg,
+            notify::Success {
+                title: format!("Backups of {} databases complete", runs.len()),
+                body: lines.join("\n"),
+            },
+        )
+        .await;
+        return Ok(());
+    }
+    let names: Vec<&str> = failed.iter().map(|r| r.cfg.db.name.as_str()).collect();
+    let title = format!(
+        "Backup of {} of {} databases failed: {}",
+        failed.len(),
+        runs.len(),
+        names.join(", ")
+    );
+    notify::alert(
+        cfg,
+        notify::Alert {
+            kind: notify::Kind::Backup,
+            title: title.clone(),
+            body: lines.join("\n"),
+        },
+    )
+    .await;
+    Err(anyhow::anyhow!(
+        "{title} (each said above); the other {} were backed up",
+        runs.len() - failed.len()
+    ))
 }
 
 /// The job under the lock: take, place, rotate. Returns the dump and its size.
@@ -142,15 +319,14 @@ async fn job(
     store: &Store,
     pg: &Postgres,
     target: &mut Target,
+    globals: &mut crate::take::Globals,
+    several: bool,
 ) -> Result<(std::path::PathBuf, u64)> {
-    tracing::info!("Starting backup...");
-    for p in store.remove_leftovers()? {
-        tracing::warn!(
-            "Removed an unfinished file left by an interrupted run: {}",
-            p.display()
-        );
+    if several {
+        tracing::info!("Starting backup of {}...", cfg.db.name);
+    } else {
+        tracing::info!("Starting backup...");
     }
-    crate::leftovers::report(cfg).await;
     // A database an in-place restore left half-done (the run was killed) is not
     // backed up: that backup would become the newest of a half-restored database.
     if let Some((_, e)) = crate::cleanup::incomplete(&store.root, &cfg.db.name)
@@ -174,7 +350,7 @@ async fn job(
         )));
     }
 
-    let (path, stem, size) = take(cfg, store, pg, target).await?;
+    let (path, stem, size) = take(cfg, store, pg, target, globals).await?;
     tracing::info!("Dump created: {} ({})", path.display(), human_size(size));
 
     if target.tier == Tier::Hourly {
@@ -221,6 +397,7 @@ async fn record(
     started: chrono::DateTime<chrono::FixedOffset>,
     result: &Result<(std::path::PathBuf, u64)>,
     sync_error: Option<&str>,
+    alert: bool,
 ) {
     // Bad input (an existing --name...) is not a failed run: not recorded, not alerted.
     if result.as_ref().is_err_and(|e| !crate::error::alerts(e)) {
@@ -254,10 +431,7 @@ async fn record(
     if let Err(e) = state::record_backup(&store.root, &cfg.prefix, &run) {
         tracing::warn!("cannot record the run's result for `kbackup status`: {e:#}");
     }
-    if let Err(e) = metrics::update(cfg, store) {
-        tracing::warn!("cannot write the metrics file: {e:#}");
-    }
-    if let Err(e) = result {
+    if let (Err(e), true) = (result, alert) {
         notify::alert(
             cfg,
             notify::Alert {

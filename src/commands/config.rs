@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::ConfigArgs;
-use crate::config::Config;
+use crate::config::{Config, Databases};
 
 pub fn run(cfg: &Config, args: &ConfigArgs) -> Result<()> {
     let rows: Vec<(String, String, String, String)> = cfg
@@ -69,5 +69,42 @@ pub fn run(cfg: &Config, args: &ConfigArgs) -> Result<()> {
         },
         cfg.backup_dir.display()
     );
+    match &cfg.databases {
+        Databases::One => {}
+        Databases::Several(each) => {
+            crate::out!("Databases ({}):", each.len());
+            for c in each {
+                crate::out!("  {}", describe(c));
+            }
+        }
+        Databases::All { exclude, entries } => {
+            crate::out!(
+                "Databases: all on the server that accept connections, templates{} aside",
+                if exclude.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {}", exclude.join(", "))
+                }
+            );
+            for c in entries {
+                crate::out!("  {} ([[database]] table)", describe(c));
+            }
+        }
+    }
     Ok(())
+}
+
+/// `kairon: prefix kairon, keep hourly 24 daily 7 weekly 4 monthly 0, container postgres-db`
+fn describe(c: &Config) -> String {
+    let p = &c.policy;
+    format!(
+        "{}: prefix {}, keep hourly {} daily {} weekly {} monthly {}, {}",
+        c.db.name,
+        c.prefix,
+        p.keep_hourly,
+        p.keep_daily,
+        p.keep_weekly,
+        p.keep_monthly,
+        crate::postgres::Postgres::new(c.db.clone()).describe_server()
+    )
 }

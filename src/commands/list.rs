@@ -12,11 +12,25 @@ use crate::store::{human_size, tier_counts, Backup, Store};
 
 pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
     let store = Store::new(cfg.backup_dir.clone());
-    let all = store.scan(&cfg.calendar, &cfg.prefix)?;
+    let scanned = store.scan(&cfg.calendar, &cfg.prefix)?;
+    // The configured databases' backups (and files that may be theirs); with
+    // DB_NAME=all, everything in the store.
+    let dbs = crate::databases::recorded(cfg);
+    let everything = matches!(cfg.databases, crate::config::Databases::All { .. });
+    let all: Vec<Backup> = scanned
+        .into_iter()
+        .filter(|b| {
+            everything
+                || dbs
+                    .iter()
+                    .any(|c| b.owner(&c.prefix) != crate::owner::Owner::Other)
+        })
+        .collect();
     let shown: Vec<&Backup> = all
         .iter()
         .filter(|b| args.tier.is_none_or(|t| t == b.tier))
         .collect();
+    let several = cfg.several();
     if args.json {
         let items: Vec<_> = shown
             .iter()
@@ -48,14 +62,15 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
         crate::out!("  (none)");
     } else {
         crate::out!(
-            "{:8} {:25} {:>6} {:>7}  {:>3}  {:8}  {:14}  FILE",
+            "{:8} {:25} {:>6} {:>7}  {:>3}  {:8}  {:14}  {}FILE",
             "TIER",
             "TIME",
             "AGE",
             "SIZE",
             "PG",
             "MANIFEST",
-            "VERIFIED"
+            "VERIFIED",
+            if several { "DATABASE  " } else { "" }
         );
         for b in &shown {
             let manifest = match (&b.manifest, &b.manifest_error) {
@@ -76,7 +91,7 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                 None => "-".to_string(),
             };
             crate::out!(
-                "{:8} {:25} {:>6} {:>7}  {:>3}  {:8}  {:14}  {}",
+                "{:8} {:25} {:>6} {:>7}  {:>3}  {:8}  {:14}  {}{}",
                 b.tier.dir(),
                 b.time.format("%Y-%m-%d %H:%M:%S %:z").to_string(),
                 age(b.time, now),
@@ -86,6 +101,11 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                     .unwrap_or_else(|| "-".into()),
                 manifest,
                 verified,
+                if several {
+                    format!("{}  ", b.database())
+                } else {
+                    String::new()
+                },
                 b.rel_path
             );
         }

@@ -16,15 +16,25 @@ pub async fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
         Some(super::lock_store(cfg, &store, "rotate").await?)
     };
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
-    let decisions = plan(cfg, &backups, Utc::now());
+    let several = cfg.several();
+    let mut decisions = Vec::new();
+    for c in crate::databases::recorded(cfg) {
+        // Each database's own policy, over its own backups (see `owner`).
+        decisions.extend(plan(&c, &backups, Utc::now()));
+    }
     if args.json {
         let views: Vec<_> = decisions.iter().map(|(d, b)| view(d, b)).collect();
         crate::out!("{}", serde_json::to_string_pretty(&views)?);
     } else {
         for (d, b) in &decisions {
             crate::out!(
-                "{:6}  {}  ({})",
+                "{:6}  {}{}  ({})",
                 if d.keep { "keep" } else { "delete" },
+                if several {
+                    format!("{}: ", b.database())
+                } else {
+                    String::new()
+                },
                 b.rel_path,
                 d.reasons_text()
             );
@@ -43,7 +53,7 @@ pub async fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
                 cfg,
                 crate::notify::Alert {
                     kind: crate::notify::Kind::Rotate,
-                    title: format!("Rotation of {} backups failed", cfg.db.name),
+                    title: format!("Rotation of {} backups failed", cfg.describe_databases()),
                     body: format!("{e:#}"),
                 },
             )

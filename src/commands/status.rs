@@ -30,16 +30,8 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     let store = Store::new(cfg.backup_dir.clone());
     let now = Utc::now();
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
-    let ours: Vec<_> = backups.iter().filter(|b| b.is_mine(&cfg.prefix)).collect();
-    let last_run = state::last_backup(&store.root, &cfg.prefix, &cfg.db.name);
-    let last_verify = state::last_verify(&store.root, &cfg.prefix);
-    let last_sync = state::last_sync(&store.root, &cfg.prefix).filter(|_| cfg.remote.is_some());
     let free = store.free_space().ok();
-    let newest_manifest = ours
-        .iter()
-        .filter(|b| b.manifest.is_some())
-        .max_by_key(|b| b.time)
-        .and_then(|b| b.manifest.as_ref());
+    let dbs = crate::databases::recorded(cfg);
     // Databases restores kept: they pile up unnoticed. Asked of the server;
     // one that does not answer is not a backup problem (None: unknown).
     let kept = {
@@ -48,25 +40,14 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     };
 
     let mut problems = Vec::new();
-    // A backup dated ahead of the clock (a wrong clock, an old --time) says
-    // nothing about freshness: the newest backup is judged among the others.
-    let (future, ours): (Vec<_>, Vec<_>) = ours
-        .into_iter()
-        .partition(|b| clock::in_future(b.time.with_timezone(&Utc), now));
-    if let Some(f) = future.iter().max_by_key(|b| b.time) {
-        problems.push(format!(
-            "{} backup(s) dated in the future (latest {}, {}): this machine's clock is behind, or it was \
-             wrong when they were taken; they outrank real backups in rotation: check the clock \
-             (timedatectl) and move them out of {}",
-            future.len(),
-            f.rel_path,
-            f.time.format("%Y-%m-%d %H:%M:%S %:z"),
-            store.root.display()
-        ));
-    }
     // A full store: the next backup fails, and may not even be able to record
     // that it did (so the last run's record can look healthy).
-    let newest_size = ours.iter().max_by_key(|b| b.time).map(|b| b.size);
+    let newest_size = backups
+        .iter()
+        .filter(|b| dbs.iter().any(|c| b.is_mine(&c.prefix)))
+        .filter(|b| !clock::in_future(b.time.with_timezone(&Utc), now))
+        .max_by_key(|b| b.time)
+        .map(|b| b.size);
     if store.free_inodes().ok().flatten() == Some(0) {
         problems.push(format!(
             "{} has no free inodes left: the next backup cannot be written (nor its failure recorded); \
@@ -84,169 +65,83 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
             ));
         }
     }
-    for (_, e) in crate::cleanup::incomplete(&store.root, &cfg.db.name) {
+    if dbs.is_empty() {
         problems.push(
-            e.note
-                .unwrap_or_else(|| format!("{} is incomplete", cfg.db.name)),
+            "DB_NAME=all: no backup run has listed the server's databases yet (run `kbackup backup`)".into(),
         );
     }
-    let newest = ours.iter().max_by_key(|b| b.time);
-    match newest {
-        None => problems.push(format!(
-            "no backups of {} in {}",
-            cfg.db.name,
-            store.root.display()
-        )),
-        Some(b) => {
-            let age_secs = (now - b.time.with_timezone(&Utc)).num_seconds();
-            if age_secs > max_age.as_secs() as i64 {
-                problems.push(format!(
-                    "the newest backup ({}) is {} old, more than the max age {}",
-                    b.rel_path,
-                    age(b.time, now),
-                    humantime::format_duration(max_age)
-                ));
+    let several = cfg.several();
+    let reports: Vec<DbReport> = dbs
+        .iter()
+        .map(|c| database(c, &store, &backups, now, max_age))
+        .collect();
+    for r in &reports {
+        problems.extend(r.problems.iter().map(|p| {
+            if several {
+                format!("{}: {p}", r.name)
+            } else {
+                p.clone()
             }
-        }
+        }));
     }
-    if let Some(run) = last_run.as_ref().filter(|r| !r.ok) {
-        problems.push(format!(
-            "the last backup run failed at {}: {}",
-            run.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
-            run.error.as_deref().unwrap_or("unknown error")
-        ));
-    }
-    if let Some(v) = last_verify.as_ref().filter(|v| !v.ok) {
-        problems.push(format!(
-            "the last verification failed at {}: {}",
-            v.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
-            v.failed.join("; ")
-        ));
-    }
-
-    if let Some(s) = last_sync.as_ref().filter(|s| !s.ok) {
-        problems.push(format!(
-            "the last off-site sync to {} failed at {}: {}",
-            s.remote,
-            s.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
-            s.error.as_deref().unwrap_or("unknown error")
-        ));
-    }
-    let verified = |v: Option<&Verification>| match v {
-        Some(v) => format!(
-            "{} {} {} ago",
-            if v.passed { "passed" } else { "FAILED" },
-            if v.quick { "quick" } else { "full" },
-            age(v.verified_at, now)
-        ),
-        None => "never verified".to_string(),
-    };
-    let when = |t: DateTime<FixedOffset>| {
-        format!(
-            "{} ({} ago)",
-            t.format("%Y-%m-%d %H:%M:%S %:z"),
-            age(t, now)
-        )
-    };
 
     if args.json {
-        let tiers: serde_json::Map<String, serde_json::Value> = Tier::ALL
-            .iter()
-            .map(|t| {
-                let newest = ours.iter().filter(|b| b.tier == *t).max_by_key(|b| b.time);
-                (
-                    t.dir().to_string(),
-                    match newest {
-                        Some(b) => json!({
-                            "path": b.rel_path, "time": b.time.to_rfc3339(),
-                            "age_seconds": (now - b.time.with_timezone(&Utc)).num_seconds(),
-                            "size_bytes": b.size, "verification": b.verification.best(),
-                            "count": ours.iter().filter(|x| x.tier == *t).count(),
-                        }),
-                        None => serde_json::Value::Null,
-                    },
-                )
-            })
-            .collect();
-        crate::out!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "healthy": problems.is_empty(),
-                "problems": problems,
-                "database": cfg.db.name,
-                "store": store.root,
-                "max_age_seconds": max_age.as_secs(),
-                "newest": tiers,
-                "last_run": last_run,
-                "last_verify": last_verify,
-                "offsite_sync": last_sync,
-                "disk_free_bytes": free,
-                "kept_copies": kept,
-                "globals_role_passwords": newest_manifest.map(|m| m.globals.role_passwords),
-            }))?
-        );
-    } else {
-        crate::out!(
-            "kbackup status for {} (store {})",
-            cfg.db.name,
-            store.root.display()
-        );
-        crate::out!("Newest backup per tier:");
-        for t in Tier::ALL {
-            match ours.iter().filter(|b| b.tier == t).max_by_key(|b| b.time) {
-                Some(b) => crate::out!(
-                    "  {:8} {:>6} old  {:>6}  {}  ({})",
-                    t.dir(),
-                    age(b.time, now),
-                    human_size(b.size),
-                    b.rel_path,
-                    verified(b.verification.best())
-                ),
-                None => crate::out!("  {:8} none", t.dir()),
+        let mut doc = json!({
+            "healthy": problems.is_empty(),
+            "problems": problems,
+            "store": store.root,
+            "max_age_seconds": max_age.as_secs(),
+            "disk_free_bytes": free,
+            "kept_copies": kept,
+        });
+        match (several, reports.first()) {
+            (false, Some(r)) => {
+                let (doc, one) = (doc.as_object_mut().expect("object"), r.json.as_object());
+                // One database: its fields at the top, as before several existed.
+                for (k, v) in one.into_iter().flatten() {
+                    if !matches!(k.as_str(), "healthy" | "problems") {
+                        doc.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            _ => {
+                doc["databases"] = reports.iter().map(|r| r.json.clone()).collect();
             }
         }
-        match &last_run {
-            Some(r) if r.ok => crate::out!("Last backup run: succeeded at {}", when(r.finished_at)),
-            Some(r) => crate::out!(
-                "Last backup run: FAILED at {}: {}",
-                when(r.finished_at),
-                r.error.as_deref().unwrap_or("")
-            ),
-            None => crate::out!("Last backup run: none recorded"),
+        crate::out!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        if several {
+            crate::out!(
+                "kbackup status for {} ({} database(s); store {})",
+                cfg.describe_databases(),
+                reports.len(),
+                store.root.display()
+            );
+        } else {
+            crate::out!(
+                "kbackup status for {} (store {})",
+                cfg.db.name,
+                store.root.display()
+            );
         }
-        match &last_verify {
-            Some(v) => crate::out!(
-                "Last verification: {} ({}, {} backups) at {}",
-                if v.ok { "passed" } else { "FAILED" },
-                if v.quick { "quick" } else { "full" },
-                v.checked.len(),
-                when(v.finished_at)
-            ),
-            None => crate::out!("Last verification: none (run `kbackup verify`)"),
-        }
-        match (&cfg.remote, &last_sync) {
-            (None, _) => crate::out!("Off-site sync: not configured"),
-            (Some(rc), None) => crate::out!("Off-site sync: {} configured, never run", rc.root()),
-            (Some(_), Some(s)) if s.ok => crate::out!(
-                "Off-site sync: succeeded at {} ({}, {} backups there)",
-                when(s.finished_at),
-                s.remote,
-                s.remote_backups
-            ),
-            (Some(_), Some(s)) => crate::out!(
-                "Off-site sync: FAILED at {}: {}",
-                when(s.finished_at),
-                s.error.as_deref().unwrap_or("")
-            ),
+        for r in &reports {
+            if several {
+                crate::out!(
+                    "Database {}: {}",
+                    r.name,
+                    if r.problems.is_empty() {
+                        "OK"
+                    } else {
+                        "UNHEALTHY"
+                    }
+                );
+            }
+            for line in &r.text {
+                crate::out!("{}{line}", if several { "  " } else { "" });
+            }
         }
         if let Some(f) = free {
             crate::out!("Disk free in BACKUP_DIR: {}", human_size(f));
-        }
-        if newest_manifest.is_some_and(|m| !m.globals.role_passwords) {
-            crate::out!(
-                "Globals:  saved without role passwords (DB_USER may not read them): set them again after a \
-                 restore onto a fresh server"
-            );
         }
         match &kept {
             Some(copies) if !copies.is_empty() => {
@@ -288,5 +183,203 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
             kind: ExitKind::Failure,
             message: format!("unhealthy: {}", problems.join("; ")),
         }))
+    }
+}
+
+/// One database's health: its problems, its part of the JSON, its text lines.
+struct DbReport {
+    name: String,
+    problems: Vec<String>,
+    json: serde_json::Value,
+    text: Vec<String>,
+}
+
+fn database(
+    cfg: &Config,
+    store: &Store,
+    backups: &[crate::store::Backup],
+    now: DateTime<Utc>,
+    max_age: std::time::Duration,
+) -> DbReport {
+    let ours: Vec<_> = backups.iter().filter(|b| b.is_mine(&cfg.prefix)).collect();
+    let last_run = state::last_backup(&store.root, &cfg.prefix, &cfg.db.name);
+    let last_verify = state::last_verify(&store.root, &cfg.prefix);
+    let last_sync = state::last_sync(&store.root, &cfg.prefix).filter(|_| cfg.remote.is_some());
+    let newest_manifest = ours
+        .iter()
+        .filter(|b| b.manifest.is_some())
+        .max_by_key(|b| b.time)
+        .and_then(|b| b.manifest.as_ref());
+    let mut problems = Vec::new();
+    // A backup dated ahead of the clock (a wrong clock, an old --time) says
+    // nothing about freshness: the newest backup is judged among the others.
+    let (future, ours): (Vec<_>, Vec<_>) = ours
+        .into_iter()
+        .partition(|b| clock::in_future(b.time.with_timezone(&Utc), now));
+    if let Some(f) = future.iter().max_by_key(|b| b.time) {
+        problems.push(format!(
+            "{} backup(s) dated in the future (latest {}, {}): this machine's clock is behind, or it was \
+             wrong when they were taken; they outrank real backups in rotation: check the clock \
+             (timedatectl) and move them out of {}",
+            future.len(),
+            f.rel_path,
+            f.time.format("%Y-%m-%d %H:%M:%S %:z"),
+            store.root.display()
+        ));
+    }
+    for (_, e) in crate::cleanup::incomplete(&store.root, &cfg.db.name) {
+        problems.push(
+            e.note
+                .unwrap_or_else(|| format!("{} is incomplete", cfg.db.name)),
+        );
+    }
+    let newest = ours.iter().max_by_key(|b| b.time);
+    match newest {
+        None => problems.push(format!(
+            "no backups of {} in {}",
+            cfg.db.name,
+            store.root.display()
+        )),
+        Some(b) => {
+            let age_secs = (now - b.time.with_timezone(&Utc)).num_seconds();
+            if age_secs > max_age.as_secs() as i64 {
+                problems.push(format!(
+                    "the newest backup ({}) is {} old, more than the max age {}",
+                    b.rel_path,
+                    age(b.time, now),
+                    humantime::format_duration(max_age)
+                ));
+            }
+        }
+    }
+    if let Some(run) = last_run.as_ref().filter(|r| !r.ok) {
+        problems.push(format!(
+            "the last backup run failed at {}: {}",
+            run.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
+            run.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    if let Some(v) = last_verify.as_ref().filter(|v| !v.ok) {
+        problems.push(format!(
+            "the last verification failed at {}: {}",
+            v.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
+            v.failed.join("; ")
+        ));
+    }
+    if let Some(s) = last_sync.as_ref().filter(|s| !s.ok) {
+        problems.push(format!(
+            "the last off-site sync to {} failed at {}: {}",
+            s.remote,
+            s.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
+            s.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    let verified = |v: Option<&Verification>| match v {
+        Some(v) => format!(
+            "{} {} {} ago",
+            if v.passed { "passed" } else { "FAILED" },
+            if v.quick { "quick" } else { "full" },
+            age(v.verified_at, now)
+        ),
+        None => "never verified".to_string(),
+    };
+    let when = |t: DateTime<FixedOffset>| {
+        format!(
+            "{} ({} ago)",
+            t.format("%Y-%m-%d %H:%M:%S %:z"),
+            age(t, now)
+        )
+    };
+    let tiers: serde_json::Map<String, serde_json::Value> = Tier::ALL
+        .iter()
+        .map(|t| {
+            let newest = ours.iter().filter(|b| b.tier == *t).max_by_key(|b| b.time);
+            (
+                t.dir().to_string(),
+                match newest {
+                    Some(b) => json!({
+                        "path": b.rel_path, "time": b.time.to_rfc3339(),
+                        "age_seconds": (now - b.time.with_timezone(&Utc)).num_seconds(),
+                        "size_bytes": b.size, "verification": b.verification.best(),
+                        "count": ours.iter().filter(|x| x.tier == *t).count(),
+                    }),
+                    None => serde_json::Value::Null,
+                },
+            )
+        })
+        .collect();
+    let json = json!({
+        "database": cfg.db.name,
+        "prefix": cfg.prefix,
+        "healthy": problems.is_empty(),
+        "problems": problems,
+        "newest": tiers,
+        "last_run": last_run,
+        "last_verify": last_verify,
+        "offsite_sync": last_sync,
+        "globals_role_passwords": newest_manifest.map(|m| m.globals.role_passwords),
+    });
+    let mut text = vec!["Newest backup per tier:".to_string()];
+    for t in Tier::ALL {
+        text.push(
+            match ours.iter().filter(|b| b.tier == t).max_by_key(|b| b.time) {
+                Some(b) => format!(
+                    "  {:8} {:>6} old  {:>6}  {}  ({})",
+                    t.dir(),
+                    age(b.time, now),
+                    human_size(b.size),
+                    b.rel_path,
+                    verified(b.verification.best())
+                ),
+                None => format!("  {:8} none", t.dir()),
+            },
+        );
+    }
+    text.push(match &last_run {
+        Some(r) if r.ok => format!("Last backup run: succeeded at {}", when(r.finished_at)),
+        Some(r) => format!(
+            "Last backup run: FAILED at {}: {}",
+            when(r.finished_at),
+            r.error.as_deref().unwrap_or("")
+        ),
+        None => "Last backup run: none recorded".into(),
+    });
+    text.push(match &last_verify {
+        Some(v) => format!(
+            "Last verification: {} ({}, {} backups) at {}",
+            if v.ok { "passed" } else { "FAILED" },
+            if v.quick { "quick" } else { "full" },
+            v.checked.len(),
+            when(v.finished_at)
+        ),
+        None => "Last verification: none (run `kbackup verify`)".into(),
+    });
+    text.push(match (&cfg.remote, &last_sync) {
+        (None, _) => "Off-site sync: not configured".into(),
+        (Some(rc), None) => format!("Off-site sync: {} configured, never run", rc.root()),
+        (Some(_), Some(s)) if s.ok => format!(
+            "Off-site sync: succeeded at {} ({}, {} backups there)",
+            when(s.finished_at),
+            s.remote,
+            s.remote_backups
+        ),
+        (Some(_), Some(s)) => format!(
+            "Off-site sync: FAILED at {}: {}",
+            when(s.finished_at),
+            s.error.as_deref().unwrap_or("")
+        ),
+    });
+    if newest_manifest.is_some_and(|m| !m.globals.role_passwords) {
+        text.push(
+            "Globals:  saved without role passwords (DB_USER may not read them): set them again after a \
+             restore onto a fresh server"
+                .into(),
+        );
+    }
+    DbReport {
+        name: cfg.db.name.clone(),
+        problems,
+        json,
+        text,
     }
 }

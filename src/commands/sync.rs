@@ -17,9 +17,37 @@ pub async fn run(cfg: &Config) -> Result<()> {
     };
     let store = Store::new(cfg.backup_dir.clone());
     let _lock = super::lock_store(cfg, &store, "sync").await?;
-    let result = step(cfg, &store, &Remote::new(rc.clone())).await;
+    let several = cfg.several();
+    let mut failed = Vec::new();
+    for c in crate::databases::recorded(cfg) {
+        // Each database's own files and its own remote retention.
+        let remote = Remote::new(c.remote.clone().unwrap_or_else(|| rc.clone()));
+        if let Err(e) = step(&c, &store, &remote, !several).await {
+            failed.push((c.db.name.clone(), e));
+        }
+    }
     if let Err(e) = metrics::update(cfg, &store) {
         tracing::warn!("cannot write the metrics file: {e:#}");
     }
-    result.map(|_| ())
+    match (several, failed.len()) {
+        (_, 0) => Ok(()),
+        (false, _) => Err(failed.remove(0).1),
+        (true, n) => {
+            let lines: Vec<String> = failed
+                .iter()
+                .map(|(db, e)| format!("{db}: {e:#}"))
+                .collect();
+            let title = format!("Off-site sync of {n} database(s) failed");
+            crate::notify::alert(
+                cfg,
+                crate::notify::Alert {
+                    kind: crate::notify::Kind::Sync,
+                    title: title.clone(),
+                    body: lines.join("\n"),
+                },
+            )
+            .await;
+            Err(anyhow::anyhow!("{title}: {}", lines.join("; ")))
+        }
+    }
 }

@@ -48,6 +48,64 @@ struct Report {
 }
 
 pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
+    let mut reports = Vec::new();
+    let result = run_several(cfg, args, &mut reports).await;
+    // One JSON document for the whole run, failures included.
+    if args.json {
+        crate::out!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    result
+}
+
+async fn run_several(cfg: &Config, args: &VerifyArgs, reports: &mut Vec<Report>) -> Result<()> {
+    if !cfg.several() {
+        return run_one(cfg, args, reports).await;
+    }
+    let mut dbs = crate::databases::recorded(cfg);
+    if dbs.is_empty() {
+        return Err(anyhow!(
+            "DB_NAME=all: no backup run has listed the server's databases yet; run `kbackup backup` first"
+        ));
+    }
+    // A file named with --path is verified once, as its database's.
+    if let Some(path) = &args.path {
+        let store = Store::new(cfg.backup_dir.clone());
+        let full = store.root.join(path);
+        let prefix = store
+            .scan(&cfg.calendar, &cfg.prefix)?
+            .into_iter()
+            .find(|b| b.path == full)
+            .and_then(|b| b.manifest.map(|m| m.prefix));
+        let i = dbs
+            .iter()
+            .position(|c| Some(&c.prefix) == prefix.as_ref())
+            .unwrap_or(0);
+        return run_one(&dbs.swap_remove(i), args, reports).await;
+    }
+    let mut failed = Vec::new();
+    for c in &dbs {
+        tracing::info!("Database {}:", c.db.name);
+        if let Err(e) = run_one(c, args, reports).await {
+            tracing::error!("Verification of {} FAILED: {e:#}", c.db.name);
+            failed.push(c.db.name.clone());
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow::Error::new(Coded {
+        kind: ExitKind::Failure,
+        message: format!(
+            "verification failed for {} of {} databases: {} (each said above)",
+            failed.len(),
+            dbs.len(),
+            failed.join(", ")
+        ),
+    }))
+}
+
+/// Verifies one database's backups; each report is also added to `all`.
+async fn run_one(cfg: &Config, args: &VerifyArgs, all: &mut Vec<Report>) -> Result<()> {
     let store = Store::new(cfg.backup_dir.clone());
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
     let subjects = choose(cfg, &store, &backups, args)?;
@@ -95,10 +153,11 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> Result<()> {
             verification: v,
         });
     }
-    if args.json {
-        crate::out!("{}", serde_json::to_string_pretty(&reports)?);
-    }
-
+    let reports = {
+        let n = all.len();
+        all.extend(reports);
+        &all[n..]
+    };
     let failed: Vec<String> = reports
         .iter()
         .filter(|r| !r.verification.passed)

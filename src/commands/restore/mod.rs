@@ -40,6 +40,84 @@ use plan::{Plan, Strategy};
 const LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
 
 pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
+    if args.all {
+        return run_all(cfg, args).await;
+    }
+    if cfg.several() {
+        let names: Vec<String> = crate::databases::recorded(cfg)
+            .into_iter()
+            .map(|c| c.db.name)
+            .collect();
+        return Err(usage(format!(
+            "restore: several databases are configured ({}{}); restore refuses to guess: pass --db NAME \
+             for one of them, or --all for each",
+            cfg.describe_databases(),
+            if matches!(cfg.databases, crate::config::Databases::All { .. }) {
+                format!(
+                    "; the last backup run found: {}",
+                    if names.is_empty() { "none yet".into() } else { names.join(", ") }
+                )
+            } else {
+                String::new()
+            }
+        )));
+    }
+    run_one(cfg, args).await
+}
+
+/// `restore --all`: every configured database in turn, each through the safe
+/// path; one failing does not stop the others; exit 1 when any failed.
+async fn run_all(cfg: &Config, args: &RestoreArgs) -> Result<()> {
+    let dbs = crate::databases::recorded(cfg);
+    if dbs.is_empty() {
+        return Err(usage(
+            "restore --all: no database is known: under DB_NAME=all the databases are the ones a backup run \
+             found, and none has run with this store; pass --db NAME instead",
+        ));
+    }
+    let clock = Instant::now();
+    let mut failed = Vec::new();
+    for c in &dbs {
+        tracing::info!("Restoring database {}...", c.db.name);
+        if let Err(e) = run_one(c, args).await {
+            if crate::error::exit_kind(&e) == crate::error::ExitKind::Usage && !args.dry_run {
+                tracing::error!("Restore of {} refused: {e:#}", c.db.name);
+            } else {
+                tracing::error!("Restore of {} FAILED: {e:#}", c.db.name);
+            }
+            failed.push(c.db.name.clone());
+        }
+    }
+    let done = dbs.len() - failed.len();
+    if failed.is_empty() {
+        crate::out!(
+            "{} {} database(s) in {:.1}s: {}",
+            if args.dry_run {
+                "Would restore"
+            } else {
+                "Restored"
+            },
+            done,
+            clock.elapsed().as_secs_f64(),
+            dbs.iter()
+                .map(|c| c.db.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
+    Err(anyhow::Error::new(crate::error::Coded {
+        kind: crate::error::ExitKind::Failure,
+        message: format!(
+            "restore --all: {} of {} database(s) not restored: {} (each said above); {done} restored",
+            failed.len(),
+            dbs.len(),
+            failed.join(", ")
+        ),
+    }))
+}
+
+async fn run_one(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let clock_start = Instant::now();
     let store = Store::new(cfg.backup_dir.clone());
     // Files from a store another user could have swapped are never restored.
@@ -92,6 +170,11 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     pg.check_container().await?;
     let rc = pg.restore_client(&checked.summary).await?;
     let pg = rc.pg.clone();
+    // Disaster recovery (--all): every role the saved globals create and the
+    // server lacks, before the first database needs them.
+    if args.all {
+        restore_roles(&pg, source.globals.as_deref(), args.dry_run).await?;
+    }
     let missing = missing_roles(&pg, &checked.summary).await?;
     // What the run does, not what it hoped: a copy that could not be written
     // (a full disk) streams, and the plan says so. A dry run writes no copy.
@@ -162,6 +245,48 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         kept,
         args.drop_old,
         clock_start.elapsed(),
+    );
+    Ok(())
+}
+
+/// Creates every role of the globals file the server lacks (kept: the
+/// server's roles are what a recovery is for). A dry run only says which.
+async fn restore_roles(
+    pg: &Postgres,
+    globals: Option<&std::path::Path>,
+    dry_run: bool,
+) -> Result<()> {
+    let Some(path) = globals else {
+        tracing::warn!("This backup has no saved globals: roles are not restored with it");
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the saved globals {}: {e}", path.display()))?;
+    let have: std::collections::BTreeSet<String> = pg
+        .query(&pg.db.maintenance_db, "SELECT rolname FROM pg_roles")
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .collect();
+    let missing: Vec<String> = crate::roles::created_roles(&text)
+        .into_iter()
+        .filter(|r| !have.contains(r))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if dry_run {
+        crate::out!(
+            "Roles:    would create {} from {}",
+            missing.join(", "),
+            path.display()
+        );
+        return Ok(());
+    }
+    create_missing_roles(pg, Some(path), &missing).await?.done();
+    tracing::info!(
+        "Roles created from the saved globals: {}",
+        missing.join(", ")
     );
     Ok(())
 }

@@ -140,8 +140,14 @@ async fn in_place(
         let spg = Postgres::new(scfg.db.clone());
         let _lock = store.lock("restore --in-place (safety backup)")?;
         tracing::info!("Taking a safety backup of {target} first...");
-        let (path, _, size) =
-            take::take(&scfg, store, &spg, &mut BackupTarget::named(label)).await?;
+        let (path, _, size) = take::take(
+            &scfg,
+            store,
+            &spg,
+            &mut BackupTarget::named(label),
+            &mut take::Globals::default(),
+        )
+        .await?;
         tracing::info!("Safety backup: {} ({})", path.display(), human_size(size));
         Some(path)
     } else {
