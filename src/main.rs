@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod databases;
 mod dump;
+mod index;
 mod error;
 mod leftovers;
 mod lifecycle;

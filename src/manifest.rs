@@ -139,6 +139,39 @@ impl Manifest {
     }
 }
 
+/// What the store's listing needs of a manifest (owner, time, checksum, rows):
+/// kept for every backup of a scan, and cached in the store's index, while the
+/// whole manifest (every table) is read only for the backup a command works on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Brief {
+    pub database: String,
+    pub prefix: String,
+    #[serde(with = "rfc3339")]
+    pub started_at: DateTime<FixedOffset>,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub server_major: Option<u32>,
+    pub total_rows: Option<u64>,
+    pub role_passwords: bool,
+    pub database_size_bytes: u64,
+}
+
+impl From<&Manifest> for Brief {
+    fn from(m: &Manifest) -> Brief {
+        Brief {
+            database: m.database.clone(),
+            prefix: m.prefix.clone(),
+            started_at: m.started_at,
+            sha256: m.file.sha256.clone(),
+            size_bytes: m.file.size_bytes,
+            server_major: m.server_major(),
+            total_rows: m.total_rows(),
+            role_passwords: m.globals.role_passwords,
+            database_size_bytes: m.database_size_bytes,
+        }
+    }
+}
+
 /// RFC 3339 with an explicit numeric offset (`+00:00`, never `Z`) and milliseconds.
 mod rfc3339 {
     use chrono::{DateTime, FixedOffset, SecondsFormat};

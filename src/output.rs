@@ -25,6 +25,18 @@ pub fn line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Writes many lines at once (each ending in a newline): a listing of
+/// thousands of backups in one write, not one per line.
+pub fn block(text: &str) {
+    if CLOSED.load(Ordering::Relaxed) || text.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+        CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
 /// `println!` for command output, ending quietly when stdout's reader is gone.
 #[macro_export]
 macro_rules! out {

@@ -12,11 +12,11 @@ use crate::store::{Backup, Store};
 
 /// The decisions for this database's files (its prefix); other prefixes sharing
 /// the folder are never touched.
-pub fn plan(
+pub fn plan<'a>(
     cfg: &Config,
-    backups: &[Backup],
+    backups: &'a [Backup],
     now: DateTime<Utc>,
-) -> Vec<(Decision<usize>, Backup)> {
+) -> Vec<(Decision<usize>, &'a Backup)> {
     let candidates: Vec<Candidate<usize>> = backups
         .iter()
         .enumerate()
@@ -34,7 +34,7 @@ pub fn plan(
     let mut decisions: Vec<_> = retention::plan(&candidates, &cfg.policy, now)
         .into_iter()
         .map(|d| {
-            let b = backups[d.key].clone();
+            let b = &backups[d.key];
             (d, b)
         })
         .collect();
@@ -64,7 +64,7 @@ pub fn view(d: &Decision<usize>, b: &Backup) -> DecisionView {
 }
 
 /// Deletes what the plan says to delete; returns how many files went.
-pub fn apply(store: &Store, decisions: &[(Decision<usize>, Backup)]) -> Result<usize> {
+pub fn apply(store: &Store, decisions: &[(Decision<usize>, &Backup)]) -> Result<usize> {
     let mut deleted = 0;
     for (d, b) in decisions.iter().filter(|(d, _)| !d.keep) {
         store.delete(b)?;

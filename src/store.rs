@@ -17,7 +17,7 @@ use chrono::{DateTime, FixedOffset, Local};
 use tempfile::NamedTempFile;
 
 use crate::error::locked;
-use crate::manifest::{Manifest, Verification, Verifications};
+use crate::manifest::{Brief, Manifest, Verification, Verifications};
 use crate::naming::{
     self, Calendar, Format, Parsed, Tier, GLOBALS_EXT, MANIFEST_EXT, SIDECARS, VERIFY_EXT,
 };
@@ -43,7 +43,8 @@ pub struct Backup {
     pub parsed: Parsed,
     pub size: u64,
     pub time: DateTime<FixedOffset>,
-    pub manifest: Option<Manifest>,
+    /// The manifest's brief (`full_manifest` reads all of it).
+    pub manifest: Option<Brief>,
     /// Why a manifest that exists could not be read.
     pub manifest_error: Option<String>,
     /// The last full and quick verifications.
@@ -54,6 +55,18 @@ impl Backup {
     pub fn sidecar(&self, ext: &str) -> PathBuf {
         self.path
             .with_file_name(naming::sidecar(&self.parsed.stem, ext))
+    }
+
+    /// The whole manifest, read from its file now (None: the backup has none).
+    pub fn full_manifest(&self) -> Result<Option<Manifest>> {
+        if self.manifest.is_none() {
+            return Ok(None);
+        }
+        let path = self.sidecar(MANIFEST_EXT);
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let m = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a readable manifest", path.display()))?;
+        Ok(Some(m))
     }
 
     /// Whose backup this is, for a database with file prefix `prefix`.
@@ -95,7 +108,7 @@ impl Backup {
     /// for a seed-era `.dump` without one, its archive header's.
     pub fn server_major(&self) -> Option<u32> {
         if let Some(m) = &self.manifest {
-            return m.server_major();
+            return m.server_major;
         }
         if self.parsed.format != Format::CustomZstd {
             let file = std::fs::File::open(&self.path).ok()?;
@@ -385,70 +398,64 @@ impl Store {
     }
 
     /// Every dump in the store, newest first. Files that are not dumps (manifests,
-    /// temporary files, anything else) are passed over.
+    /// temporary files, anything else) are passed over. Folders and manifests
+    /// are read through the store's index (see `index`): a store of thousands
+    /// of backups is listed without reading every manifest each time.
     pub fn scan(&self, cal: &Calendar, prefix_hint: &str) -> Result<Vec<Backup>> {
+        let mut index = crate::index::Index::load(&self.root);
+        let mut present = Vec::new();
         let mut out = Vec::new();
         for tier in Tier::ALL {
             let dir = self.tier_dir(tier);
+            let folder = match fs::symlink_metadata(&dir) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    index.gone(tier.dir());
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+            };
             // A tier folder that is a symlink leads out of the store: not read.
-            if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            if folder.file_type().is_symlink() {
                 tracing::warn!(
                     "{} is a symlink; kbackup does not follow links in the store (its backups are not listed): \
                      replace it with a folder",
                     dir.display()
                 );
+                index.gone(tier.dir());
                 continue;
             }
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-            };
-            for entry in entries {
-                let entry = entry?;
-                let file_name = entry.file_name().to_string_lossy().into_owned();
-                let Some(parsed) = naming::parse_file_name(cal, tier, &file_name, prefix_hint)
-                else {
+            index.refresh(tier.dir(), &dir, &folder)?;
+            present.push((tier, dir));
+        }
+        index.save(&self.root);
+        for (tier, dir) in present {
+            for d in index.take(tier.dir()) {
+                let Some(parsed) = naming::parse_file_name(cal, tier, &d.name, prefix_hint) else {
                     continue;
                 };
-                let meta = entry.metadata()?;
-                if !meta.is_file() {
-                    continue;
-                }
-                let path = entry.path();
-                let manifest_path =
-                    path.with_file_name(naming::sidecar(&parsed.stem, MANIFEST_EXT));
-                let verification =
-                    fs::read(path.with_file_name(naming::sidecar(&parsed.stem, VERIFY_EXT)))
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok())
-                        .unwrap_or_default();
-                let (manifest, manifest_error) = match fs::read(&manifest_path) {
-                    Ok(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
-                        Ok(m) => (Some(m), None),
-                        Err(e) => (None, Some(format!("{}: {e}", manifest_path.display()))),
-                    },
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
-                    Err(e) => (None, Some(format!("{}: {e}", manifest_path.display()))),
-                };
+                let manifest = d.manifest.map(|(_, m)| m);
                 let time = manifest
                     .as_ref()
                     .map(|m| m.started_at)
                     .or(parsed.time)
                     .unwrap_or_else(|| {
-                        DateTime::<Local>::from(meta.modified().unwrap_or(std::time::UNIX_EPOCH))
-                            .fixed_offset()
+                        DateTime::<Local>::from(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_nanos(d.mtime_ns.max(0) as u64),
+                        )
+                        .fixed_offset()
                     });
                 out.push(Backup {
                     tier,
-                    rel_path: format!("{}/{file_name}", tier.dir()),
-                    path,
+                    rel_path: format!("{}/{}", tier.dir(), d.name),
+                    path: dir.join(&d.name),
                     parsed,
-                    size: meta.len(),
+                    size: d.size,
                     time,
                     manifest,
-                    manifest_error,
-                    verification,
+                    manifest_error: d.manifest_error,
+                    verification: d.verification.map(|(_, v)| v).unwrap_or_default(),
                 });
             }
         }

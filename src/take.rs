@@ -169,7 +169,7 @@ fn check_disk(cfg: &Config, store: &Store, info: &ServerInfo) -> Result<()> {
     let required = match last {
         Some(m) => {
             let growth = info.database_size as f64 / m.database_size_bytes as f64;
-            (m.file.size_bytes as f64 * growth.max(1.0) * 1.25) as u64
+            (m.size_bytes as f64 * growth.max(1.0) * 1.25) as u64
         }
         None => info.database_size,
     };

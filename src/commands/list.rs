@@ -1,5 +1,7 @@
 //! `kbackup list`: every backup, newest first.
 
+use std::fmt::Write;
+
 use anyhow::Result;
 use chrono::Utc;
 use serde_json::json;
@@ -40,13 +42,13 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                     "tier": b.tier,
                     "time": b.time.to_rfc3339(),
                     "size_bytes": b.size,
-                    "sha256": b.manifest.as_ref().map(|m| &m.file.sha256),
+                    "sha256": b.manifest.as_ref().map(|m| &m.sha256),
                     "database": b.database(),
                     "server_major": b.server_major(),
                     "format": b.parsed.format,
                     "manifest": b.manifest.is_some(),
                     "name": if b.tier == Tier::Named { Some(&b.parsed.label) } else { None },
-                    "rows": b.manifest.as_ref().and_then(|m| m.total_rows()),
+                    "rows": b.manifest.as_ref().and_then(|m| m.total_rows),
                     "verified": b.verification.best().map(|v| json!({
                         "at": v.verified_at.to_rfc3339(), "passed": v.passed, "quick": v.quick,
                     })),
@@ -72,6 +74,9 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
             "VERIFIED",
             if several { "DATABASE  " } else { "" }
         );
+        let mut text = String::with_capacity(shown.len() * 160);
+        let time_format: Vec<chrono::format::Item> =
+            chrono::format::StrftimeItems::new("%Y-%m-%d %H:%M:%S %:z").collect();
         for b in &shown {
             let manifest = match (&b.manifest, &b.manifest_error) {
                 (Some(_), _) => "yes",
@@ -90,10 +95,11 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                 ),
                 None => "-".to_string(),
             };
-            crate::out!(
+            let _ = writeln!(
+                text,
                 "{:8} {:25} {:>6} {:>7}  {:>3}  {:8}  {:14}  {}{}",
                 b.tier.dir(),
-                b.time.format("%Y-%m-%d %H:%M:%S %:z").to_string(),
+                b.time.format_with_items(time_format.iter()).to_string(),
                 age(b.time, now),
                 human_size(b.size),
                 b.server_major()
@@ -109,6 +115,7 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
                 b.rel_path
             );
         }
+        crate::output::block(&text);
     }
     crate::out!("{}", tier_counts(&all));
     Ok(())

@@ -1,5 +1,7 @@
 //! `kbackup rotate`: the retention policy on its own (see `rotation`).
 
+use std::fmt::Write;
+
 use anyhow::Result;
 use chrono::Utc;
 
@@ -26,8 +28,10 @@ pub async fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
         let views: Vec<_> = decisions.iter().map(|(d, b)| view(d, b)).collect();
         crate::out!("{}", serde_json::to_string_pretty(&views)?);
     } else {
+        let mut text = String::new();
         for (d, b) in &decisions {
-            crate::out!(
+            let _ = writeln!(
+                text,
                 "{:6}  {}{}  ({})",
                 if d.keep { "keep" } else { "delete" },
                 if several {
@@ -39,6 +43,7 @@ pub async fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
                 d.reasons_text()
             );
         }
+        crate::output::block(&text);
         let n = decisions.iter().filter(|(d, _)| !d.keep).count();
         crate::out!(
             "{}: {} to delete, {} kept.",

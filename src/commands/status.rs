@@ -27,17 +27,17 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
             })?,
         None => cfg.max_age,
     };
+    // Databases restores kept: they pile up unnoticed. Asked of the server
+    // while the store is read; one that does not answer is not a backup
+    // problem (None: unknown).
+    let pg = crate::postgres::Postgres::new(cfg.db.clone());
+    let kept = tokio::spawn(async move { crate::lifecycle::kept_copies(&pg).await.ok() });
     let store = Store::new(cfg.backup_dir.clone());
     let now = Utc::now();
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
     let free = store.free_space().ok();
     let dbs = crate::databases::recorded(cfg);
-    // Databases restores kept: they pile up unnoticed. Asked of the server;
-    // one that does not answer is not a backup problem (None: unknown).
-    let kept = {
-        let pg = crate::postgres::Postgres::new(cfg.db.clone());
-        crate::lifecycle::kept_copies(&pg).await.ok()
-    };
+    let kept = kept.await.ok().flatten();
 
     let mut problems = Vec::new();
     // A full store: the next backup fails, and may not even be able to record
@@ -317,7 +317,7 @@ fn database(
         "last_run": last_run,
         "last_verify": last_verify,
         "offsite_sync": last_sync,
-        "globals_role_passwords": newest_manifest.map(|m| m.globals.role_passwords),
+        "globals_role_passwords": newest_manifest.map(|m| m.role_passwords),
     });
     let mut text = vec!["Newest backup per tier:".to_string()];
     for t in Tier::ALL {
@@ -369,7 +369,7 @@ fn database(
             s.error.as_deref().unwrap_or("")
         ),
     });
-    if newest_manifest.is_some_and(|m| !m.globals.role_passwords) {
+    if newest_manifest.is_some_and(|m| !m.role_passwords) {
         text.push(
             "Globals:  saved without role passwords (DB_USER may not read them): set them again after a \
              restore onto a fresh server"

@@ -283,20 +283,20 @@ fn choose<'a>(
             }
         }
     }
-    Ok(by_file
+    by_file
         .into_iter()
         .map(|key| {
             let copies = groups.remove(&key).unwrap_or_default();
             let first = copies[0];
-            Subject {
+            Ok(Subject {
                 path: first.path.clone(),
                 shown: first.rel_path.clone(),
-                manifest: first.manifest.clone(),
+                manifest: first.full_manifest()?,
                 globals: Some(first.sidecar(GLOBALS_EXT)).filter(|p| p.exists()),
                 copies,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Whether a test restore can run on `pg`: its container running, the server

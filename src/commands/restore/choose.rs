@@ -217,7 +217,7 @@ pub fn local(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> 
             Source {
                 path: b.path.clone(),
                 shown: b.rel_path.clone(),
-                manifest: b.manifest.clone(),
+                manifest: b.full_manifest()?,
                 time: Some(b.time),
                 globals: Some(b.sidecar(GLOBALS_EXT)).filter(|p| p.exists()),
                 _download: None,

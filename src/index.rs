@@ -1,0 +1,247 @@
+//! The store's index (`BACKUP_DIR/.kbackup/index.json`): a cache, never the
+//! truth, that lets `list`, `status` and `rotate` read a store of thousands of
+//! backups without listing every folder and reading every manifest.
+//!
+//! Per tier folder it keeps the dumps (name, size, time) with the brief of
+//! each one's manifest and its verification record, and what identified the
+//! folder and each sidecar file when they were read (inode, size, modification
+//! and change times):
+//! - a folder whose identity is unchanged has the same entries: kbackup only
+//!   ever adds, replaces (by rename) or removes files, and each of those
+//!   changes the folder. Its listing is then used without reading the folder.
+//!   A listing read within [`RACY`] of the folder's last change is not
+//!   trusted so (a change in the same clock tick would go unseen, git's "racy"
+//!   case); the next scan reads the folder again;
+//! - a folder that changed is read again, and each manifest and verification
+//!   record is read again only when its own identity changed.
+//!
+//! A missing, unreadable or older-version index is rebuilt from the files.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{Brief, Manifest, Verifications};
+use crate::naming::{self, Format, MANIFEST_EXT, VERIFY_EXT};
+
+const FILE: &str = "index.json";
+const VERSION: u32 = 1;
+/// A folder changed less than this before it was read is read again next
+/// time: a change within one tick of the kernel's file clock after the read
+/// would leave the folder's stamp as it was.
+const RACY: i64 = 100_000_000;
+/// The same for a filesystem that keeps whole seconds (NFS servers, FAT).
+const RACY_COARSE: i64 = 3_000_000_000;
+
+/// What identifies a file or folder as it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Stamp {
+    pub fn of(m: &fs::Metadata) -> Stamp {
+        Stamp {
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
+}
+
+/// One dump of a tier folder, with its sidecars' contents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dump {
+    pub name: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<(Stamp, Brief)>,
+    /// Why a manifest that exists could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<(Stamp, Verifications)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Listing {
+    folder: Stamp,
+    /// Read long enough after the folder's last change to be trusted while
+    /// the folder's stamp is unchanged.
+    trusted: bool,
+    dumps: Vec<Dump>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Index {
+    version: u32,
+    tiers: HashMap<String, Listing>,
+    #[serde(skip)]
+    changed: bool,
+}
+
+impl Index {
+    pub fn load(root: &Path) -> Index {
+        // Read whole, then parsed (three times faster than from a reader);
+        // the text is dropped before the scan builds its backups.
+        fs::read(root.join(crate::store::STATE_DIR).join(FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+            .filter(|i| i.version == VERSION)
+            .unwrap_or_default()
+    }
+
+    /// Makes the listing of the tier folder `dir` (named `key` in the index),
+    /// whose metadata is `folder`, describe it as it is now.
+    pub fn refresh(&mut self, key: &str, dir: &Path, folder: &fs::Metadata) -> Result<()> {
+        let stamp = Stamp::of(folder);
+        if self
+            .tiers
+            .get(key)
+            .is_some_and(|l| l.trusted && l.folder == stamp)
+        {
+            return Ok(());
+        }
+        let before: HashMap<String, Dump> = self
+            .tiers
+            .remove(key)
+            .map(|l| l.dumps.into_iter().map(|d| (d.name.clone(), d)).collect())
+            .unwrap_or_default();
+        let dumps = read_folder(dir, before)?;
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let changed = stamp.mtime_ns.max(stamp.ctime_ns);
+        // Whole-second stamps (a filesystem without finer times): a wider window.
+        let racy = if changed % 1_000_000_000 == 0 {
+            RACY_COARSE
+        } else {
+            RACY
+        };
+        self.tiers.insert(
+            key.to_string(),
+            Listing {
+                folder: stamp,
+                trusted: changed < now - racy,
+                dumps,
+            },
+        );
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Forgets a folder that is gone.
+    pub fn gone(&mut self, key: &str) {
+        self.changed |= self.tiers.remove(key).is_some();
+    }
+
+    /// The dumps of a refreshed tier folder, taken out of the index (after [`save`](Self::save)).
+    pub fn take(&mut self, key: &str) -> Vec<Dump> {
+        self.tiers.remove(key).map(|l| l.dumps).unwrap_or_default()
+    }
+
+    /// Writes the index when it changed and this process's user owns the
+    /// store: a report run by another user (monitoring as root) leaves no file
+    /// the owner cannot read. A cache: not synced, and a failure only costs the
+    /// next run the time to read the folders again.
+    pub fn save(&mut self, root: &Path) {
+        if !std::mem::take(&mut self.changed) {
+            return;
+        }
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if fs::metadata(root).map(|m| m.uid()).ok() != Some(me) {
+            return;
+        }
+        self.version = VERSION;
+        let dir = root.join(crate::store::STATE_DIR);
+        let written = (|| -> Result<()> {
+            let tmp = tempfile::Builder::new()
+                .prefix(".kbackup-index-")
+                .suffix(".partial")
+                .tempfile_in(&dir)?;
+            let mut w = std::io::BufWriter::new(tmp);
+            serde_json::to_writer(&mut w, &*self)?;
+            let tmp = w.into_inner().map_err(|e| e.into_error())?;
+            tmp.persist(dir.join(FILE))?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            tracing::debug!("cannot write the store's index (only a cache): {e:#}");
+        }
+    }
+}
+
+/// Reads a tier folder: its dumps, each sidecar read again only when its
+/// stamp differs from the one in `before`.
+fn read_folder(dir: &Path, mut before: HashMap<String, Dump>) -> Result<Vec<Dump>> {
+    let mut sidecars: HashMap<String, fs::DirEntry> = HashMap::new();
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(MANIFEST_EXT) || name.ends_with(VERIFY_EXT) {
+            sidecars.insert(name, entry);
+        } else if Format::split(&name).is_some() {
+            files.push((entry, name));
+        }
+    }
+    let mut out = Vec::with_capacity(files.len());
+    for (entry, name) in files {
+        let meta = entry.metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        let (stem, _) = Format::split(&name).expect("filtered above");
+        let old = before.remove(&name);
+        let (manifest, manifest_error) =
+            match sidecars.get(&naming::sidecar(stem, MANIFEST_EXT)) {
+                None => (None, None),
+                Some(file) => match read_sidecar(file, old.as_ref().and_then(|d| d.manifest.clone()), |b| {
+                    serde_json::from_slice::<Manifest>(b).map(|m| Brief::from(&m))
+                }) {
+                    Ok(m) => (Some(m), None),
+                    Err(e) => (None, Some(format!("{}: {e:#}", file.path().display()))),
+                },
+            };
+        let verification = sidecars
+            .get(&naming::sidecar(stem, VERIFY_EXT))
+            .and_then(|file| {
+                read_sidecar(file, old.and_then(|d| d.verification), |b| {
+                    serde_json::from_slice::<Verifications>(b)
+                })
+                .ok()
+            });
+        out.push(Dump {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            name,
+            manifest,
+            manifest_error,
+            verification,
+        });
+    }
+    Ok(out)
+}
+
+/// A sidecar's content: `cached`'s when the file's stamp is the same, else
+/// parsed from the file.
+fn read_sidecar<T>(
+    file: &fs::DirEntry,
+    cached: Option<(Stamp, T)>,
+    parse: impl Fn(&[u8]) -> serde_json::Result<T>,
+) -> Result<(Stamp, T)> {
+    let stamp = Stamp::of(&file.metadata()?);
+    if let Some(c) = cached.filter(|(s, _)| *s == stamp) {
+        return Ok(c);
+    }
+    let bytes = fs::read(file.path())?;
+    Ok((stamp, parse(&bytes)?))
+}
