@@ -320,6 +320,25 @@ impl Config {
         }
     }
 
+    /// The servers of the configured databases, each once (the first
+    /// database's settings for each): where leftovers and kept copies live.
+    pub fn servers(&self) -> Vec<DbConfig> {
+        let mut out: Vec<DbConfig> = vec![self.db.clone()];
+        let others = match &self.databases {
+            Databases::One => &[][..],
+            Databases::Several(each) | Databases::All { entries: each, .. } => &each[..],
+        };
+        for c in others {
+            let same = |d: &DbConfig| {
+                (&d.container, &d.host, d.port) == (&c.db.container, &c.db.host, c.db.port)
+            };
+            if !out.iter().any(same) {
+                out.push(c.db.clone());
+            }
+        }
+        out
+    }
+
     /// More than one database, or `all`.
     pub fn several(&self) -> bool {
         !matches!(self.databases, Databases::One)
@@ -647,9 +666,13 @@ fn build_all(
             }),
         }
     };
-    let all = get("database.name").is_some_and(|(_, r)| r.value.trim() == "all");
+    // `--db NAME` names one database, as written: never a list, never `all`.
+    let flag = get("database.name").filter(|(_, r)| matches!(r.source, Source::Flag { .. }));
+    let all = flag.is_none() && get("database.name").is_some_and(|(_, r)| r.value.trim() == "all");
     let names = if all {
         vec![]
+    } else if let Some((_, r)) = &flag {
+        vec![r.value.clone()]
     } else {
         match list("database.name")? {
             Some(n) if !n.is_empty() => n,
@@ -726,7 +749,7 @@ fn build_all(
             top
         }
     };
-    if !all && get("backup.exclude").is_some() {
+    if !all && flag.is_none() && get("backup.exclude").is_some() {
         top.warnings.push(
             "BACKUP_EXCLUDE is read only with DB_NAME=all; it is ignored for a list of databases"
                 .into(),
@@ -1648,7 +1671,7 @@ mod tests {
         );
         let e = err_text(load(&GlobalArgs::default(), &[("DB_NAME", "a,b,a")]));
         assert!(e.contains("listed twice"), "{e}");
-        // --db picks one: a plain single-database run.
+        // --db picks one: a plain single-database run, its name as written.
         let g = GlobalArgs {
             database: Some("b".into()),
             ..Default::default()
@@ -1656,6 +1679,15 @@ mod tests {
         let c = load(&g, &[("DB_NAME", "a,b")]).unwrap();
         assert!(!c.several());
         assert_eq!(c.db.name, "b");
+        for literal in ["comma,db", "all", " spaced "] {
+            let g = GlobalArgs {
+                database: Some(literal.into()),
+                ..Default::default()
+            };
+            let c = load(&g, &[("DB_NAME", "all")]).unwrap();
+            assert!(!c.several(), "{literal}");
+            assert_eq!(c.db.name, literal);
+        }
     }
 
     #[test]

@@ -201,16 +201,17 @@ fn read_folder(dir: &Path, mut before: HashMap<String, Dump>) -> Result<Vec<Dump
         }
         let (stem, _) = Format::split(&name).expect("filtered above");
         let old = before.remove(&name);
-        let (manifest, manifest_error) =
-            match sidecars.get(&naming::sidecar(stem, MANIFEST_EXT)) {
-                None => (None, None),
-                Some(file) => match read_sidecar(file, old.as_ref().and_then(|d| d.manifest.clone()), |b| {
+        let (manifest, manifest_error) = match sidecars.get(&naming::sidecar(stem, MANIFEST_EXT)) {
+            None => (None, None),
+            Some(file) => {
+                match read_sidecar(file, old.as_ref().and_then(|d| d.manifest.clone()), |b| {
                     serde_json::from_slice::<Manifest>(b).map(|m| Brief::from(&m))
                 }) {
                     Ok(m) => (Some(m), None),
                     Err(e) => (None, Some(format!("{}: {e:#}", file.path().display()))),
-                },
-            };
+                }
+            }
+        };
         let verification = sidecars
             .get(&naming::sidecar(stem, VERIFY_EXT))
             .and_then(|file| {

@@ -106,7 +106,7 @@ pub async fn find(cfg: &Config) -> Vec<Leftover> {
             _ => None,
         })
         .collect();
-    let mut servers = vec![Postgres::new(cfg.db.clone())];
+    let mut servers: Vec<Postgres> = cfg.servers().into_iter().map(Postgres::new).collect();
     servers.extend(cfg.verify_server.clone().map(Postgres::new));
     for pg in servers {
         let Ok(rows) = pg

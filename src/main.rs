@@ -10,8 +10,8 @@ mod commands;
 mod config;
 mod databases;
 mod dump;
-mod index;
 mod error;
+mod index;
 mod leftovers;
 mod lifecycle;
 mod logging;
@@ -99,14 +99,24 @@ fn main() -> ExitCode {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if notices.is_empty() => Err(e),
             Ok(Err(e)) => Err(e.context(notices.join(" "))),
-            Err((kind, signal)) => Err(anyhow::Error::new(error::Coded {
-                kind,
-                message: if notices.is_empty() {
-                    format!("{signal}: stopped; partial work was undone and nothing was kept from this run")
+            Err((kind, signal)) => {
+                // What finished before the signal stays (a run over several
+                // databases may have published some of them).
+                let kept = take::published();
+                let kept = if kept.is_empty() {
+                    "nothing was kept from this run".to_string()
                 } else {
-                    format!("{signal}: stopped. {}", notices.join(" "))
-                },
-            })),
+                    format!("backups finished before it are kept: {}", kept.join(", "))
+                };
+                Err(anyhow::Error::new(error::Coded {
+                    kind,
+                    message: if notices.is_empty() {
+                        format!("{signal}: stopped; partial work was undone and {kept}")
+                    } else {
+                        format!("{signal}: stopped ({kept}). {}", notices.join(" "))
+                    },
+                }))
+            }
         };
         // Every failure of a job alerts, once: commands alert with their own
         // words where they know more; whatever failed without one alerts here.

@@ -60,7 +60,7 @@ pub fn render(cfg: &Config, store: &Store) -> String {
 /// with a backup record in the store, so that jobs of different databases
 /// writing one metrics file keep each other's series.
 fn shown(cfg: &Config, root: &std::path::Path) -> Vec<Config> {
-    let mut dbs = crate::databases::recorded(cfg);
+    let mut dbs = crate::databases::recorded(cfg).all();
     for (prefix, run) in state::backup_records(root) {
         if !dbs.iter().any(|c| c.prefix == prefix) {
             let mut c = cfg.for_database(&run.database);

@@ -139,7 +139,18 @@ pub async fn take(
             globals,
         },
     )?;
+    PUBLISHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path.display().to_string());
     Ok((path, stem, written.size))
+}
+
+static PUBLISHED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The backups this process published (a run stopped by a signal keeps them).
+pub fn published() -> Vec<String> {
+    PUBLISHED.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Checks everything a dump needs before it starts, with the seeds' errors, and

@@ -282,3 +282,100 @@ fn restore_all_rebuilds_a_whole_server_with_its_roles() {
         "t"
     );
 }
+
+#[test]
+fn all_never_loses_track_of_a_database() {
+    let c = cluster_with_env(15, "");
+    for n in ["keep", "a/b", "a_b", "closing", "dropping"] {
+        c.psql("postgres", &format!("CREATE DATABASE {}", ident(n)));
+        c.psql(n, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    }
+    let hook = Recorder::start(Mode::Ok);
+    let mut kb = Kb::on(&c, "all", &pg_bin());
+    kb.set("BACKUP_WEBHOOK_URL", &hook.url);
+
+    // Two names, one file prefix: neither is backed up (their files could not
+    // be told apart), the others are, and the run fails naming both.
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    let err = r.stderr();
+    assert!(err.contains("prefix \"a_b\" is also"), "{err}");
+    assert!(
+        dumps_of(&kb, "hourly", "a_b").is_empty(),
+        "{:?}",
+        kb.files()
+    );
+    for n in ["keep", "closing", "dropping", "postgres"] {
+        assert_eq!(dumps_of(&kb, "hourly", n).len(), 1, "{n}: {:?}", kb.files());
+    }
+    assert_eq!(hook.wait(1).len(), 1);
+    // Rotation never touches a prefix two databases share.
+    let r = kb.run(&["rotate", "--dry-run"]);
+    assert!(
+        r.stderr().contains("Rotation of a_b is not done"),
+        "{}",
+        r.all()
+    );
+
+    kb.set("BACKUP_EXCLUDE", "a/b");
+    kb.ok(&["backup"]);
+    assert_eq!(dumps_of(&kb, "hourly", "a_b").len(), 1);
+
+    // A database found before that closes, or goes: the run fails naming each.
+    c.psql(
+        "postgres",
+        "ALTER DATABASE closing WITH ALLOW_CONNECTIONS false",
+    );
+    c.psql("postgres", "DROP DATABASE dropping");
+    let before = hook.requests().len();
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    let err = r.stderr();
+    assert!(
+        err.contains("closing") && err.contains("no longer accepts connections"),
+        "{err}"
+    );
+    assert!(
+        err.contains("dropping") && err.contains("no longer on the server"),
+        "{err}"
+    );
+    let alerts = hook.wait(before + 1);
+    assert_eq!(alerts.len(), before + 1, "one alert for the run");
+    let status = kb.run(&["status", "--json", "--max-age", "100000d"]);
+    assert_eq!(status.code(), 1, "{}", status.all());
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout()).unwrap();
+    let closing = doc["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["database"] == "closing")
+        .expect("closing stays watched");
+    assert_eq!(closing["healthy"], false, "{doc:#}");
+    // The one that is gone is said once; the closed one every run until it opens.
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(!r.stderr().contains("dropping"), "{}", r.stderr());
+    c.psql(
+        "postgres",
+        "ALTER DATABASE closing WITH ALLOW_CONNECTIONS true",
+    );
+    kb.ok(&["backup"]);
+
+    // A server that cannot be reached: every database it had fails, and
+    // status says so for each.
+    kb.set("POSTGRES_PORT", "1");
+    let r = kb.run(&["backup"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        !r.stderr().contains("all@"),
+        "names the server, not a database called all: {}",
+        r.stderr()
+    );
+    kb.set("POSTGRES_PORT", &c.port.to_string());
+    let status = kb.run(&["status", "--json", "--max-age", "100000d"]);
+    assert_eq!(status.code(), 1, "{}", status.all());
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout()).unwrap();
+    for d in doc["databases"].as_array().unwrap() {
+        assert_eq!(d["healthy"], false, "{d:#}");
+    }
+}

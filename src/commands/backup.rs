@@ -68,12 +68,16 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
     };
     let several = cfg.several();
     if args.dry_run {
-        for c in crate::databases::on_server(cfg, false).await? {
+        let found = crate::databases::on_server(cfg, false).await?;
+        for c in &found.dbs {
             if several {
                 crate::out!("== {} ==", c.db.name);
             }
             let pg = Postgres::new(c.db.clone());
-            dry_run(&c, &store, &pg, &target(&c, args)?, skip_sync).await?;
+            dry_run(c, &store, &pg, &target(c, args)?, skip_sync).await?;
+        }
+        for (c, why) in &found.failed {
+            crate::out!("== {} ==\nWould fail: {why}", c.db.name);
         }
         return Ok(());
     }
@@ -87,14 +91,31 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
     )
     .await?;
     notify::started(cfg).await;
-    let dbs = crate::databases::on_server(cfg, true).await?;
-    if dbs.is_empty() {
+    let found = match crate::databases::on_server(cfg, true).await {
+        Ok(f) => f,
+        Err(e) => {
+            // The server could not say which databases it has: every database
+            // an earlier run found failed this run (status and metrics say so).
+            let e = crate::error::explain(e, &store.root);
+            let started = cfg.calendar.zone.local_time(Utc::now());
+            let failed: Result<(std::path::PathBuf, u64)> = Err(anyhow::anyhow!("{e:#}"));
+            for c in crate::databases::recorded(cfg).all() {
+                record(&c, &store, started, started, &failed, None, false).await;
+            }
+            if let Err(e) = metrics::update(cfg, &store) {
+                tracing::warn!("cannot write the metrics file: {e:#}");
+            }
+            return Err(e);
+        }
+    };
+    if found.dbs.is_empty() && found.failed.is_empty() {
         anyhow::bail!(
             "DB_NAME=all found no database to back up on {}: every one is a template, excluded \
              (BACKUP_EXCLUDE) or closed to connections",
             Postgres::new(cfg.db.clone()).describe_server()
         );
     }
+    let dbs = &found.dbs;
     if several {
         let names: Vec<&str> = dbs.iter().map(|c| c.db.name.as_str()).collect();
         tracing::info!(
@@ -113,8 +134,8 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
 
     // Each database in turn; one failing does not stop the others.
     let mut globals = crate::take::Globals::default();
-    let mut runs = Vec::with_capacity(dbs.len());
-    for c in &dbs {
+    let mut runs = Vec::with_capacity(dbs.len() + found.failed.len());
+    for c in dbs {
         let clock = std::time::Instant::now();
         let started = c.calendar.zone.local_time(Utc::now());
         let pg = Postgres::new(c.db.clone());
@@ -126,11 +147,27 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         if let (true, Err(e)) = (several, &result) {
             tracing::error!("Backup of {} FAILED: {e:#}", c.db.name);
         }
+        let finished = c.calendar.zone.local_time(Utc::now());
+        // Recorded at once: a run stopped later still leaves this one's outcome.
+        record(c, &store, started, finished, &result, None, false).await;
         runs.push(Run {
             cfg: c,
             started,
-            clock,
+            finished,
+            took: clock.elapsed(),
             result,
+            synced: None,
+        });
+    }
+    for (c, why) in &found.failed {
+        tracing::error!("Backup of {} FAILED: {why}", c.db.name);
+        let now = c.calendar.zone.local_time(Utc::now());
+        runs.push(Run {
+            cfg: c,
+            started: now,
+            finished: now,
+            took: std::time::Duration::ZERO,
+            result: Err(anyhow::anyhow!("{why}")),
             synced: None,
         });
     }
@@ -153,6 +190,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
             r.cfg,
             &store,
             r.started,
+            r.finished,
             &r.result,
             r.sync_error().as_deref(),
             !several,
@@ -176,7 +214,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
                     "{} ({}) in {:.1}s{}",
                     path.strip_prefix(&store.root).unwrap_or(path).display(),
                     human_size(*size),
-                    r.clock.elapsed().as_secs_f64(),
+                    r.took.as_secs_f64(),
                     r.uploaded_text()
                 ),
             },
@@ -210,7 +248,9 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
 struct Run<'a> {
     cfg: &'a Config,
     started: chrono::DateTime<chrono::FixedOffset>,
-    clock: std::time::Instant,
+    /// When its own part ended (its dump, placement and rotation).
+    finished: chrono::DateTime<chrono::FixedOffset>,
+    took: std::time::Duration,
     result: Result<(std::path::PathBuf, u64)>,
     synced: Option<Result<crate::offsite::Report>>,
 }
@@ -238,7 +278,7 @@ impl Run<'_> {
                 self.cfg.db.name,
                 path.strip_prefix(root).unwrap_or(path).display(),
                 human_size(*size),
-                self.clock.elapsed().as_secs_f64(),
+                self.took.as_secs_f64(),
                 self.uploaded_text()
             ),
             (Ok((path, _)), Some(e)) => format!(
@@ -291,26 +331,55 @@ async fn report_several(cfg: &Config, store: &Store, runs: Vec<Run<'_>>) -> Resu
         .await;
         return Ok(());
     }
-    let names: Vec<&str> = failed.iter().map(|r| r.cfg.db.name.as_str()).collect();
-    let title = format!(
-        "Backup of {} of {} databases failed: {}",
-        failed.len(),
+    let names = |of: &dyn Fn(&Run) -> bool| -> Vec<&str> {
+        failed
+            .iter()
+            .filter(|r| of(r))
+            .map(|r| r.cfg.db.name.as_str())
+            .collect()
+    };
+    let refused = names(&|r| r.result.as_ref().is_err_and(|e| !crate::error::alerts(e)));
+    let local = names(&|r| r.result.as_ref().is_err_and(crate::error::alerts));
+    let offsite = names(&|r| r.result.is_ok());
+    let mut parts = Vec::new();
+    if !local.is_empty() {
+        parts.push(format!(
+            "Backup of {} of {} databases failed: {}",
+            local.len(),
+            runs.len(),
+            local.join(", ")
+        ));
+    }
+    if !offsite.is_empty() {
+        parts.push(format!(
+            "off-site sync of {} failed (the local backups were kept)",
+            offsite.join(", ")
+        ));
+    }
+    if !refused.is_empty() {
+        parts.push(format!("refused (bad input): {}", refused.join(", ")));
+    }
+    let title = parts.join("; ");
+    let backed_up = runs.iter().filter(|r| r.result.is_ok()).count();
+    let message = format!(
+        "{title}. {backed_up} of {} databases backed up. Each database's outcome:\n  {}",
         runs.len(),
-        names.join(", ")
+        lines.join("\n  ")
     );
+    // Only bad input (an existing --name): said, not alerted, exit 2.
+    if local.is_empty() && offsite.is_empty() {
+        return Err(crate::error::usage(message));
+    }
     notify::alert(
         cfg,
         notify::Alert {
             kind: notify::Kind::Backup,
-            title: title.clone(),
+            title,
             body: lines.join("\n"),
         },
     )
     .await;
-    Err(anyhow::anyhow!(
-        "{title} (each said above); the other {} were backed up",
-        runs.len() - failed.len()
-    ))
+    Err(anyhow::anyhow!(message))
 }
 
 /// The job under the lock: take, place, rotate. Returns the dump and its size.
@@ -395,6 +464,7 @@ async fn record(
     cfg: &Config,
     store: &Store,
     started: chrono::DateTime<chrono::FixedOffset>,
+    finished: chrono::DateTime<chrono::FixedOffset>,
     result: &Result<(std::path::PathBuf, u64)>,
     sync_error: Option<&str>,
     alert: bool,
@@ -403,7 +473,6 @@ async fn record(
     if result.as_ref().is_err_and(|e| !crate::error::alerts(e)) {
         return;
     }
-    let finished = cfg.calendar.zone.local_time(Utc::now());
     let previous = state::last_backup(&store.root, &cfg.prefix, &cfg.db.name);
     let run = state::BackupRun {
         database: cfg.db.name.clone(),
@@ -422,10 +491,13 @@ async fn record(
                 .to_string()
         }),
         size_bytes: result.as_ref().ok().map(|(_, s)| *s),
-        last_success_at: if result.is_ok() {
-            Some(finished)
-        } else {
-            previous.and_then(|p| p.last_success_at)
+        last_success_at: match (result, previous) {
+            (Ok(_), _) => Some(finished),
+            // The record this run wrote after its dump is not an earlier success.
+            (Err(_), Some(p)) if p.started_at == started => {
+                p.last_success_at.filter(|t| *t < started)
+            }
+            (Err(_), p) => p.and_then(|p| p.last_success_at),
         },
     };
     if let Err(e) = state::record_backup(&store.root, &cfg.prefix, &run) {

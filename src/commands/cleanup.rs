@@ -74,25 +74,32 @@ pub async fn run(cfg: &Config, args: &CleanupArgs) -> Result<()> {
 /// Drops the databases restores kept that are older than `age`, after the
 /// operator said yes (on a terminal) or with `--yes`.
 async fn old_copies(cfg: &Config, args: &CleanupArgs, age: std::time::Duration) -> Result<()> {
-    let pg = Postgres::new(cfg.db.clone());
-    pg.check_container().await?;
+    // Every configured database's server.
     let now = chrono::Local::now().naive_local();
-    let old: Vec<_> = kept_copies(&pg)
-        .await?
-        .into_iter()
-        .filter(|c| (now - c.replaced_at).to_std().is_ok_and(|a| a > age))
-        .collect();
+    let mut old = Vec::new();
+    for db in cfg.servers() {
+        let pg = Postgres::new(db);
+        pg.check_container().await?;
+        let found: Vec<_> = kept_copies(&pg)
+            .await?
+            .into_iter()
+            .filter(|c| (now - c.replaced_at).to_std().is_ok_and(|a| a > age))
+            .collect();
+        if found.is_empty() {
+            crate::out!(
+                "No kept copy older than {} on {}.",
+                humantime::format_duration(age),
+                pg.describe_server()
+            );
+        }
+        old.extend(found.into_iter().map(|c| (pg.clone(), c)));
+    }
     if old.is_empty() {
-        crate::out!(
-            "No kept copy older than {} on {}.",
-            humantime::format_duration(age),
-            pg.describe_server()
-        );
         return Ok(());
     }
-    for c in &old {
+    for (pg, c) in &old {
         crate::out!(
-            "{} {} ({}, replaced {})",
+            "{} {} ({}, replaced {}, on {})",
             if args.dry_run {
                 "would drop:"
             } else {
@@ -100,7 +107,8 @@ async fn old_copies(cfg: &Config, args: &CleanupArgs, age: std::time::Duration) 
             },
             c.name,
             human_size(c.size_bytes),
-            c.replaced_at.format("%Y-%m-%d %H:%M")
+            c.replaced_at.format("%Y-%m-%d %H:%M"),
+            pg.describe_server()
         );
     }
     if args.dry_run {
@@ -129,8 +137,8 @@ async fn old_copies(cfg: &Config, args: &CleanupArgs, age: std::time::Duration) 
             )));
         }
     }
-    for c in &old {
-        drop_database(&pg, &c.name).await?;
+    for (pg, c) in &old {
+        drop_database(pg, &c.name).await?;
         crate::out!("dropped: {}", c.name);
     }
     Ok(())

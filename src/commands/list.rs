@@ -17,7 +17,7 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
     let scanned = store.scan(&cfg.calendar, &cfg.prefix)?;
     // The configured databases' backups (and files that may be theirs); with
     // DB_NAME=all, everything in the store.
-    let dbs = crate::databases::recorded(cfg);
+    let dbs = crate::databases::recorded(cfg).all();
     let everything = matches!(cfg.databases, crate::config::Databases::All { .. });
     let all: Vec<Backup> = scanned
         .into_iter()

@@ -20,9 +20,13 @@ pub async fn run(cfg: &Config, args: &RotateArgs) -> Result<()> {
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
     let several = cfg.several();
     let mut decisions = Vec::new();
-    for c in crate::databases::recorded(cfg) {
+    // A database whose prefix another shares is never rotated (its files
+    // cannot be told from the other's).
+    let found = crate::databases::recorded(cfg);
+    found.warn_failed("Rotation");
+    for c in &found.dbs {
         // Each database's own policy, over its own backups (see `owner`).
-        decisions.extend(plan(&c, &backups, Utc::now()));
+        decisions.extend(plan(c, &backups, Utc::now()));
     }
     if args.json {
         let views: Vec<_> = decisions.iter().map(|(d, b)| view(d, b)).collect();

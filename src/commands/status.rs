@@ -36,7 +36,8 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     let now = Utc::now();
     let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
     let free = store.free_space().ok();
-    let dbs = crate::databases::recorded(cfg);
+    let found = crate::databases::recorded(cfg);
+    let dbs = found.all();
     let kept = kept.await.ok().flatten();
 
     let mut problems = Vec::new();
@@ -71,10 +72,18 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
         );
     }
     let several = cfg.several();
-    let reports: Vec<DbReport> = dbs
+    let mut reports: Vec<DbReport> = dbs
         .iter()
         .map(|c| database(c, &store, &backups, now, max_age))
         .collect();
+    // A database whose prefix another shares: its backups cannot be told apart.
+    for (c, why) in &found.failed {
+        if let Some(r) = reports.iter_mut().find(|r| r.name == c.db.name) {
+            r.problems.insert(0, why.clone());
+            r.json["healthy"] = false.into();
+            r.json["problems"] = r.problems.clone().into();
+        }
+    }
     for r in &reports {
         problems.extend(r.problems.iter().map(|p| {
             if several {

@@ -19,7 +19,11 @@ pub async fn run(cfg: &Config) -> Result<()> {
     let _lock = super::lock_store(cfg, &store, "sync").await?;
     let several = cfg.several();
     let mut failed = Vec::new();
-    for c in crate::databases::recorded(cfg) {
+    let found = crate::databases::recorded(cfg);
+    for (c, why) in &found.failed {
+        failed.push((c.db.name.clone(), anyhow::anyhow!("{why}")));
+    }
+    for c in found.dbs {
         // Each database's own files and its own remote retention.
         let remote = Remote::new(c.remote.clone().unwrap_or_else(|| rc.clone()));
         if let Err(e) = step(&c, &store, &remote, !several).await {

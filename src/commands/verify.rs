@@ -61,7 +61,8 @@ async fn run_several(cfg: &Config, args: &VerifyArgs, reports: &mut Vec<Report>)
     if !cfg.several() {
         return run_one(cfg, args, reports).await;
     }
-    let mut dbs = crate::databases::recorded(cfg);
+    let found = crate::databases::recorded(cfg);
+    let mut dbs = found.dbs.clone();
     if dbs.is_empty() {
         return Err(anyhow!(
             "DB_NAME=all: no backup run has listed the server's databases yet; run `kbackup backup` first"
@@ -71,15 +72,18 @@ async fn run_several(cfg: &Config, args: &VerifyArgs, reports: &mut Vec<Report>)
     if let Some(path) = &args.path {
         let store = Store::new(cfg.backup_dir.clone());
         let full = store.root.join(path);
-        let prefix = store
-            .scan(&cfg.calendar, &cfg.prefix)?
-            .into_iter()
-            .find(|b| b.path == full)
-            .and_then(|b| b.manifest.map(|m| m.prefix));
-        let i = dbs
-            .iter()
-            .position(|c| Some(&c.prefix) == prefix.as_ref())
-            .unwrap_or(0);
+        let backups = store.scan(&cfg.calendar, &cfg.prefix)?;
+        let i = backups.iter().find(|b| b.path == full).and_then(|b| {
+            dbs.iter()
+                .position(|c| b.owner(&c.prefix) == crate::owner::Owner::Mine)
+        });
+        let Some(i) = i else {
+            return Err(usage(format!(
+                "verify {}: it is not a backup of one of the configured databases that its manifest or \
+                 name tells apart; pass --db NAME to say whose it is",
+                path.display()
+            )));
+        };
         return run_one(&dbs.swap_remove(i), args, reports).await;
     }
     let mut failed = Vec::new();

@@ -45,6 +45,7 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     }
     if cfg.several() {
         let names: Vec<String> = crate::databases::recorded(cfg)
+            .all()
             .into_iter()
             .map(|c| c.db.name)
             .collect();
@@ -68,7 +69,8 @@ pub async fn run(cfg: &Config, args: &RestoreArgs) -> Result<()> {
 /// `restore --all`: every configured database in turn, each through the safe
 /// path; one failing does not stop the others; exit 1 when any failed.
 async fn run_all(cfg: &Config, args: &RestoreArgs) -> Result<()> {
-    let dbs = crate::databases::recorded(cfg);
+    let found = crate::databases::recorded(cfg);
+    let dbs = found.all();
     if dbs.is_empty() {
         return Err(usage(
             "restore --all: no database is known: under DB_NAME=all the databases are the ones a backup run \
@@ -77,15 +79,15 @@ async fn run_all(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     }
     let clock = Instant::now();
     let mut failed = Vec::new();
-    for c in &dbs {
+    for (c, why) in &found.failed {
+        tracing::error!("Restore of {} FAILED: {why}", c.db.name);
+        failed.push((c.db.name.clone(), why.clone()));
+    }
+    for c in &found.dbs {
         tracing::info!("Restoring database {}...", c.db.name);
         if let Err(e) = run_one(c, args).await {
-            if crate::error::exit_kind(&e) == crate::error::ExitKind::Usage && !args.dry_run {
-                tracing::error!("Restore of {} refused: {e:#}", c.db.name);
-            } else {
-                tracing::error!("Restore of {} FAILED: {e:#}", c.db.name);
-            }
-            failed.push(c.db.name.clone());
+            tracing::error!("Restore of {} FAILED: {e:#}", c.db.name);
+            failed.push((c.db.name.clone(), format!("{e:#}")));
         }
     }
     let done = dbs.len() - failed.len();
@@ -109,10 +111,14 @@ async fn run_all(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     Err(anyhow::Error::new(crate::error::Coded {
         kind: crate::error::ExitKind::Failure,
         message: format!(
-            "restore --all: {} of {} database(s) not restored: {} (each said above); {done} restored",
+            "restore --all: {} of {} database(s) not restored; {done} restored. {}",
             failed.len(),
             dbs.len(),
-            failed.join(", ")
+            failed
+                .iter()
+                .map(|(db, why)| format!("{db}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     }))
 }
@@ -172,10 +178,14 @@ async fn run_one(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let pg = rc.pg.clone();
     // Disaster recovery (--all): every role the saved globals create and the
     // server lacks, before the first database needs them.
-    if args.all {
-        restore_roles(&pg, source.globals.as_deref(), args.dry_run).await?;
-    }
-    let missing = missing_roles(&pg, &checked.summary).await?;
+    let made = if args.all {
+        restore_roles(&pg, source.globals.as_deref(), args.dry_run).await?
+    } else {
+        vec![]
+    };
+    // A dry run has not made them: they are not missing all the same.
+    let mut missing = missing_roles(&pg, &checked.summary).await?;
+    missing.retain(|r| !made.contains(r));
     // What the run does, not what it hoped: a copy that could not be written
     // (a full disk) streams, and the plan says so. A dry run writes no copy.
     let feed = if args.dry_run {
@@ -251,14 +261,15 @@ async fn run_one(cfg: &Config, args: &RestoreArgs) -> Result<()> {
 
 /// Creates every role of the globals file the server lacks (kept: the
 /// server's roles are what a recovery is for). A dry run only says which.
+/// Returns the roles it created (or, in a dry run, would create).
 async fn restore_roles(
     pg: &Postgres,
     globals: Option<&std::path::Path>,
     dry_run: bool,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let Some(path) = globals else {
         tracing::warn!("This backup has no saved globals: roles are not restored with it");
-        return Ok(());
+        return Ok(vec![]);
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read the saved globals {}: {e}", path.display()))?;
@@ -273,7 +284,7 @@ async fn restore_roles(
         .filter(|r| !have.contains(r))
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(missing);
     }
     if dry_run {
         crate::out!(
@@ -281,14 +292,14 @@ async fn restore_roles(
             missing.join(", "),
             path.display()
         );
-        return Ok(());
+        return Ok(missing);
     }
     create_missing_roles(pg, Some(path), &missing).await?.done();
     tracing::info!(
         "Roles created from the saved globals: {}",
         missing.join(", ")
     );
-    Ok(())
+    Ok(missing)
 }
 
 /// When stdin is a terminal, the operator types the database name (or RESTORE)
