@@ -27,11 +27,14 @@ psql -q -v ON_ERROR_STOP=1 -v scale="$SCALE" -d app -f "$DATASET" >/dev/null
 psql -Atc "SELECT 'database size: ' || pg_size_pretty(pg_database_size('app'))"
 
 export BACKUP_DIR="$WORK/store" DB_NAME=app POSTGRES_HOST="$PGHOST" POSTGRES_PORT="$PGPORT"
-# timed NAME CMD...: appends "wall_seconds peak_kb" to $WORK/NAME
+# timed NAME CMD...: appends "wall_seconds peak_kb" to $WORK/NAME (wall time
+# to the microsecond from bash's clock; peak memory from /usr/bin/time)
 timed() {
   local name=$1; shift
-  /usr/bin/time -f "%e %M" -o "$WORK/t" "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; die "$name failed"; }
-  cat "$WORK/t" >> "$WORK/$name"
+  local start=$EPOCHREALTIME
+  /usr/bin/time -f "%M" -o "$WORK/t" "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; die "$name failed"; }
+  local end=$EPOCHREALTIME
+  echo "$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.4f", e - s }') $(cat "$WORK/t")" >> "$WORK/$name"
 }
 for i in $(seq "$RUNS"); do
   say "run $i of $RUNS"

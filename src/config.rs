@@ -803,7 +803,9 @@ pub fn probably_meant(name: &str) -> Option<&'static str> {
     if known.clone().any(|k| k == name) {
         return None;
     }
+    // No edit distance is within 3 when the lengths differ by more.
     let (best, distance) = known
+        .filter(|k| k.len().abs_diff(name.len()) <= 3)
         .map(|k| (k, strsim::damerau_levenshtein(name, k)))
         .min_by_key(|(_, d)| *d)?;
     let own = OWN_PREFIXES.iter().any(|p| name.starts_with(p));

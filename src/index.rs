@@ -29,7 +29,7 @@ use crate::manifest::{Brief, Manifest, Verifications};
 use crate::naming::{self, Format, MANIFEST_EXT, VERIFY_EXT};
 
 const FILE: &str = "index.json";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// A folder changed less than this before it was read is read again next
 /// time: a change within one tick of the kernel's file clock after the read
 /// would leave the folder's stamp as it was.
@@ -40,9 +40,13 @@ const RACY_COARSE: i64 = 3_000_000_000;
 /// What identifies a file or folder as it was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
+    #[serde(rename = "i")]
     ino: u64,
+    #[serde(rename = "s")]
     size: u64,
+    #[serde(rename = "m")]
     mtime_ns: i64,
+    #[serde(rename = "c")]
     ctime_ns: i64,
 }
 
@@ -57,18 +61,22 @@ impl Stamp {
     }
 }
 
-/// One dump of a tier folder, with its sidecars' contents.
+/// One dump of a tier folder, with its manifest's brief and its verification
+/// record without the checks' findings (short field names: one per backup).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dump {
+    #[serde(rename = "f")]
     pub name: String,
+    #[serde(rename = "s")]
     pub size: u64,
+    #[serde(rename = "m")]
     pub mtime_ns: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<(Stamp, Brief)>,
     /// Why a manifest that exists could not be read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub manifest_error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<(Stamp, Verifications)>,
 }
 
@@ -135,6 +143,11 @@ impl Index {
         );
         self.changed = true;
         Ok(())
+    }
+
+    /// How many dumps the refreshed folders hold.
+    pub fn dumps(&self) -> usize {
+        self.tiers.values().map(|l| l.dumps.len()).sum()
     }
 
     /// Forgets a folder that is gone.
@@ -216,7 +229,7 @@ fn read_folder(dir: &Path, mut before: HashMap<String, Dump>) -> Result<Vec<Dump
             .get(&naming::sidecar(stem, VERIFY_EXT))
             .and_then(|file| {
                 read_sidecar(file, old.and_then(|d| d.verification), |b| {
-                    serde_json::from_slice::<Verifications>(b)
+                    serde_json::from_slice::<Verifications>(b).map(Verifications::brief)
                 })
                 .ok()
             });

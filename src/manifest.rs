@@ -91,22 +91,30 @@ pub struct Verification {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Verifications {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub full: Option<Verification>,
+    pub full: Option<Box<Verification>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quick: Option<Verification>,
+    pub quick: Option<Box<Verification>>,
 }
 
 impl Verifications {
     /// The one to show: a full verification when there is one, else the quick.
     pub fn best(&self) -> Option<&Verification> {
-        self.full.as_ref().or(self.quick.as_ref())
+        self.full.as_deref().or(self.quick.as_deref())
     }
 
     pub fn with(mut self, v: Verification) -> Self {
         if v.quick {
-            self.quick = Some(v);
+            self.quick = Some(Box::new(v));
         } else {
-            self.full = Some(v);
+            self.full = Some(Box::new(v));
+        }
+        self
+    }
+
+    /// Without each check's findings: what a listing shows (when, how, passed).
+    pub fn brief(mut self) -> Self {
+        for v in [&mut self.full, &mut self.quick].into_iter().flatten() {
+            v.checks = Vec::new();
         }
         self
     }
@@ -142,17 +150,26 @@ impl Manifest {
 /// What the store's listing needs of a manifest (owner, time, checksum, rows):
 /// kept for every backup of a scan, and cached in the store's index, while the
 /// whole manifest (every table) is read only for the backup a command works on.
+/// (Short field names: it is stored once per backup in the index.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Brief {
+    #[serde(rename = "d")]
     pub database: String,
+    #[serde(rename = "p")]
     pub prefix: String,
-    #[serde(with = "rfc3339")]
+    #[serde(rename = "t", with = "rfc3339")]
     pub started_at: DateTime<FixedOffset>,
+    #[serde(rename = "h")]
     pub sha256: String,
+    #[serde(rename = "n")]
     pub size_bytes: u64,
+    #[serde(rename = "v")]
     pub server_major: Option<u32>,
+    #[serde(rename = "r")]
     pub total_rows: Option<u64>,
+    #[serde(rename = "w")]
     pub role_passwords: bool,
+    #[serde(rename = "z")]
     pub database_size_bytes: u64,
 }
 

@@ -69,6 +69,14 @@ impl Backup {
         Ok(Some(m))
     }
 
+    /// The verification record with every check's findings, read from its file.
+    pub fn full_verification(&self) -> Verifications {
+        fs::read(self.sidecar(VERIFY_EXT))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
     /// Whose backup this is, for a database with file prefix `prefix`.
     pub fn owner(&self, prefix: &str) -> crate::owner::Owner {
         // A named/ file's prefix depends on the prefix the scan was asked
@@ -404,7 +412,6 @@ impl Store {
     pub fn scan(&self, cal: &Calendar, prefix_hint: &str) -> Result<Vec<Backup>> {
         let mut index = crate::index::Index::load(&self.root);
         let mut present = Vec::new();
-        let mut out = Vec::new();
         for tier in Tier::ALL {
             let dir = self.tier_dir(tier);
             let folder = match fs::symlink_metadata(&dir) {
@@ -429,6 +436,7 @@ impl Store {
             present.push((tier, dir));
         }
         index.save(&self.root);
+        let mut out = Vec::with_capacity(index.dumps());
         for (tier, dir) in present {
             for d in index.take(tier.dir()) {
                 let Some(parsed) = naming::parse_file_name(cal, tier, &d.name, prefix_hint) else {
@@ -459,13 +467,17 @@ impl Store {
                 });
             }
         }
-        out.sort_by(|a, b| {
+        // Sorted by moving indices, not the (large) backups themselves.
+        let mut order: Vec<usize> = (0..out.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&out[a], &out[b]);
             b.time
                 .cmp(&a.time)
                 .then(a.tier.cmp(&b.tier))
                 .then(b.rel_path.cmp(&a.rel_path))
         });
-        Ok(out)
+        let mut slots: Vec<Option<Backup>> = out.into_iter().map(Some).collect();
+        Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
     }
 
     /// Whether `tier` already holds a dump (any format) for `stem`.
@@ -562,7 +574,8 @@ impl Store {
     /// (hard links share an inode: verifying one verified them all).
     pub fn record_verification(&self, copies: &[&Backup], v: &Verification) -> Result<()> {
         for b in copies {
-            let json = serde_json::to_vec_pretty(&b.verification.clone().with(v.clone()))?;
+            // The record as it is on disk (a scan keeps only its brief).
+            let json = serde_json::to_vec_pretty(&b.full_verification().with(v.clone()))?;
             write_replace(&b.sidecar(VERIFY_EXT), &json)?;
         }
         Ok(())
@@ -876,24 +889,27 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// `du -h` style sizes, as the seed prints them: 512B, 1.1M, 20M, 3.4G.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
-    let mut v = bytes as f64;
+    // Whole numbers only (a listing prints thousands): rounded up, one
+    // decimal below 10 units.
     let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
+    while unit < UNITS.len() - 1 && bytes >= 1u64 << (10 * (unit + 1)) {
         unit += 1;
     }
+    let base = 1u128 << (10 * unit);
+    let b = bytes as u128;
     if unit == 0 {
         format!("{bytes}B")
-    } else if v < 10.0 {
-        format!("{:.1}{}", (v * 10.0).ceil() / 10.0, UNITS[unit])
+    } else if b < 10 * base {
+        let tenths = (b * 10).div_ceil(base);
+        format!("{}.{}{}", tenths / 10, tenths % 10, UNITS[unit])
     } else {
-        format!("{:.0}{}", v.ceil(), UNITS[unit])
+        format!("{}{}", b.div_ceil(base), UNITS[unit])
     }
 }
 
 /// The seed's counts: `Hourly: 9, Daily: 5, Weekly: 0` (Monthly and Named when present).
-pub fn tier_counts(all: &[Backup]) -> String {
-    let count = |t: Tier| all.iter().filter(|b| b.tier == t).count();
+pub fn tier_counts<B: std::borrow::Borrow<Backup>>(all: &[B]) -> String {
+    let count = |t: Tier| all.iter().filter(|b| b.borrow().tier == t).count();
     let mut parts: Vec<String> = [Tier::Hourly, Tier::Daily, Tier::Weekly]
         .iter()
         .map(|t| format!("{}: {}", t.title(), count(*t)))
@@ -912,6 +928,30 @@ mod tests {
 
     #[test]
     fn sizes_read_like_du() {
+        // The same text as the float formula it replaced, everywhere.
+        let float = |bytes: u64| {
+            const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+            let mut v = bytes as f64;
+            let mut unit = 0;
+            while v >= 1024.0 && unit < UNITS.len() - 1 {
+                v /= 1024.0;
+                unit += 1;
+            }
+            if unit == 0 {
+                format!("{bytes}B")
+            } else if v < 10.0 {
+                format!("{:.1}{}", (v * 10.0).ceil() / 10.0, UNITS[unit])
+            } else {
+                format!("{:.0}{}", v.ceil(), UNITS[unit])
+            }
+        };
+        let mut x: u64 = 1;
+        while x < u64::MAX / 3 {
+            for b in [x - 1, x, x + 1, x / 9 * 10, x / 2 * 3] {
+                assert_eq!(human_size(b), float(b), "{b}");
+            }
+            x = x / 4 * 7 + 13;
+        }
         assert_eq!(human_size(512), "512B");
         assert_eq!(human_size(1_100_000), "1.1M");
         assert_eq!(human_size(20 * 1024 * 1024), "20M");

@@ -379,3 +379,87 @@ fn all_never_loses_track_of_a_database() {
         assert_eq!(d["healthy"], false, "{d:#}");
     }
 }
+
+#[test]
+fn one_run_over_databases_whose_names_begin_each_other_keeps_each_policy_locally_and_off_site() {
+    let c = cluster();
+    let app = c.new_db("nest");
+    let staging = format!("{app}_staging");
+    let two = format!("{app}_2");
+    for d in [&staging, &two] {
+        c.psql("postgres", &format!("CREATE DATABASE {d}"));
+    }
+    for d in [&app, &staging, &two] {
+        c.psql(d, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    }
+    let mut kb = Kb::direct("");
+    kb.unset("DB_NAME");
+    let remote = kb.home.path().join("remote");
+    let toml = kb.home.path().join("k.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[[database]]\nname = \"{app}\"\nkeep_hourly = 1\n\n\
+             [[database]]\nname = \"{staging}\"\nkeep_hourly = 2\n\n\
+             [[database]]\nname = \"{two}\"\nkeep_hourly = 3\n"
+        ),
+    )
+    .unwrap();
+    kb.set("KBACKUP_CONFIG", toml.to_str().unwrap())
+        .set("BACKUP_KEEP_DAILY", "0")
+        .set("BACKUP_KEEP_WEEKLY", "0")
+        .set("RCLONE_CONFIG", "/dev/null")
+        .set("RCLONE_CONFIG_OFFSITE_TYPE", "local")
+        .set("RCLONE_REMOTE_NAME", "offsite")
+        .set("RCLONE_REMOTE_PATH", remote.to_str().unwrap());
+    for hour in 10..15 {
+        let r = kb.ok(&["backup", "--time", &format!("2025-03-01T{hour}:00:00Z")]);
+        assert!(
+            r.stderr().contains("Backups complete: all 3 databases"),
+            "{}",
+            r.stderr()
+        );
+    }
+    let hourly_of = |files: Vec<String>, db: &str| -> Vec<String> {
+        files
+            .into_iter()
+            .filter(|f| {
+                f.strip_prefix(&format!("hourly/{db}_"))
+                    .is_some_and(|rest| rest.starts_with("2025-") && rest.ends_with(".dump.zst"))
+            })
+            .collect()
+    };
+    for (db, keep) in [(&app, 1), (&staging, 2), (&two, 3)] {
+        let local = hourly_of(files_under(&kb.store).into_iter().collect(), db);
+        let off = hourly_of(files_under(&remote).into_iter().collect(), db);
+        let newest: Vec<String> = (15 - keep..15)
+            .rev()
+            .map(|h| format!("hourly/{db}_2025-03-01_{h}-00-00.dump.zst"))
+            .collect();
+        let mut local_sorted = local.clone();
+        local_sorted.sort();
+        local_sorted.reverse();
+        assert_eq!(local_sorted, newest, "{db} locally");
+        let mut off_sorted = off.clone();
+        off_sorted.sort();
+        off_sorted.reverse();
+        assert_eq!(off_sorted, newest, "{db} on the remote");
+    }
+    // rotate and sync on their own change nothing more, for any of them.
+    let r = kb.ok(&["rotate", "--dry-run"]);
+    assert!(
+        r.stdout().contains("Dry run: 0 to delete"),
+        "{}",
+        r.stdout()
+    );
+    kb.ok(&["sync"]);
+    assert_eq!(
+        hourly_of(files_under(&remote).into_iter().collect(), &two).len(),
+        3
+    );
+    // Each has its own line in list and status.
+    let status = kb.run(&["status", "--max-age", "100000d"]).stdout();
+    for db in [&app, &staging, &two] {
+        assert!(status.contains(&format!("Database {db}: OK")), "{status}");
+    }
+}

@@ -19,8 +19,8 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
     // DB_NAME=all, everything in the store.
     let dbs = crate::databases::recorded(cfg).all();
     let everything = matches!(cfg.databases, crate::config::Databases::All { .. });
-    let all: Vec<Backup> = scanned
-        .into_iter()
+    let all: Vec<&Backup> = scanned
+        .iter()
         .filter(|b| {
             everything
                 || dbs
@@ -30,6 +30,7 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
         .collect();
     let shown: Vec<&Backup> = all
         .iter()
+        .copied()
         .filter(|b| args.tier.is_none_or(|t| t == b.tier))
         .collect();
     let several = cfg.several();

@@ -309,7 +309,8 @@ fn database(
                     Some(b) => json!({
                         "path": b.rel_path, "time": b.time.to_rfc3339(),
                         "age_seconds": (now - b.time.with_timezone(&Utc)).num_seconds(),
-                        "size_bytes": b.size, "verification": b.verification.best(),
+                        "size_bytes": b.size,
+                        "verification": b.full_verification().best().cloned(),
                         "count": ours.iter().filter(|x| x.tier == *t).count(),
                     }),
                     None => serde_json::Value::Null,
