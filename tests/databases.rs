@@ -383,15 +383,7 @@ fn all_never_loses_track_of_a_database() {
 #[test]
 fn one_run_over_databases_whose_names_begin_each_other_keeps_each_policy_locally_and_off_site() {
     let c = cluster();
-    let app = c.new_db("nest");
-    let staging = format!("{app}_staging");
-    let two = format!("{app}_2");
-    for d in [&staging, &two] {
-        c.psql("postgres", &format!("CREATE DATABASE {d}"));
-    }
-    for d in [&app, &staging, &two] {
-        c.psql(d, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
-    }
+    let [app, staging, two] = c.nested_databases("nest");
     let mut kb = Kb::direct("");
     kb.unset("DB_NAME");
     let remote = kb.home.path().join("remote");

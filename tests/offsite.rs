@@ -599,15 +599,7 @@ fn one_run_can_switch_off_the_remote_and_the_alerts() {
 #[test]
 fn databases_sharing_a_store_and_a_remote_never_touch_each_other() {
     let c = cluster();
-    let app = c.new_db("shared");
-    let staging = format!("{app}_staging");
-    let two = format!("{app}_2");
-    for d in [&staging, &two] {
-        c.psql("postgres", &format!("CREATE DATABASE {d}"));
-    }
-    for d in [&app, &staging, &two] {
-        c.psql(d, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
-    }
+    let [app, staging, two] = c.nested_databases("shared");
     let home = tempfile::tempdir().unwrap();
     let store = home.path().join("store");
     let remote = home.path().join("remote");

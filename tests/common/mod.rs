@@ -302,6 +302,21 @@ impl Cluster {
         name
     }
 
+    /// Three databases whose names begin each other's (`x`, `x_staging`,
+    /// `x_2`), each with a one-row table.
+    pub fn nested_databases(&self, hint: &str) -> [String; 3] {
+        let app = self.new_db(hint);
+        let staging = format!("{app}_staging");
+        let two = format!("{app}_2");
+        for d in [&staging, &two] {
+            self.psql("postgres", &format!("CREATE DATABASE {d}"));
+        }
+        for d in [&app, &staging, &two] {
+            self.psql(d, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+        }
+        [app, staging, two]
+    }
+
     /// A database with a few tables, a sequence, a view, a large object.
     pub fn sample_db(&self, hint: &str) -> String {
         let db = self.new_db(hint);
