@@ -109,8 +109,15 @@ impl Index {
     }
 
     /// Makes the listing of the tier folder `dir` (named `key` in the index),
-    /// whose metadata is `folder`, describe it as it is now.
-    pub fn refresh(&mut self, key: &str, dir: &Path, folder: &fs::Metadata) -> Result<()> {
+    /// whose metadata is `folder`, read at or after `since` (the wall clock
+    /// before the folder's metadata was read), describe it as it is now.
+    pub fn refresh(
+        &mut self,
+        key: &str,
+        dir: &Path,
+        folder: &fs::Metadata,
+        since: i64,
+    ) -> Result<()> {
         let stamp = Stamp::of(folder);
         if self
             .tiers
@@ -125,7 +132,8 @@ impl Index {
             .map(|l| l.dumps.into_iter().map(|d| (d.name.clone(), d)).collect())
             .unwrap_or_default();
         let dumps = read_folder(dir, before)?;
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        // Measured from before the folder's stamp was taken, not after the
+        // read: a change during a long read stays a tick apart from the stamp.
         let changed = stamp.mtime_ns.max(stamp.ctime_ns);
         // Whole-second stamps (a filesystem without finer times): a wider window.
         let racy = if changed % 1_000_000_000 == 0 {
@@ -137,7 +145,7 @@ impl Index {
             key.to_string(),
             Listing {
                 folder: stamp,
-                trusted: changed < now - racy,
+                trusted: changed < since - racy,
                 dumps,
             },
         );

@@ -411,6 +411,7 @@ impl Store {
     /// of backups is listed without reading every manifest each time.
     pub fn scan(&self, cal: &Calendar, prefix_hint: &str) -> Result<Vec<Backup>> {
         let mut index = crate::index::Index::load(&self.root);
+        let since = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MIN);
         let mut present = Vec::new();
         for tier in Tier::ALL {
             let dir = self.tier_dir(tier);
@@ -432,7 +433,7 @@ impl Store {
                 index.gone(tier.dir());
                 continue;
             }
-            index.refresh(tier.dir(), &dir, &folder)?;
+            index.refresh(tier.dir(), &dir, &folder, since)?;
             present.push((tier, dir));
         }
         index.save(&self.root);

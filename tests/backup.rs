@@ -999,3 +999,68 @@ fn help_puts_global_flags_under_their_own_heading() {
         assert!(own_at < heading && heading < global_at, "{command}: {help}");
     }
 }
+
+/// The store's index is a cache: whatever happens to the files between two
+/// commands (a manifest replaced, a dump deleted, files copied in, the index
+/// itself garbled), the next `list` shows the files as they are.
+#[test]
+fn the_index_never_hides_a_change_to_the_files() {
+    let db = cluster().sample_db("index");
+    let kb = Kb::direct(&db);
+    kb.ok(&["backup", "--time", "2025-01-01T01:00:00Z"]);
+    kb.ok(&["backup", "--time", "2025-01-01T02:00:00Z"]);
+    let hourly = |t: &str| format!("hourly/{db}_2025-01-01_{t}");
+    let paths = |list: &[Value]| -> Vec<String> {
+        list.iter()
+            .filter(|b| b["tier"] == "hourly")
+            .map(|b| b["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Past the racy window: the next lists use the folder's cached listing.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(paths(&kb.list_json()).len(), 2);
+    assert!(kb.store.join(".kbackup/index.json").exists());
+    let _ = kb.list_json();
+
+    // A manifest replaced (by rename, as every writer does): its new content shows.
+    let m = kb
+        .store
+        .join(format!("{}.manifest.json", hourly("01-00-00")));
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    v["database"] = "edited".into();
+    let tmp = kb.store.join("hourly/.edit");
+    std::fs::write(&tmp, serde_json::to_vec(&v).unwrap()).unwrap();
+    std::fs::rename(&tmp, &m).unwrap();
+    let list = kb.list_json();
+    let edited = list
+        .iter()
+        .find(|b| b["path"] == format!("{}.dump.zst", hourly("01-00-00")))
+        .unwrap();
+    assert_eq!(edited["database"], "edited");
+
+    // A dump deleted behind kbackup's back is gone from the list at once.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = kb.list_json();
+    std::fs::remove_file(kb.store.join(format!("{}.dump.zst", hourly("02-00-00")))).unwrap();
+    assert_eq!(
+        paths(&kb.list_json()),
+        [format!("{}.dump.zst", hourly("01-00-00"))]
+    );
+
+    // Files copied in, right after the last list (inside the racy window).
+    for ext in ["dump.zst", "manifest.json", "globals.sql"] {
+        std::fs::copy(
+            kb.store.join(format!("{}.{ext}", hourly("01-00-00"))),
+            kb.store.join(format!("{}.{ext}", hourly("03-00-00"))),
+        )
+        .unwrap();
+    }
+    assert_eq!(paths(&kb.list_json()).len(), 2);
+
+    // A garbled index is rebuilt from the files.
+    std::fs::write(kb.store.join(".kbackup/index.json"), b"{not json").unwrap();
+    assert_eq!(paths(&kb.list_json()).len(), 2);
+    let mut dumps = kb.dumps("hourly");
+    dumps.sort();
+    assert_eq!(dumps.len(), 2, "{dumps:?}");
+}
