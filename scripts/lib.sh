@@ -35,7 +35,7 @@ ensure() {
       zstd) command -v zstd >/dev/null || missing+=(zstd) ;;
       rclone) command -v rclone >/dev/null || missing+=(rclone) ;;
       docker) command -v dockerd >/dev/null || missing+=(docker.io) ;;
-      aiosmtpd | pgversions) ;;
+      aiosmtpd | moto | pgversions) ;;
       *) die "ensure: unknown component $want" ;;
     esac
   done
@@ -45,6 +45,11 @@ ensure() {
   if printf '%s\n' "$@" | grep -qx aiosmtpd && ! python3 -c 'import aiosmtpd' 2>/dev/null; then
     say "installing aiosmtpd (pip)"
     python3 -m pip install -q aiosmtpd || die "pip install aiosmtpd failed"
+  fi
+  # A real S3 endpoint for the object-storage tests (moto's server, from PyPI).
+  if printf '%s\n' "$@" | grep -qx moto && ! python3 -c 'import moto.server, flask, flask_cors' 2>/dev/null; then
+    say "installing moto[server] (pip)"
+    python3 -m pip install -q 'moto[server]' || die "pip install moto[server] failed"
   fi
   if printf '%s\n' "$@" | grep -qx pgversions; then ensure_pg_versions; fi
 }

@@ -219,6 +219,90 @@ impl Drop for Webdav {
     }
 }
 
+/// A real S3 endpoint on loopback: moto's server (PyPI `moto[server]`), with
+/// one bucket made through rclone's S3 backend.
+pub struct S3 {
+    child: Child,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl S3 {
+    pub fn start(bucket: &str) -> S3 {
+        let has_moto = Command::new("python3")
+            .args(["-c", "import moto.server"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            has_moto,
+            "moto's S3 server is missing (python3 -c 'import moto.server' failed): run scripts/test.sh, \
+             which installs moto[server] from PyPI"
+        );
+        require_tool("rclone", "rclone");
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(port, "moto S3 server");
+        let s3 = S3 {
+            child,
+            port,
+            bucket: bucket.to_string(),
+        };
+        let mut mkdir = Command::new("rclone");
+        mkdir.env_clear().args(["mkdir", &format!("s3:{bucket}")]);
+        for (k, v) in s3.settings("") {
+            mkdir.env(k, v);
+        }
+        let out = mkdir.output().unwrap();
+        assert!(out.status.success(), "rclone mkdir: {out:?}");
+        s3
+    }
+
+    /// kbackup settings for this endpoint as remote `s3:`, folder `<bucket>/<path>`.
+    /// (The environment's AWS_CA_BUNDLE, which breaks rclone's S3 backend over
+    /// plain http, is not passed: kbackup runs with a clean environment.)
+    pub fn settings(&self, path: &str) -> Vec<(String, String)> {
+        [
+            ("RCLONE_CONFIG", "/dev/null".to_string()),
+            ("RCLONE_CONFIG_S3_TYPE", "s3".into()),
+            ("RCLONE_CONFIG_S3_PROVIDER", "Other".into()),
+            (
+                "RCLONE_CONFIG_S3_ENDPOINT",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("RCLONE_CONFIG_S3_ACCESS_KEY_ID", "kbackup-test".into()),
+            (
+                "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY",
+                "kbackup-test-secret".into(),
+            ),
+            ("RCLONE_CONFIG_S3_REGION", "us-east-1".into()),
+            ("RCLONE_REMOTE_NAME", "s3".into()),
+            ("RCLONE_REMOTE_PATH", format!("{}/{path}", self.bucket)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A real SMTP server (aiosmtpd) delivering into a maildir.
 pub struct SmtpSink {
     child: Child,
