@@ -77,6 +77,7 @@ impl Cmd {
 
     /// An environment variable whose value never appears in logs or errors.
     pub fn secret_env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        crate::secrets::register(&value.as_ref().to_string_lossy());
         self.env
             .push((key.to_string(), value.as_ref().to_owned(), true));
         self
@@ -405,6 +406,8 @@ fn drain_stderr(
         let mut tail: std::collections::VecDeque<String> = Default::default();
         let mut keep = |raw: &[u8]| {
             let line = String::from_utf8_lossy(raw);
+            // Whatever a child prints goes nowhere with a secret in it.
+            let line = crate::secrets::redact(&line);
             let line = line.trim_end_matches(['\n', '\r']);
             tracing::trace!("{label}: {line}");
             if show {

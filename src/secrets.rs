@@ -3,6 +3,56 @@
 //! in RCLONE_FLAGS (`--s3-secret-access-key KEY`). Pure: decides what is secret
 //! and how it is shown; the callers keep it out of argv, logs and errors.
 
+/// Secret values kbackup knows this run: handed to a child as a secret
+/// (PGPASSWORD, an rclone flag moved to the environment) or found in its own
+/// environment under a secret's name (RCLONE_CONFIG_S3_SECRET_ACCESS_KEY).
+/// Child output is redacted with them before it is logged or put in an error:
+/// a tool that prints its settings (`rclone -vv` prints every value it reads
+/// from the environment) never leaks one.
+static KNOWN: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+static FROM_ENV: std::sync::Once = std::sync::Once::new();
+
+/// Shorter values are not redacted (they would mangle ordinary text).
+const MIN_SECRET: usize = 4;
+
+/// Adds a secret value to the ones child output is redacted of.
+pub fn register(value: &str) {
+    if value.len() < MIN_SECRET {
+        return;
+    }
+    let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
+    if !known.iter().any(|k| k == value) {
+        known.push(value.to_string());
+        // Longest first: a secret that contains another is replaced whole.
+        known.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    }
+}
+
+/// Whether an environment variable's name says it holds a secret.
+pub fn secret_env_name(name: &str) -> bool {
+    secret_flag(&name.to_ascii_lowercase().replace('_', "-"))
+}
+
+/// `text` with every known secret replaced by `<redacted>`.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    FROM_ENV.call_once(|| {
+        for (k, v) in std::env::vars() {
+            if secret_env_name(&k) {
+                register(&v);
+            }
+        }
+    });
+    let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
+    if !known.iter().any(|k| text.contains(k.as_str())) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = text.to_string();
+    for k in known.iter() {
+        out = out.replace(k.as_str(), "<redacted>");
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Whether an rclone flag (without its dashes) carries a secret by its name.
 pub fn secret_flag(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
@@ -94,6 +144,24 @@ pub fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_output_is_redacted_of_every_known_secret() {
+        register("s3cr3t-value-1");
+        register("abc"); // too short to redact
+        assert!(secret_env_name("RCLONE_CONFIG_S3_SECRET_ACCESS_KEY"));
+        assert!(secret_env_name("RCLONE_CONFIG_DAV_PASS"));
+        assert!(secret_env_name("PGPASSWORD"));
+        assert!(!secret_env_name("RCLONE_CONFIG_S3_ENDPOINT"));
+        assert_eq!(
+            redact("Setting secret_access_key=\"s3cr3t-value-1\" for \"s3\" abc"),
+            "Setting secret_access_key=\"<redacted>\" for \"s3\" abc"
+        );
+        assert!(matches!(
+            redact("nothing here"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()
