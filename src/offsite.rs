@@ -221,7 +221,7 @@ pub async fn sync(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
             }
         }
     }
-    remote.delete(&deletions).await?;
+    remote.delete(&store.root, &deletions).await?;
     report.remote_backups = backups.len()
         - deletions
             .iter()

@@ -196,15 +196,32 @@ impl Remote {
         Ok(())
     }
 
-    pub async fn delete(&self, files: &[String]) -> Result<()> {
-        for rel in files {
+    /// Deletes `files` in two rclone calls however many there are: the dumps
+    /// first, then their sidecars (a sidecar left without its dump, should the
+    /// second call fail, is ignored by every reader; a dump is never left
+    /// without the manifest that says whose it is).
+    pub async fn delete(&self, local_root: &Path, files: &[String]) -> Result<()> {
+        let (dumps, sidecars): (Vec<String>, Vec<String>) = files.iter().cloned().partition(|f| {
+            crate::naming::Format::split(f.rsplit('/').next().unwrap_or("")).is_some()
+        });
+        for batch in [dumps, sidecars] {
+            if batch.is_empty() {
+                continue;
+            }
+            let list = files_from(local_root, &batch)?;
+            // One attempt: a retry lists the remote again, and a server whose
+            // failed DELETE hid the file from its listing (rclone's own WebDAV
+            // server caches it so) would make the retry "succeed".
             self.rclone()
-                .arg("deletefile")
-                .arg(self.at(rel))
+                .args(["delete", "--retries", "1", "--files-from-raw"])
+                .arg(list.path())
+                .arg(self.root())
                 .output(Some(LIST_TIMEOUT))
                 .await
                 .map_err(|e| anyhow!(e))
-                .with_context(|| format!("cannot delete {}", self.at(rel)))?;
+                .with_context(|| {
+                    format!("cannot delete {} file(s) from {}", batch.len(), self.root())
+                })?;
         }
         Ok(())
     }

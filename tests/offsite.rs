@@ -772,3 +772,51 @@ fn an_s3_remote_takes_multipart_uploads_keeps_its_policy_and_restores() {
     ]);
     assert_eq!(c.fingerprint(&db), c.fingerprint(&target));
 }
+
+/// A remote holding thousands of objects (other databases' backups) costs a
+/// sync no more rclone calls than an empty one: one listing, then only what
+/// this run uploads, checks and deletes.
+#[test]
+fn a_crowded_remote_costs_no_more_rclone_calls_than_an_empty_one() {
+    let db = cluster().sample_db("crowd");
+    let mut kb = Kb::direct(&db);
+    let remote = kb.home.path().join("remote");
+    local_remote(&mut kb, &remote);
+    kb.set("DEBUG", "true").set("BACKUP_KEEP_HOURLY", "2");
+    let calls = |r: &Run| {
+        r.stderr()
+            .lines()
+            .filter(|l| l.contains("running: rclone"))
+            .count()
+    };
+    let empty = calls(&kb.ok(&["backup", "--time", "2025-01-01T01:00:00Z"]));
+    // 3,000 objects of another database's backups, put there directly.
+    std::fs::create_dir_all(remote.join("hourly")).unwrap();
+    for i in 0..1000 {
+        let stem = format!(
+            "other_2024-{:02}-{:02}_{:02}-00-00",
+            1 + i / 280,
+            1 + (i / 10) % 28,
+            i % 10
+        );
+        for ext in ["dump.zst", "manifest.json", "globals.sql"] {
+            std::fs::write(remote.join(format!("hourly/{stem}.{ext}")), b"x").unwrap();
+        }
+    }
+    kb.ok(&["backup", "--time", "2025-01-01T02:00:00Z"]);
+    // The third backup also deletes the first on the remote (keep 2).
+    let crowded = calls(&kb.ok(&["backup", "--time", "2025-01-01T03:00:00Z"]));
+    assert!(
+        crowded <= empty + 1,
+        "rclone calls: {empty} with an empty remote, {crowded} with 3,000 objects"
+    );
+    assert!(crowded <= 8, "a handful of calls: {crowded}");
+    assert_eq!(
+        files_under(&remote)
+            .iter()
+            .filter(|f| f.starts_with("hourly/other_"))
+            .count(),
+        3000,
+        "another database's files are never touched"
+    );
+}
