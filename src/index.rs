@@ -29,7 +29,14 @@ use crate::manifest::{Brief, Manifest, Verifications};
 use crate::naming::{self, Format, MANIFEST_EXT, VERIFY_EXT};
 
 const FILE: &str = "index.json";
-const VERSION: u32 = 2;
+
+static DRY_RUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This run is a dry run: the index is read, never written.
+pub fn dry_run() {
+    DRY_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+const VERSION: u32 = 3;
 /// A folder changed less than this before it was read is read again next
 /// time: a change within one tick of the kernel's file clock after the read
 /// would leave the folder's stamp as it was.
@@ -78,15 +85,37 @@ pub struct Dump {
     pub manifest_error: Option<String>,
     #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<(Stamp, Verifications)>,
+    /// The file name's bytes, when they are not UTF-8 (`name` is then lossy).
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub raw_name: Option<Vec<u8>>,
+    /// A dump without a manifest: the server major its archive header names
+    /// (read once, for `list`'s PG column).
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub header_major: Option<u32>,
+}
+
+impl Dump {
+    /// The file name as it is on disk.
+    pub fn file_name(&self) -> std::ffi::OsString {
+        use std::os::unix::ffi::OsStringExt;
+        match &self.raw_name {
+            Some(raw) => std::ffi::OsString::from_vec(raw.clone()),
+            None => self.name.clone().into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Listing {
     folder: Stamp,
     /// Read long enough after the folder's last change to be trusted while
-    /// the folder's stamp is unchanged.
+    /// the folder's stamp is unchanged (decided when the index is written, on
+    /// the filesystem's own clock).
     trusted: bool,
     dumps: Vec<Dump>,
+    /// When this run read the folder (not stored).
+    #[serde(skip)]
+    read_at: Option<std::time::Instant>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -101,29 +130,28 @@ impl Index {
     pub fn load(root: &Path) -> Index {
         // Read whole, then parsed (three times faster than from a reader);
         // the text is dropped before the scan builds its backups.
-        fs::read(root.join(crate::store::STATE_DIR).join(FILE))
-            .ok()
+        read_regular(&root.join(crate::store::STATE_DIR).join(FILE))
             .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
             .filter(|i| i.version == VERSION)
             .unwrap_or_default()
     }
 
     /// Makes the listing of the tier folder `dir` (named `key` in the index),
-    /// whose metadata is `folder`, read at or after `since` (the wall clock
-    /// before the folder's metadata was read), describe it as it is now.
+    /// whose metadata is `folder` (read at `since`, before the folder was
+    /// listed), describe it as it is now.
     pub fn refresh(
         &mut self,
         key: &str,
         dir: &Path,
         folder: &fs::Metadata,
-        since: i64,
+        since: std::time::Instant,
     ) -> Result<()> {
         let stamp = Stamp::of(folder);
-        if self
-            .tiers
-            .get(key)
-            .is_some_and(|l| l.trusted && l.folder == stamp)
-        {
+        // A manifest that could not be read is read again every time: its
+        // error is never what the next run sees of a file that may be fine.
+        if self.tiers.get(key).is_some_and(|l| {
+            l.trusted && l.folder == stamp && l.dumps.iter().all(|d| d.manifest_error.is_none())
+        }) {
             return Ok(());
         }
         let before: HashMap<String, Dump> = self
@@ -132,21 +160,13 @@ impl Index {
             .map(|l| l.dumps.into_iter().map(|d| (d.name.clone(), d)).collect())
             .unwrap_or_default();
         let dumps = read_folder(dir, before)?;
-        // Measured from before the folder's stamp was taken, not after the
-        // read: a change during a long read stays a tick apart from the stamp.
-        let changed = stamp.mtime_ns.max(stamp.ctime_ns);
-        // Whole-second stamps (a filesystem without finer times): a wider window.
-        let racy = if changed % 1_000_000_000 == 0 {
-            RACY_COARSE
-        } else {
-            RACY
-        };
         self.tiers.insert(
             key.to_string(),
             Listing {
                 folder: stamp,
-                trusted: changed < since - racy,
+                trusted: false,
                 dumps,
+                read_at: Some(since),
             },
         );
         self.changed = true;
@@ -181,13 +201,37 @@ impl Index {
         if fs::metadata(root).map(|m| m.uid()).ok() != Some(me) {
             return;
         }
-        self.version = VERSION;
+        // A dry run writes nothing into the store, not even this cache; and
+        // the store's own folder is made by the commands that keep state.
         let dir = root.join(crate::store::STATE_DIR);
+        if DRY_RUN.load(std::sync::atomic::Ordering::Relaxed) || !dir.is_dir() {
+            return;
+        }
+        self.version = VERSION;
         let written = (|| -> Result<()> {
             let tmp = tempfile::Builder::new()
                 .prefix(".kbackup-index-")
                 .suffix(".partial")
                 .tempfile_in(&dir)?;
+            // Which listings may be trusted is decided on the filesystem's own
+            // clock (the new file's time, the same clock as the folders'),
+            // not this process's: a skewed or stepped clock cannot make a
+            // change in the same tick as a read look older than it.
+            let now_fs = Stamp::of(&tmp.as_file().metadata()?).mtime_ns;
+            for l in self.tiers.values_mut() {
+                let Some(read_at) = l.read_at.take() else {
+                    continue;
+                };
+                let read_fs = now_fs - read_at.elapsed().as_nanos() as i64;
+                let changed = l.folder.mtime_ns.max(l.folder.ctime_ns);
+                // Whole-second stamps (a filesystem without finer times): a wider window.
+                let racy = if changed % 1_000_000_000 == 0 && now_fs % 1_000_000_000 == 0 {
+                    RACY_COARSE
+                } else {
+                    RACY
+                };
+                l.trusted = changed < read_fs - racy;
+            }
             let mut w = std::io::BufWriter::new(tmp);
             serde_json::to_writer(&mut w, &*self)?;
             let tmp = w.into_inner().map_err(|e| e.into_error())?;
@@ -206,7 +250,7 @@ fn read_folder(dir: &Path, mut before: HashMap<String, Dump>) -> Result<Vec<Dump
     let mut sidecars: HashMap<String, fs::DirEntry> = HashMap::new();
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let entry = entry?;
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(MANIFEST_EXT) || name.ends_with(VERIFY_EXT) {
             sidecars.insert(name, entry);
@@ -216,7 +260,14 @@ fn read_folder(dir: &Path, mut before: HashMap<String, Dump>) -> Result<Vec<Dump
     }
     let mut out = Vec::with_capacity(files.len());
     for (entry, name) in files {
-        let meta = entry.metadata()?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            // Removed since the folder was listed (a rotation running now).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", entry.path().display()))
+            }
+        };
         if !meta.is_file() {
             continue;
         }
@@ -236,21 +287,71 @@ fn read_folder(dir: &Path, mut before: HashMap<String, Dump>) -> Result<Vec<Dump
         let verification = sidecars
             .get(&naming::sidecar(stem, VERIFY_EXT))
             .and_then(|file| {
-                read_sidecar(file, old.and_then(|d| d.verification), |b| {
-                    serde_json::from_slice::<Verifications>(b).map(Verifications::brief)
-                })
+                read_sidecar(
+                    file,
+                    old.as_ref().and_then(|d| d.verification.clone()),
+                    |b| serde_json::from_slice::<Verifications>(b).map(Verifications::brief),
+                )
                 .ok()
             });
+        let raw_name = {
+            use std::os::unix::ffi::OsStrExt;
+            let raw = entry.file_name();
+            (raw.to_str().is_none()).then(|| raw.as_bytes().to_vec())
+        };
+        // A seed-era dump has no manifest: its archive header names the server.
+        let header_major = if manifest.is_none() && !name.ends_with(Format::CustomZstd.ext()) {
+            old.as_ref()
+                .filter(|d| d.size == meta.len() && d.mtime_ns == mtime_ns(&meta))
+                .and_then(|d| d.header_major)
+                .or_else(|| {
+                    let file = fs::File::open(entry.path()).ok()?;
+                    let header =
+                        crate::archive::read_header(std::io::BufReader::with_capacity(4096, file))
+                            .ok()?;
+                    crate::postgres::version_major(header.server_version.as_deref()?)
+                })
+        } else {
+            None
+        };
         out.push(Dump {
             size: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            mtime_ns: mtime_ns(&meta),
             name,
             manifest,
             manifest_error,
             verification,
+            raw_name,
+            header_major,
         });
     }
     Ok(out)
+}
+
+fn mtime_ns(m: &fs::Metadata) -> i64 {
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
+/// The longest index read: a real one is a few hundred bytes per backup.
+const MAX_INDEX: u64 = 256 << 20;
+
+/// A regular file's bytes, never through a symlink, a FIFO or a device, and
+/// never more than [`MAX_INDEX`]: anything else is no index.
+fn read_regular(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_INDEX {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_INDEX).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// A sidecar's content: `cached`'s when the file's stamp is the same, else

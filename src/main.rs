@@ -60,6 +60,16 @@ fn main() -> ExitCode {
         Command::Verify(_) | Command::Sync => true,
         _ => false,
     };
+    let dry_run = match &cli.command {
+        Command::Backup(a) => a.dry_run,
+        Command::Rotate(a) => a.dry_run,
+        Command::Cleanup(a) => a.dry_run,
+        Command::Restore(a) => a.dry_run,
+        _ => false,
+    };
+    if dry_run {
+        index::dry_run();
+    }
     let log_dir = writes_store.then_some(cfg.backup_dir.as_path());
     if writes_store {
         cleanup::journal_in(&cfg.backup_dir);

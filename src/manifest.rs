@@ -111,10 +111,13 @@ impl Verifications {
         self
     }
 
-    /// Without each check's findings: what a listing shows (when, how, passed).
+    /// Only what a listing shows (when, how, passed): no checks, checksum or
+    /// server (`Backup::full_verification` reads them).
     pub fn brief(mut self) -> Self {
         for v in [&mut self.full, &mut self.quick].into_iter().flatten() {
             v.checks = Vec::new();
+            v.sha256 = String::new();
+            v.server = None;
         }
         self
     }

@@ -42,6 +42,15 @@ pub fn plan<'a>(
     decisions
 }
 
+/// Whether the manifest on disk says what the listing said of it (owner and time).
+fn still_as_listed(b: &Backup) -> bool {
+    match (b.full_manifest(), &b.manifest) {
+        (Ok(Some(m)), Some(brief)) => m.prefix == brief.prefix && m.started_at == brief.started_at,
+        (Ok(None), None) => true,
+        _ => false,
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct DecisionView {
     pub path: String,
@@ -67,6 +76,15 @@ pub fn view(d: &Decision<usize>, b: &Backup) -> DecisionView {
 pub fn apply(store: &Store, decisions: &[(Decision<usize>, &Backup)]) -> Result<usize> {
     let mut deleted = 0;
     for (d, b) in decisions.iter().filter(|(d, _)| !d.keep) {
+        // Decided on the listing (perhaps the index's): the manifest on disk
+        // must still say the same owner and time before anything is deleted.
+        if !still_as_listed(b) {
+            tracing::warn!(
+                "Not deleting {}: its manifest changed since the store was listed; the next rotation decides again",
+                b.rel_path
+            );
+            continue;
+        }
         store.delete(b)?;
         tracing::info!("Deleted {} ({})", b.rel_path, d.reasons_text());
         deleted += 1;

@@ -135,6 +135,7 @@ mod tests {
             manifest: None,
             manifest_error: None,
             verification: Default::default(),
+            header_major: None,
         }
     }
 

@@ -49,6 +49,9 @@ pub struct Backup {
     pub manifest_error: Option<String>,
     /// The last full and quick verifications.
     pub verification: Verifications,
+    /// A seed-era dump without a manifest: the server major in its archive
+    /// header, as the scan read it.
+    pub header_major: Option<u32>,
 }
 
 impl Backup {
@@ -57,13 +60,16 @@ impl Backup {
             .with_file_name(naming::sidecar(&self.parsed.stem, ext))
     }
 
-    /// The whole manifest, read from its file now (None: the backup has none).
+    /// The whole manifest, read from its file now, whatever the scan (or its
+    /// index) saw: None when there is no manifest file, an error when there is
+    /// one that cannot be read.
     pub fn full_manifest(&self) -> Result<Option<Manifest>> {
-        if self.manifest.is_none() {
-            return Ok(None);
-        }
         let path = self.sidecar(MANIFEST_EXT);
-        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
         let m = serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not a readable manifest", path.display()))?;
         Ok(Some(m))
@@ -117,6 +123,9 @@ impl Backup {
     pub fn server_major(&self) -> Option<u32> {
         if let Some(m) = &self.manifest {
             return m.server_major;
+        }
+        if self.header_major.is_some() {
+            return self.header_major;
         }
         if self.parsed.format != Format::CustomZstd {
             let file = std::fs::File::open(&self.path).ok()?;
@@ -411,7 +420,7 @@ impl Store {
     /// of backups is listed without reading every manifest each time.
     pub fn scan(&self, cal: &Calendar, prefix_hint: &str) -> Result<Vec<Backup>> {
         let mut index = crate::index::Index::load(&self.root);
-        let since = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MIN);
+        let since = std::time::Instant::now();
         let mut present = Vec::new();
         for tier in Tier::ALL {
             let dir = self.tier_dir(tier);
@@ -443,6 +452,7 @@ impl Store {
                 let Some(parsed) = naming::parse_file_name(cal, tier, &d.name, prefix_hint) else {
                     continue;
                 };
+                let path = dir.join(d.file_name());
                 let manifest = d.manifest.map(|(_, m)| m);
                 let time = manifest
                     .as_ref()
@@ -458,7 +468,8 @@ impl Store {
                 out.push(Backup {
                     tier,
                     rel_path: format!("{}/{}", tier.dir(), d.name),
-                    path: dir.join(&d.name),
+                    path,
+                    header_major: d.header_major,
                     parsed,
                     size: d.size,
                     time,

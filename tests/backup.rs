@@ -1063,4 +1063,39 @@ fn the_index_never_hides_a_change_to_the_files() {
     let mut dumps = kb.dumps("hourly");
     dumps.sort();
     assert_eq!(dumps.len(), 2, "{dumps:?}");
+
+    // A manifest garbled in place (the folder does not change), then repaired
+    // in place: its error is never cached, the repaired file is read.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let good = std::fs::read(&m).unwrap();
+    std::fs::write(&m, b"{garbled").unwrap();
+    let manifest_of = |list: &[Value]| {
+        list.iter()
+            .find(|b| b["path"] == format!("{}.dump.zst", hourly("01-00-00")))
+            .unwrap()["manifest"]
+            .clone()
+    };
+    assert_eq!(manifest_of(&kb.list_json()), false);
+    // verify fails a backup whose manifest exists but cannot be read.
+    let v = kb.run(&[
+        "verify",
+        "--quick",
+        &format!("{}.dump.zst", hourly("01-00-00")),
+    ]);
+    assert_eq!(v.code(), 1, "{}", v.all());
+    assert!(
+        v.all().contains("the manifest cannot be read"),
+        "{}",
+        v.all()
+    );
+    std::fs::write(&m, &good).unwrap();
+    assert_eq!(manifest_of(&kb.list_json()), true);
+
+    // An index that is a FIFO is no index (never waited on).
+    let index = kb.store.join(".kbackup/index.json");
+    std::fs::remove_file(&index).unwrap();
+    run_ok(std::process::Command::new("mkfifo").arg(&index));
+    let started = std::time::Instant::now();
+    assert_eq!(paths(&kb.list_json()).len(), 2);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }

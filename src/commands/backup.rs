@@ -638,5 +638,6 @@ fn hypothetical(
         manifest: None,
         manifest_error: None,
         verification: Default::default(),
+        header_major: None,
     }
 }

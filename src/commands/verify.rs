@@ -35,6 +35,8 @@ struct Subject<'a> {
     path: PathBuf,
     shown: String,
     manifest: Option<Manifest>,
+    /// Why a manifest that exists could not be read (the checksum check fails).
+    manifest_error: Option<String>,
     globals: Option<PathBuf>,
     copies: Vec<&'a Backup>,
 }
@@ -242,6 +244,7 @@ fn choose<'a>(
                     shown: full.display().to_string(),
                     path: full,
                     manifest: loose.manifest,
+                    manifest_error: None,
                     globals: loose.globals,
                     copies: vec![],
                 }]);
@@ -292,10 +295,15 @@ fn choose<'a>(
         .map(|key| {
             let copies = groups.remove(&key).unwrap_or_default();
             let first = copies[0];
+            let (manifest, manifest_error) = match first.full_manifest() {
+                Ok(m) => (m, None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            };
             Ok(Subject {
                 path: first.path.clone(),
                 shown: first.rel_path.clone(),
-                manifest: first.full_manifest()?,
+                manifest,
+                manifest_error,
                 globals: Some(first.sidecar(GLOBALS_EXT)).filter(|p| p.exists()),
                 copies,
             })
@@ -435,7 +443,15 @@ async fn verify_one(
         ),
         None => checks.insert(
             0,
-            check("checksum", Outcome::Skip, "no manifest (seed-era backup)"),
+            match &s.manifest_error {
+                // It has one, which cannot be read: nothing proves the file.
+                Some(e) => check(
+                    "checksum",
+                    Outcome::Fail,
+                    format!("the manifest cannot be read: {e}"),
+                ),
+                None => check("checksum", Outcome::Skip, "no manifest (seed-era backup)"),
+            },
         ),
     }
     if let Some(summary) = &summary {

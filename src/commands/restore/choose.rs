@@ -140,6 +140,7 @@ pub async fn remote(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<S
             manifest: None,
             manifest_error: None,
             verification: Default::default(),
+            header_major: None,
         })
         .collect();
     let chosen =
@@ -208,16 +209,33 @@ pub fn local(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> 
         select::select(&backups, &selector, &cfg.prefix, &store.root).map_err(|m| anyhow!(m))?;
     Ok(match selection {
         Selection::Stored(b) => {
-            if let Some(e) = &b.manifest_error {
+            // Read now, from the file (never the scan's brief of it).
+            let manifest = b.full_manifest().unwrap_or_else(|e| {
                 tracing::warn!(
-                    "The manifest of {} cannot be read ({e}); restoring without it",
+                    "The manifest of {} cannot be read ({e:#}); restoring without it",
                     b.rel_path
+                );
+                None
+            });
+            // Chosen as this database's (not a --file): the manifest on disk
+            // must still say so.
+            let chosen = !matches!(selector, select::Selector::File(_));
+            if let Some(m) = manifest
+                .as_ref()
+                .filter(|m| chosen && m.prefix != cfg.prefix)
+            {
+                anyhow::bail!(
+                    "{} changed since the store was listed: its manifest now names prefix {:?}, not {:?}; \
+                     nothing was touched. Run the restore again",
+                    b.rel_path,
+                    m.prefix,
+                    cfg.prefix
                 );
             }
             Source {
                 path: b.path.clone(),
                 shown: b.rel_path.clone(),
-                manifest: b.full_manifest()?,
+                manifest,
                 time: Some(b.time),
                 globals: Some(b.sidecar(GLOBALS_EXT)).filter(|p| p.exists()),
                 _download: None,
