@@ -25,7 +25,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Brief, Manifest, Verifications};
+use crate::manifest::{Brief, Manifest, SeenPair, Verifications};
 use crate::naming::{self, Format, MANIFEST_EXT, VERIFY_EXT};
 
 const FILE: &str = "index.json";
@@ -36,7 +36,7 @@ static DRY_RUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 pub fn dry_run() {
     DRY_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
 }
-const VERSION: u32 = 3;
+const VERSION: u32 = 5;
 /// A folder changed less than this before it was read is read again next
 /// time: a change within one tick of the kernel's file clock after the read
 /// would leave the folder's stamp as it was.
@@ -84,7 +84,7 @@ pub struct Dump {
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub manifest_error: Option<String>,
     #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
-    pub verification: Option<(Stamp, Verifications)>,
+    pub verification: Option<(Stamp, SeenPair)>,
     /// The file name's bytes, when they are not UTF-8 (`name` is then lossy).
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub raw_name: Option<Vec<u8>>,
@@ -287,11 +287,9 @@ fn read_folder(dir: &Path, mut before: HashMap<String, Dump>) -> Result<Vec<Dump
         let verification = sidecars
             .get(&naming::sidecar(stem, VERIFY_EXT))
             .and_then(|file| {
-                read_sidecar(
-                    file,
-                    old.as_ref().and_then(|d| d.verification.clone()),
-                    |b| serde_json::from_slice::<Verifications>(b).map(Verifications::brief),
-                )
+                read_sidecar(file, old.as_ref().and_then(|d| d.verification), |b| {
+                    serde_json::from_slice::<Verifications>(b).map(|v| SeenPair::of(&v))
+                })
                 .ok()
             });
         let raw_name = {

@@ -110,16 +110,46 @@ impl Verifications {
         }
         self
     }
+}
 
-    /// Only what a listing shows (when, how, passed): no checks, checksum or
-    /// server (`Backup::full_verification` reads them).
-    pub fn brief(mut self) -> Self {
-        for v in [&mut self.full, &mut self.quick].into_iter().flatten() {
-            v.checks = Vec::new();
-            v.sha256 = String::new();
-            v.server = None;
+/// What a listing shows of a verification: when, how, whether it passed
+/// (`Backup::full_verification` reads the whole record). Short field names:
+/// the index holds one per backup.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Seen {
+    #[serde(rename = "t", with = "compact_time")]
+    pub verified_at: DateTime<FixedOffset>,
+    #[serde(rename = "q")]
+    pub quick: bool,
+    #[serde(rename = "p")]
+    pub passed: bool,
+}
+
+/// The last full and quick verifications, as a listing shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeenPair {
+    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<Seen>,
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub quick: Option<Seen>,
+}
+
+impl SeenPair {
+    pub fn of(v: &Verifications) -> SeenPair {
+        let seen = |v: &Verification| Seen {
+            verified_at: v.verified_at,
+            quick: v.quick,
+            passed: v.passed,
+        };
+        SeenPair {
+            full: v.full.as_deref().map(seen),
+            quick: v.quick.as_deref().map(seen),
         }
-        self
+    }
+
+    /// The one to show: a full verification when there is one, else the quick.
+    pub fn best(&self) -> Option<&Seen> {
+        self.full.as_ref().or(self.quick.as_ref())
     }
 }
 
@@ -160,7 +190,7 @@ pub struct Brief {
     pub database: String,
     #[serde(rename = "p")]
     pub prefix: String,
-    #[serde(rename = "t", with = "rfc3339")]
+    #[serde(rename = "t", with = "compact_time")]
     pub started_at: DateTime<FixedOffset>,
     #[serde(rename = "h")]
     pub sha256: String,
@@ -189,6 +219,30 @@ impl From<&Manifest> for Brief {
             role_passwords: m.globals.role_passwords,
             database_size_bytes: m.database_size_bytes,
         }
+    }
+}
+
+/// A time as `[unix milliseconds, UTC offset in seconds]`: for the index,
+/// where thousands are read at once (no text to parse).
+mod compact_time {
+    use chrono::{DateTime, FixedOffset};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<FixedOffset>, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tup = s.serialize_tuple(2)?;
+        tup.serialize_element(&t.timestamp_millis())?;
+        tup.serialize_element(&t.offset().local_minus_utc())?;
+        tup.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<FixedOffset>, D::Error> {
+        let (millis, offset) = <(i64, i32)>::deserialize(d)?;
+        let offset = FixedOffset::east_opt(offset)
+            .ok_or_else(|| serde::de::Error::custom("UTC offset out of range"))?;
+        DateTime::from_timestamp_millis(millis)
+            .map(|t| t.with_timezone(&offset))
+            .ok_or_else(|| serde::de::Error::custom("time out of range"))
     }
 }
 

@@ -17,7 +17,7 @@ use chrono::{DateTime, FixedOffset, Local};
 use tempfile::NamedTempFile;
 
 use crate::error::locked;
-use crate::manifest::{Brief, Manifest, Verification, Verifications};
+use crate::manifest::{Brief, Manifest, SeenPair, Verification, Verifications};
 use crate::naming::{
     self, Calendar, Format, Parsed, Tier, GLOBALS_EXT, MANIFEST_EXT, SIDECARS, VERIFY_EXT,
 };
@@ -48,7 +48,7 @@ pub struct Backup {
     /// Why a manifest that exists could not be read.
     pub manifest_error: Option<String>,
     /// The last full and quick verifications.
-    pub verification: Verifications,
+    pub verification: SeenPair,
     /// A seed-era dump without a manifest: the server major in its archive
     /// header, as the scan read it.
     pub header_major: Option<u32>,

@@ -10,7 +10,6 @@ use crate::cli::StatusArgs;
 use crate::clock::age;
 use crate::config::Config;
 use crate::error::{usage, Coded, ExitKind};
-use crate::manifest::Verification;
 use crate::naming::Tier;
 use crate::store::{human_size, Store};
 use crate::{clock, state};
@@ -283,7 +282,7 @@ fn database(
             s.error.as_deref().unwrap_or("unknown error")
         ));
     }
-    let verified = |v: Option<&Verification>| match v {
+    let verified = |v: Option<&crate::manifest::Seen>| match v {
         Some(v) => format!(
             "{} {} {} ago",
             if v.passed { "passed" } else { "FAILED" },
