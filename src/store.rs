@@ -488,8 +488,8 @@ impl Store {
                 .then(a.tier.cmp(&b.tier))
                 .then(b.rel_path.cmp(&a.rel_path))
         });
-        let mut slots: Vec<Option<Backup>> = out.into_iter().map(Some).collect();
-        Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+        gather(&mut out, order);
+        Ok(out)
     }
 
     /// Whether `tier` already holds a dump (any format) for `stem`.
@@ -919,6 +919,22 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// Reorders `items` in place so that position j holds what was at
+/// `order[j]` (a permutation), cycle by cycle: no second list.
+fn gather<T>(items: &mut [T], mut order: Vec<usize>) {
+    for i in 0..order.len() {
+        let mut j = i;
+        while order[j] != usize::MAX {
+            let k = std::mem::replace(&mut order[j], usize::MAX);
+            if k == i {
+                break;
+            }
+            items.swap(j, k);
+            j = k;
+        }
+    }
+}
+
 /// The seed's counts: `Hourly: 9, Daily: 5, Weekly: 0` (Monthly and Named when present).
 pub fn tier_counts<B: std::borrow::Borrow<Backup>>(all: &[B]) -> String {
     let count = |t: Tier| all.iter().filter(|b| b.borrow().tier == t).count();
@@ -937,6 +953,26 @@ pub fn tier_counts<B: std::borrow::Borrow<Backup>>(all: &[B]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gather_applies_any_permutation_in_place() {
+        let mut seed = 7u64;
+        for n in 0..60usize {
+            let mut order: Vec<usize> = (0..n).collect();
+            // A deterministic shuffle.
+            for i in (1..n).rev() {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                order.swap(i, (seed >> 33) as usize % (i + 1));
+            }
+            let original: Vec<String> = (0..n).map(|i| format!("b{i}")).collect();
+            let mut items = original.clone();
+            gather(&mut items, order.clone());
+            let want: Vec<String> = order.iter().map(|&k| original[k].clone()).collect();
+            assert_eq!(items, want, "n={n}");
+        }
+    }
 
     #[test]
     fn sizes_read_like_du() {
