@@ -118,6 +118,8 @@ pub const SETTINGS: &[Spec] = &[
         doc: "rclone config file (default: rclone's own, ~/.config/rclone/rclone.conf)." },
     Spec { key: "remote.flags", env: &["RCLONE_FLAGS"], default: None, secret: false,
         doc: "Extra rclone flags, shell-quoted (e.g. --s3-no-head --transfers 2)." },
+    Spec { key: "remote.prune", env: &["BACKUP_REMOTE_PRUNE"], default: Some("true"), secret: false,
+        doc: "false: never delete anything on the remote (write-only credentials, object lock); status says how many backups it holds beyond the retention policy." },
     Spec { key: "notify.timeout", env: &["BACKUP_NOTIFY_TIMEOUT"], default: Some("10s"), secret: false,
         doc: "Time budget per alert channel, retry included; a channel that is down never delays a job longer." },
     Spec { key: "notify.ntfy_url", env: &["NTFY_URL"], default: Some("https://ntfy.sh"), secret: false,
@@ -396,6 +398,8 @@ pub struct RemoteConfig {
     pub path: String,
     pub config: Option<PathBuf>,
     pub flags: Vec<String>,
+    /// Retention deletes on the remote (BACKUP_REMOTE_PRUNE); false: never.
+    pub prune: bool,
 }
 
 impl RemoteConfig {
@@ -1320,6 +1324,9 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, name: String, cwd: &Path) 
                 path: values.string("remote.path").unwrap_or_default(),
                 config: values.string("remote.config").map(|c| cwd.join(c)),
                 flags,
+                prune: values
+                    .parse("remote.prune", "true or false", parse_bool)?
+                    .unwrap_or(true),
             })
         }
         None => None,

@@ -168,6 +168,11 @@ fn render_one(
             "Backups on the remote after the last sync.",
             &[(db.clone(), s.remote_backups as f64)],
         );
+        metric(
+            "kbackup_remote_backups_beyond_policy",
+            "Backups on the remote that retention would delete, kept by BACKUP_REMOTE_PRUNE=false.",
+            &[(db.clone(), s.beyond_policy as f64)],
+        );
     }
     if let Ok(free) = store.free_space() {
         metric(

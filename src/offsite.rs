@@ -25,6 +25,8 @@ pub struct Report {
     pub uploaded_bytes: u64,
     pub deleted: Vec<String>,
     pub remote_backups: usize,
+    /// Backups retention would have deleted, kept because BACKUP_REMOTE_PRUNE=false.
+    pub beyond_policy: usize,
 }
 
 /// A dump on the remote, parsed from its path.
@@ -207,6 +209,16 @@ pub async fn sync(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
         .filter(|d| !d.keep)
     {
         let b = &backups[d.key];
+        if !remote.prunes() {
+            report.beyond_policy += 1;
+            tracing::info!(
+                "Keeping {} on {} although retention would delete it ({}): BACKUP_REMOTE_PRUNE=false",
+                b.rel_path,
+                remote.root(),
+                d.reasons_text()
+            );
+            continue;
+        }
         tracing::info!(
             "Deleting {} from {} ({})",
             b.rel_path,
@@ -229,12 +241,20 @@ pub async fn sync(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
             .count();
     report.deleted = deletions;
     tracing::info!(
-        "Sync complete: {} file(s) uploaded ({}), {} deleted by retention; {} holds {} backup(s)",
+        "Sync complete: {} file(s) uploaded ({}), {} deleted by retention; {} holds {} backup(s){}",
         report.uploaded.len(),
         human_size(report.uploaded_bytes),
         report.deleted.len(),
         remote.root(),
-        report.remote_backups
+        report.remote_backups,
+        if report.beyond_policy > 0 {
+            format!(
+                ", {} beyond the policy (BACKUP_REMOTE_PRUNE=false: nothing is deleted there)",
+                report.beyond_policy
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(report)
 }
@@ -254,6 +274,7 @@ pub async fn step(cfg: &Config, store: &Store, remote: &Remote, alert: bool) -> 
         uploaded_bytes: result.as_ref().map(|r| r.uploaded_bytes).unwrap_or(0),
         deleted_files: result.as_ref().map(|r| r.deleted.len()).unwrap_or(0),
         remote_backups: result.as_ref().map(|r| r.remote_backups).unwrap_or(0),
+        beyond_policy: result.as_ref().map(|r| r.beyond_policy).unwrap_or(0),
     };
     if let Err(e) = state::record_sync(&store.root, &cfg.prefix, &run) {
         tracing::warn!("cannot record the sync for `kbackup status`: {e:#}");

@@ -46,6 +46,11 @@ impl Remote {
         self.cfg.root()
     }
 
+    /// Whether retention may delete here (BACKUP_REMOTE_PRUNE).
+    pub fn prunes(&self) -> bool {
+        self.cfg.prune
+    }
+
     fn at(&self, rel: &str) -> String {
         if self.cfg.path.is_empty() {
             format!("{}:{rel}", self.cfg.name)
@@ -160,6 +165,20 @@ impl Remote {
         rel: &str,
         timeout: Option<Duration>,
     ) -> Result<()> {
+        // A remote kbackup may not delete on (BACKUP_REMOTE_PRUNE=false) cannot
+        // rename either (a rename deletes the source): the dump goes straight
+        // to its name. Object stores make an upload appear whole or not at all.
+        if !self.cfg.prune {
+            self.transfer()
+                .arg("copyto")
+                .arg(local_root.join(rel))
+                .arg(self.at(rel))
+                .output(timeout)
+                .await
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("uploading {rel} to {}", self.root()))?;
+            return Ok(());
+        }
         let partial = format!("{rel}.kbackup-partial");
         self.transfer()
             .arg("copyto")
@@ -293,6 +312,7 @@ mod tests {
                 path: path.into(),
                 config: None,
                 flags: vec![],
+                prune: true,
             })
         };
         assert_eq!(

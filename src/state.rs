@@ -112,6 +112,9 @@ pub struct SyncRun {
     pub deleted_files: usize,
     /// Backups (dumps) on the remote after the sync.
     pub remote_backups: usize,
+    /// Of those, the ones retention would have deleted (BACKUP_REMOTE_PRUNE=false).
+    #[serde(default)]
+    pub beyond_policy: usize,
 }
 
 pub fn last_sync(root: &Path, prefix: &str) -> Option<SyncRun> {

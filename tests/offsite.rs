@@ -820,3 +820,70 @@ fn a_crowded_remote_costs_no_more_rclone_calls_than_an_empty_one() {
         "another database's files are never touched"
     );
 }
+
+/// BACKUP_REMOTE_PRUNE=false: kbackup never deletes on the remote (nor renames,
+/// which deletes a source), so write-only credentials suffice; status and the
+/// metrics count what the remote holds beyond the policy.
+#[test]
+fn a_remote_without_pruning_is_never_deleted_from_and_says_what_it_keeps() {
+    let db = cluster().sample_db("noprune");
+    let mut kb = Kb::direct(&db);
+    let remote = kb.home.path().join("remote");
+    local_remote(&mut kb, &remote);
+    let metrics = kb.home.path().join("kbackup.prom");
+    kb.set("BACKUP_REMOTE_PRUNE", "false")
+        .set("BACKUP_KEEP_HOURLY", "1")
+        .set("BACKUP_KEEP_DAILY", "0")
+        .set("BACKUP_KEEP_WEEKLY", "0")
+        .set("BACKUP_METRICS_FILE", metrics.to_str().unwrap())
+        .set("DEBUG", "true");
+    for h in 1..=3 {
+        let r = kb.ok(&["backup", "--time", &format!("2025-04-01T0{h}:00:00Z")]);
+        let err = r.stderr();
+        let rclone_text = err
+            .lines()
+            .filter(|l| l.contains("running: rclone"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for verb in [" delete ", " deletefile ", " moveto ", " purge "] {
+            assert!(!rclone_text.contains(verb), "{verb}: {rclone_text}");
+        }
+    }
+    // Locally the policy holds; the remote keeps all three.
+    assert_eq!(kb.dumps("hourly").len(), 1, "{:?}", kb.dumps("hourly"));
+    let on_remote: Vec<String> = files_under(&remote)
+        .into_iter()
+        .filter(|f| f.starts_with("hourly/") && f.ends_with(".dump.zst"))
+        .collect();
+    assert_eq!(on_remote.len(), 3, "{on_remote:?}");
+    assert!(
+        !files_under(&remote)
+            .iter()
+            .any(|f| f.contains("kbackup-partial")),
+        "no temporary names left behind"
+    );
+    let status = kb.ok(&["status", "--max-age", "100000d"]).stdout();
+    assert!(
+        status.contains("2 of them beyond the retention policy"),
+        "{status}"
+    );
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains(&format!(
+            "kbackup_remote_backups_beyond_policy{{database=\"{db}\"}} 2"
+        )),
+        "{prom}"
+    );
+    // A restore from it works as from any remote.
+    std::fs::remove_dir_all(&kb.store).unwrap();
+    let target = format!("{db}_np");
+    kb.ok(&[
+        "restore",
+        "--remote",
+        "--latest",
+        "--target-db",
+        &target,
+        "--yes",
+    ]);
+    assert_eq!(cluster().fingerprint(&db), cluster().fingerprint(&target));
+}

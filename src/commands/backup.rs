@@ -604,6 +604,11 @@ async fn dry_run(
     match (&cfg.remote, skip_sync) {
         (None, _) => crate::out!("Off-site: no remote configured (RCLONE_REMOTE_NAME)"),
         (Some(rc), Some(why)) => crate::out!("Off-site: would skip {}:{}: {why}", rc.name, rc.path),
+        (Some(rc), None) if !rc.prune => crate::out!(
+            "Off-site: would upload to {}:{} what it lacks (sidecars first) and check it; nothing is ever \
+             deleted there (BACKUP_REMOTE_PRUNE=false)",
+            rc.name, rc.path
+        ),
         (Some(rc), None) => crate::out!(
             "Off-site: would upload to {}:{} what it lacks (sidecars first), check it, then apply the same \
              retention to the remote's own listing (`kbackup list --remote` shows it)",

@@ -367,10 +367,18 @@ fn database(
         (None, _) => "Off-site sync: not configured".into(),
         (Some(rc), None) => format!("Off-site sync: {} configured, never run", rc.root()),
         (Some(_), Some(s)) if s.ok => format!(
-            "Off-site sync: succeeded at {} ({}, {} backups there)",
+            "Off-site sync: succeeded at {} ({}, {} backups there{})",
             when(s.finished_at),
             s.remote,
-            s.remote_backups
+            s.remote_backups,
+            if s.beyond_policy > 0 {
+                format!(
+                    ", {} of them beyond the retention policy: BACKUP_REMOTE_PRUNE=false keeps them",
+                    s.beyond_policy
+                )
+            } else {
+                String::new()
+            }
         ),
         (Some(_), Some(s)) => format!(
             "Off-site sync: FAILED at {}: {}",
