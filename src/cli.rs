@@ -36,7 +36,8 @@ pub struct GlobalArgs {
     /// Backup store folder (BACKUP_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     pub backup_dir: Option<String>,
-    /// The database: backed up, restored over (unless --target-db), verified (DB_NAME / POSTGRES_DB).
+    /// One database, named as written: backed up, restored over (unless --target-db), verified;
+    /// narrows a run over several (DB_NAME / POSTGRES_DB).
     #[arg(long = "db", global = true, value_name = "NAME")]
     pub database: Option<String>,
     /// Docker container running PostgreSQL; selects docker mode (CONTAINER_DB).

@@ -52,22 +52,18 @@ fn main() -> ExitCode {
         Err(failure) => return settings_failed(&cli, failure),
     };
     // Commands that change the store also append to BACKUP_DIR/backup.log.
-    let writes_store = match &cli.command {
-        Command::Backup(a) => !a.dry_run,
-        Command::Rotate(a) => !a.dry_run,
-        Command::Cleanup(a) => !a.dry_run,
-        Command::Restore(a) => !a.dry_run,
-        Command::Verify(_) | Command::Sync => true,
-        _ => false,
-    };
     let dry_run = match &cli.command {
-        Command::Backup(a) => a.dry_run,
-        Command::Rotate(a) => a.dry_run,
-        Command::Cleanup(a) => a.dry_run,
-        Command::Restore(a) => a.dry_run,
-        _ => false,
+        Command::Backup(a) => Some(a.dry_run),
+        Command::Rotate(a) => Some(a.dry_run),
+        Command::Cleanup(a) => Some(a.dry_run),
+        Command::Restore(a) => Some(a.dry_run),
+        _ => None,
     };
-    if dry_run {
+    let writes_store = match &cli.command {
+        Command::Verify(_) | Command::Sync => true,
+        _ => dry_run == Some(false),
+    };
+    if dry_run == Some(true) {
         index::dry_run();
     }
     let log_dir = writes_store.then_some(cfg.backup_dir.as_path());

@@ -249,15 +249,7 @@ impl Store {
     /// none was running. After `wait`: exit 3 naming the holder.
     pub async fn wait_for_backup_of(&self, db: &str, wait: std::time::Duration) -> Result<bool> {
         let deadline = std::time::Instant::now() + wait;
-        let mine = |h: &str| {
-            h.strip_prefix("backup of ").is_some_and(|rest| {
-                rest.starts_with(&format!("{db} (")) || rest.starts_with("all databases (") || {
-                    // A list: the text before " (pid" holds ", ".
-                    rest.rsplit_once(" (pid ")
-                        .is_some_and(|(names, _)| names.contains(", "))
-                }
-            })
-        };
+        let mine = |h: &str| backup_may_cover(h, db);
         let mut waited = false;
         while let Some(holder) = self.holder().filter(|h| mine(h)) {
             if std::time::Instant::now() >= deadline {
@@ -919,6 +911,21 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// Whether the store's lock holder (`backup of app (pid ...)`) is a backup
+/// that may cover database `db`: one of `db` alone, or of several databases
+/// (`backup of a, b`, `backup of all databases`), whose list a name may not be
+/// told apart in.
+pub fn backup_may_cover(holder: &str, db: &str) -> bool {
+    holder.strip_prefix("backup of ").is_some_and(|rest| {
+        rest.starts_with(&format!("{db} ("))
+            || rest.starts_with("all databases (")
+            // A list: the text before " (pid" holds ", ".
+            || rest
+                .rsplit_once(" (pid ")
+                .is_some_and(|(names, _)| names.contains(", "))
+    })
+}
+
 /// Reorders `items` in place so that position j holds what was at
 /// `order[j]` (a permutation), cycle by cycle: no second list.
 fn gather<T>(items: &mut [T], mut order: Vec<usize>) {
@@ -953,6 +960,24 @@ pub fn tier_counts<B: std::borrow::Borrow<Backup>>(all: &[B]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_of_several_databases_covers_each() {
+        for (holder, db, covers) in [
+            ("backup of app (pid 1, started x)", "app", true),
+            ("backup of app (pid 1, started x)", "app_2", false),
+            ("backup of app_2 (pid 1, started x)", "app", false),
+            ("backup of a, b (pid 1, started x)", "b", true),
+            (
+                "backup of all databases (pid 1, started x)",
+                "anything",
+                true,
+            ),
+            ("rotate (pid 1, started x)", "app", false),
+        ] {
+            assert_eq!(backup_may_cover(holder, db), covers, "{holder} / {db}");
+        }
+    }
 
     #[test]
     fn gather_applies_any_permutation_in_place() {

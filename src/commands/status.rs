@@ -79,8 +79,6 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     for (c, why) in &found.failed {
         if let Some(r) = reports.iter_mut().find(|r| r.name == c.db.name) {
             r.problems.insert(0, why.clone());
-            r.json["healthy"] = false.into();
-            r.json["problems"] = r.problems.clone().into();
         }
     }
     for r in &reports {
@@ -107,13 +105,19 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
                 let (doc, one) = (doc.as_object_mut().expect("object"), r.json.as_object());
                 // One database: its fields at the top, as before several existed.
                 for (k, v) in one.into_iter().flatten() {
-                    if !matches!(k.as_str(), "healthy" | "problems") {
-                        doc.insert(k.clone(), v.clone());
-                    }
+                    doc.insert(k.clone(), v.clone());
                 }
             }
             _ => {
-                doc["databases"] = reports.iter().map(|r| r.json.clone()).collect();
+                doc["databases"] = reports
+                    .iter()
+                    .map(|r| {
+                        let mut one = r.json.clone();
+                        one["healthy"] = r.problems.is_empty().into();
+                        one["problems"] = r.problems.clone().into();
+                        one
+                    })
+                    .collect();
             }
         }
         crate::out!("{}", serde_json::to_string_pretty(&doc)?);
@@ -194,7 +198,8 @@ pub async fn run(cfg: &Config, args: &StatusArgs) -> Result<()> {
     }
 }
 
-/// One database's health: its problems, its part of the JSON, its text lines.
+/// One database's health: its problems, its part of the JSON (without them:
+/// they are added where the report is printed), its text lines.
 struct DbReport {
     name: String,
     problems: Vec<String>,
@@ -320,8 +325,6 @@ fn database(
     let json = json!({
         "database": cfg.db.name,
         "prefix": cfg.prefix,
-        "healthy": problems.is_empty(),
-        "problems": problems,
         "newest": tiers,
         "last_run": last_run,
         "last_verify": last_verify,

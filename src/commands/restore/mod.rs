@@ -200,7 +200,7 @@ async fn run_one(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         if let Some(holder) = store.holder() {
             crate::out!(
                 "Store:    held by {holder}{}",
-                if holder.starts_with(&format!("backup of {target} (")) {
+                if crate::store::backup_may_cover(&holder, &target) {
                     format!(
                         ": the restore would wait up to {} for it (--no-wait: refuse, exit 3)",
                         humantime::format_duration(LOCK_WAIT)
