@@ -116,9 +116,14 @@ struct Listing {
     /// When this run read the folder (not stored).
     #[serde(skip)]
     read_at: Option<std::time::Instant>,
+    /// Kept up to date by this process since it read the folder (while it
+    /// holds the store's lock, see [`Index::reread`]): used without looking
+    /// at the folder again (not stored).
+    #[serde(skip)]
+    current: bool,
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Index {
     version: u32,
     tiers: HashMap<String, Listing>,
@@ -146,6 +151,9 @@ impl Index {
         folder: &fs::Metadata,
         since: std::time::Instant,
     ) -> Result<()> {
+        if self.tiers.get(key).is_some_and(|l| l.current) {
+            return Ok(());
+        }
         let stamp = Stamp::of(folder);
         // A manifest that could not be read is read again every time: its
         // error is never what the next run sees of a file that may be fine.
@@ -154,11 +162,7 @@ impl Index {
         }) {
             return Ok(());
         }
-        let before: HashMap<String, Dump> = self
-            .tiers
-            .remove(key)
-            .map(|l| l.dumps.into_iter().map(|d| (d.name.clone(), d)).collect())
-            .unwrap_or_default();
+        let before = self.tiers.remove(key).map(|l| l.dumps).unwrap_or_default();
         let dumps = read_folder(dir, before)?;
         self.tiers.insert(
             key.to_string(),
@@ -167,10 +171,52 @@ impl Index {
                 trusted: false,
                 dumps,
                 read_at: Some(since),
+                current: false,
             },
         );
         self.changed = true;
         Ok(())
+    }
+
+    /// Marks every listing as this process's own from now on: a process that
+    /// holds the store's lock is the only one that adds or removes dumps, and
+    /// it tells the index of each change it makes ([`reread`](Self::reread)),
+    /// so its later scans need not read the folders again.
+    pub fn keep_current(&mut self) {
+        for l in self.tiers.values_mut() {
+            l.current = true;
+        }
+    }
+
+    /// Reads again the dump `name` of the tier folder `dir` (key `key`) and
+    /// its sidecars, after this process changed them: added, replaced or
+    /// removed. A folder not listed yet is left to the next scan.
+    pub fn reread(&mut self, key: &str, dir: &Path, name: &std::ffi::OsStr) {
+        let Some(listing) = self.tiers.get_mut(key) else {
+            return;
+        };
+        let at = listing.dumps.iter().position(|d| d.file_name() == name);
+        let old = at.map(|i| listing.dumps.swap_remove(i));
+        let path = dir.join(name);
+        let fresh = fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|meta| {
+                let utf8 = name.to_string_lossy().into_owned();
+                Format::split(&utf8)?;
+                Some(read_dump(dir, utf8, name, &meta, &|_| true, old))
+            });
+        if let Some(d) = fresh {
+            // Grown by a little, not doubled: a run adds a few dumps to a
+            // listing of thousands.
+            let dumps = &mut listing.dumps;
+            if dumps.len() == dumps.capacity() {
+                dumps.reserve_exact(16.max(dumps.len() / 64));
+            }
+            dumps.push(d);
+        }
+        // The order of a listing is not kept (the scan sorts).
+        self.changed = true;
     }
 
     /// How many dumps the refreshed folders hold.
@@ -181,6 +227,14 @@ impl Index {
     /// Forgets a folder that is gone.
     pub fn gone(&mut self, key: &str) {
         self.changed |= self.tiers.remove(key).is_some();
+    }
+
+    /// The dumps of a refreshed tier folder.
+    pub fn listed(&self, key: &str) -> &[Dump] {
+        self.tiers
+            .get(key)
+            .map(|l| &l.dumps[..])
+            .unwrap_or_default()
     }
 
     /// The dumps of a refreshed tier folder, taken out of the index (after [`save`](Self::save)).
@@ -245,21 +299,38 @@ impl Index {
 }
 
 /// Reads a tier folder: its dumps, each sidecar read again only when its
-/// stamp differs from the one in `before`.
-fn read_folder(dir: &Path, mut before: HashMap<String, Dump>) -> Result<Vec<Dump>> {
-    let mut sidecars: HashMap<String, fs::DirEntry> = HashMap::new();
+/// stamp differs from the one in `before` (the folder's previous listing).
+fn read_folder(dir: &Path, before: Vec<Dump>) -> Result<Vec<Dump>> {
+    let mut sidecars: std::collections::HashSet<std::ffi::OsString> = Default::default();
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(MANIFEST_EXT) || name.ends_with(VERIFY_EXT) {
-            sidecars.insert(name, entry);
+            sidecars.insert(entry.file_name());
         } else if Format::split(&name).is_some() {
             files.push((entry, name));
         }
     }
+    // Each file's previous entry, found by name (positions: the entries
+    // themselves are moved, never copied into a map).
+    let mut before: Vec<Option<Dump>> = before.into_iter().map(Some).collect();
+    let files: Vec<_> = {
+        let at: HashMap<&str, usize> = before
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| Some((d.as_ref()?.name.as_str(), i)))
+            .collect();
+        files
+            .into_iter()
+            .map(|(entry, name)| {
+                let i = at.get(name.as_str()).copied();
+                (entry, name, i)
+            })
+            .collect()
+    };
     let mut out = Vec::with_capacity(files.len());
-    for (entry, name) in files {
+    for (entry, name, i) in files {
         let meta = match entry.metadata() {
             Ok(m) => m,
             // Removed since the folder was listed (a rotation running now).
@@ -271,59 +342,84 @@ fn read_folder(dir: &Path, mut before: HashMap<String, Dump>) -> Result<Vec<Dump
         if !meta.is_file() {
             continue;
         }
-        let (stem, _) = Format::split(&name).expect("filtered above");
-        let old = before.remove(&name);
-        let (manifest, manifest_error) = match sidecars.get(&naming::sidecar(stem, MANIFEST_EXT)) {
-            None => (None, None),
-            Some(file) => {
-                match read_sidecar(file, old.as_ref().and_then(|d| d.manifest.clone()), |b| {
-                    serde_json::from_slice::<Manifest>(b).map(|m| Brief::from(&m))
-                }) {
-                    Ok(m) => (Some(m), None),
-                    Err(e) => (None, Some(format!("{}: {e:#}", file.path().display()))),
-                }
-            }
-        };
-        let verification = sidecars
-            .get(&naming::sidecar(stem, VERIFY_EXT))
-            .and_then(|file| {
-                read_sidecar(file, old.as_ref().and_then(|d| d.verification), |b| {
-                    serde_json::from_slice::<Verifications>(b).map(|v| SeenPair::of(&v))
-                })
-                .ok()
-            });
-        let raw_name = {
-            use std::os::unix::ffi::OsStrExt;
-            let raw = entry.file_name();
-            (raw.to_str().is_none()).then(|| raw.as_bytes().to_vec())
-        };
-        // A seed-era dump has no manifest: its archive header names the server.
-        let header_major = if manifest.is_none() && !name.ends_with(Format::CustomZstd.ext()) {
-            old.as_ref()
-                .filter(|d| d.size == meta.len() && d.mtime_ns == mtime_ns(&meta))
-                .and_then(|d| d.header_major)
-                .or_else(|| {
-                    let file = fs::File::open(entry.path()).ok()?;
-                    let header =
-                        crate::archive::read_header(std::io::BufReader::with_capacity(4096, file))
-                            .ok()?;
-                    crate::postgres::version_major(header.server_version.as_deref()?)
-                })
-        } else {
-            None
-        };
-        out.push(Dump {
-            size: meta.len(),
-            mtime_ns: mtime_ns(&meta),
+        let old = i.and_then(|i| before[i].take());
+        let listed = |n: &str| sidecars.contains(std::ffi::OsStr::new(n));
+        out.push(read_dump(
+            dir,
             name,
-            manifest,
-            manifest_error,
-            verification,
-            raw_name,
-            header_major,
-        });
+            &entry.file_name(),
+            &meta,
+            &listed,
+            old,
+        ));
     }
     Ok(out)
+}
+
+/// One dump of folder `dir` (`raw` its name on disk, `name` the same as
+/// text, `meta` its metadata) with its sidecars, each read again only when
+/// its stamp differs from `old`'s. `listed` tells which sidecar names exist
+/// (a folder's listing), or says yes to each to look.
+fn read_dump(
+    dir: &Path,
+    name: String,
+    raw: &std::ffi::OsStr,
+    meta: &fs::Metadata,
+    listed: &dyn Fn(&str) -> bool,
+    old: Option<Dump>,
+) -> Dump {
+    let (stem, _) = Format::split(&name).expect("a dump's name");
+    let sidecar = |ext: &str| Some(naming::sidecar(stem, ext)).filter(|n| listed(n));
+    let (manifest, manifest_error) = match sidecar(MANIFEST_EXT) {
+        None => (None, None),
+        Some(file) => {
+            let path = dir.join(&file);
+            match read_sidecar(&path, old.as_ref().and_then(|d| d.manifest.clone()), |b| {
+                serde_json::from_slice::<Manifest>(b).map(|m| Brief::from(&m))
+            }) {
+                Ok(m) => (m, None),
+                Err(e) => (None, Some(format!("{}: {e:#}", path.display()))),
+            }
+        }
+    };
+    let verification = sidecar(VERIFY_EXT).and_then(|file| {
+        read_sidecar(
+            &dir.join(file),
+            old.as_ref().and_then(|d| d.verification),
+            |b| serde_json::from_slice::<Verifications>(b).map(|v| SeenPair::of(&v)),
+        )
+        .ok()
+        .flatten()
+    });
+    let raw_name = {
+        use std::os::unix::ffi::OsStrExt;
+        (raw.to_str().is_none()).then(|| raw.as_bytes().to_vec())
+    };
+    // A seed-era dump has no manifest: its archive header names the server.
+    let header_major = if manifest.is_none() && !name.ends_with(Format::CustomZstd.ext()) {
+        old.as_ref()
+            .filter(|d| d.size == meta.len() && d.mtime_ns == mtime_ns(meta))
+            .and_then(|d| d.header_major)
+            .or_else(|| {
+                let file = fs::File::open(dir.join(raw)).ok()?;
+                let header =
+                    crate::archive::read_header(std::io::BufReader::with_capacity(4096, file))
+                        .ok()?;
+                crate::postgres::version_major(header.server_version.as_deref()?)
+            })
+    } else {
+        None
+    };
+    Dump {
+        size: meta.len(),
+        mtime_ns: mtime_ns(meta),
+        name,
+        manifest,
+        manifest_error,
+        verification,
+        raw_name,
+        header_major,
+    }
 }
 
 fn mtime_ns(m: &fs::Metadata) -> i64 {
@@ -354,15 +450,20 @@ fn read_regular(path: &Path) -> Option<Vec<u8>> {
 
 /// A sidecar's content: `cached`'s when the file's stamp is the same, else
 /// parsed from the file.
+/// None when there is no such file.
 fn read_sidecar<T>(
-    file: &fs::DirEntry,
+    path: &Path,
     cached: Option<(Stamp, T)>,
     parse: impl Fn(&[u8]) -> serde_json::Result<T>,
-) -> Result<(Stamp, T)> {
-    let stamp = Stamp::of(&file.metadata()?);
+) -> Result<Option<(Stamp, T)>> {
+    let stamp = match fs::symlink_metadata(path) {
+        Ok(m) => Stamp::of(&m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     if let Some(c) = cached.filter(|(s, _)| *s == stamp) {
-        return Ok(c);
+        return Ok(Some(c));
     }
-    let bytes = fs::read(file.path())?;
-    Ok((stamp, parse(&bytes)?))
+    let bytes = fs::read(path)?;
+    Ok(Some((stamp, parse(&bytes)?)))
 }

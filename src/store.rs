@@ -11,6 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
 use chrono::{DateTime, FixedOffset, Local};
@@ -28,9 +29,25 @@ pub const STATE_DIR: &str = ".kbackup";
 const PARTIAL_PREFIX: &str = ".kbackup-";
 const PARTIAL_SUFFIX: &str = ".partial";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     pub root: PathBuf,
+    /// While this process holds the store's lock: the index as its first
+    /// scan read it, kept up to date by this process's own changes, so that a
+    /// run scans the store once however many databases and steps it has.
+    memo: Arc<Mutex<Memo>>,
+}
+
+#[derive(Default, Debug)]
+struct Memo {
+    on: bool,
+    index: Option<crate::index::Index>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
 }
 
 /// One dump file in the store.
@@ -180,6 +197,16 @@ pub fn loose_file(path: &Path, what: &str, root: &Path) -> Result<LooseFile> {
 #[derive(Debug)]
 pub struct StoreLock {
     _file: File,
+    /// The store's memo, on while the lock is held (its lock, not verify's).
+    memo: Option<Arc<Mutex<Memo>>>,
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        if let Some(memo) = &self.memo {
+            *memo.lock().unwrap_or_else(|e| e.into_inner()) = Memo::default();
+        }
+    }
 }
 
 /// A dump written and fsynced to a temporary file, with what goes beside it.
@@ -192,7 +219,28 @@ pub struct Staged {
 
 impl Store {
     pub fn new(root: PathBuf) -> Self {
-        Store { root }
+        Store {
+            root,
+            memo: Default::default(),
+        }
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.memo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the memo (when on) that this process changed the dump at `path`
+    /// (or its sidecars): added, replaced or removed it.
+    fn changed(&self, path: &Path) {
+        let mut memo = self.memo();
+        let (Some(index), Some(dir), Some(name)) =
+            (memo.index.as_mut(), path.parent(), path.file_name())
+        else {
+            return;
+        };
+        if let Some(tier) = Tier::ALL.into_iter().find(|t| self.tier_dir(*t) == dir) {
+            index.reread(tier.dir(), dir, name);
+        }
     }
 
     pub fn tier_dir(&self, tier: Tier) -> PathBuf {
@@ -239,7 +287,15 @@ impl Store {
 
     /// Takes the store's lock, or fails at once (exit 3) naming the holder.
     pub fn lock(&self, command: &str) -> Result<StoreLock> {
-        self.lock_file(&self.root.join(LOCK_FILE), command)
+        let mut lock = self.lock_file(&self.root.join(LOCK_FILE), command)?;
+        // Under the lock no other kbackup adds or removes dumps: the scans of
+        // this run may keep what they read (see `Memo`).
+        *self.memo() = Memo {
+            on: true,
+            index: None,
+        };
+        lock.memo = Some(self.memo.clone());
+        Ok(lock)
     }
 
     /// Waits, up to `wait`, while a backup that may cover database `db` holds
@@ -340,7 +396,10 @@ impl Store {
             Local::now().format("%Y-%m-%d %H:%M:%S")
         )?;
         file.flush()?;
-        Ok(StoreLock { _file: file })
+        Ok(StoreLock {
+            _file: file,
+            memo: None,
+        })
     }
 
     /// Removes what runs that were killed left behind: temporary files, and
@@ -379,8 +438,13 @@ impl Store {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
+            // Names only (one listing, no file looked at twice): a folder of
+            // thousands of backups is checked in milliseconds.
+            let names: std::collections::HashSet<std::ffi::OsString> =
+                entries.flatten().map(|e| e.file_name()).collect();
+            let has = |n: String| names.contains(std::ffi::OsStr::new(&n));
+            for raw in &names {
+                let name = raw.to_string_lossy();
                 let partial = name.starts_with(PARTIAL_PREFIX) && name.ends_with(PARTIAL_SUFFIX);
                 let orphan = SIDECARS.iter().any(|ext| {
                     name.strip_suffix(ext)
@@ -388,12 +452,16 @@ impl Store {
                         .is_some_and(|stem| {
                             [Format::CustomZstd, Format::Custom]
                                 .iter()
-                                .all(|f| !dir.join(naming::sidecar(stem, f.ext())).exists())
+                                .all(|f| !has(naming::sidecar(stem, f.ext())))
                         })
                 });
                 if partial || orphan {
-                    fs::remove_file(e.path())?;
-                    removed.push(e.path());
+                    let path = dir.join(raw);
+                    match fs::remove_file(&path) {
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        r => r.with_context(|| format!("cannot remove {}", path.display()))?,
+                    }
+                    removed.push(path);
                 }
             }
         }
@@ -406,12 +474,54 @@ impl Store {
         temp_in(&dir)
     }
 
+    /// The backup a dump of `tier` is, when its name reads as one.
+    fn backup_of(
+        cal: &Calendar,
+        tier: Tier,
+        dir: &Path,
+        d: crate::index::Dump,
+        prefix_hint: &str,
+    ) -> Option<Backup> {
+        let parsed = naming::parse_file_name(cal, tier, &d.name, prefix_hint)?;
+        let path = dir.join(d.file_name());
+        let manifest = d.manifest.map(|(_, m)| m);
+        let time = manifest
+            .as_ref()
+            .map(|m| m.started_at)
+            .or(parsed.time)
+            .unwrap_or_else(|| {
+                DateTime::<Local>::from(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_nanos(d.mtime_ns.max(0) as u64),
+                )
+                .fixed_offset()
+            });
+        Some(Backup {
+            tier,
+            rel_path: format!("{}/{}", tier.dir(), d.name),
+            path,
+            header_major: d.header_major,
+            parsed,
+            size: d.size,
+            time,
+            manifest,
+            manifest_error: d.manifest_error,
+            verification: d.verification.map(|(_, v)| v).unwrap_or_default(),
+        })
+    }
+
     /// Every dump in the store, newest first. Files that are not dumps (manifests,
     /// temporary files, anything else) are passed over. Folders and manifests
     /// are read through the store's index (see `index`): a store of thousands
     /// of backups is listed without reading every manifest each time.
     pub fn scan(&self, cal: &Calendar, prefix_hint: &str) -> Result<Vec<Backup>> {
-        let mut index = crate::index::Index::load(&self.root);
+        let mut memo = self.memo();
+        let keep = memo.on;
+        let first = memo.index.is_none();
+        let mut index = memo
+            .index
+            .take()
+            .unwrap_or_else(|| crate::index::Index::load(&self.root));
         let since = std::time::Instant::now();
         let mut present = Vec::new();
         for tier in Tier::ALL {
@@ -437,40 +547,24 @@ impl Store {
             index.refresh(tier.dir(), &dir, &folder, since)?;
             present.push((tier, dir));
         }
-        index.save(&self.root);
+        // Written as read from the folders, before this run's own changes.
+        if first {
+            index.save(&self.root);
+        }
         let mut out = Vec::with_capacity(index.dumps());
         for (tier, dir) in present {
-            for d in index.take(tier.dir()) {
-                let Some(parsed) = naming::parse_file_name(cal, tier, &d.name, prefix_hint) else {
-                    continue;
-                };
-                let path = dir.join(d.file_name());
-                let manifest = d.manifest.map(|(_, m)| m);
-                let time = manifest
-                    .as_ref()
-                    .map(|m| m.started_at)
-                    .or(parsed.time)
-                    .unwrap_or_else(|| {
-                        DateTime::<Local>::from(
-                            std::time::UNIX_EPOCH
-                                + std::time::Duration::from_nanos(d.mtime_ns.max(0) as u64),
-                        )
-                        .fixed_offset()
-                    });
-                out.push(Backup {
-                    tier,
-                    rel_path: format!("{}/{}", tier.dir(), d.name),
-                    path,
-                    header_major: d.header_major,
-                    parsed,
-                    size: d.size,
-                    time,
-                    manifest,
-                    manifest_error: d.manifest_error,
-                    verification: d.verification.map(|(_, v)| v).unwrap_or_default(),
-                });
+            let backup = |d| Self::backup_of(cal, tier, &dir, d, prefix_hint);
+            if keep {
+                out.extend(index.listed(tier.dir()).iter().cloned().filter_map(backup));
+            } else {
+                out.extend(index.take(tier.dir()).into_iter().filter_map(backup));
             }
         }
+        if keep {
+            index.keep_current();
+            memo.index = Some(index);
+        }
+        drop(memo);
         // Sorted by moving indices, not the (large) backups themselves.
         let mut order: Vec<usize> = (0..out.len()).collect();
         order.sort_by(|&a, &b| {
@@ -530,6 +624,7 @@ impl Store {
                 })?;
             sync_dir(&dir)
         })();
+        self.changed(&dump);
         if let Err(e) = result {
             for p in [&globals, &manifest] {
                 let _ = fs::remove_file(p);
@@ -565,13 +660,16 @@ impl Store {
             }
             sync_dir(&dir)
         })();
+        let placed_dump = dir.join(naming::sidecar(stem, format.ext()));
         if let Err(e) = result {
             for p in &placed {
                 let _ = fs::remove_file(p);
             }
+            self.changed(&placed_dump);
             return Err(e);
         }
-        Ok(dir.join(naming::sidecar(stem, format.ext())))
+        self.changed(&placed_dump);
+        Ok(placed_dump)
     }
 
     /// Records a verification beside `b` and every tier copy of the same file
@@ -580,7 +678,9 @@ impl Store {
         for b in copies {
             // The record as it is on disk (a scan keeps only its brief).
             let json = serde_json::to_vec_pretty(&b.full_verification().with(v.clone()))?;
-            write_replace(&b.sidecar(VERIFY_EXT), &json)?;
+            let written = write_replace(&b.sidecar(VERIFY_EXT), &json);
+            self.changed(&b.path);
+            written?;
         }
         Ok(())
     }
@@ -588,7 +688,9 @@ impl Store {
     /// Deletes a dump and its sidecars (dump first: a sidecar without its dump is
     /// ignored by every reader).
     pub fn delete(&self, b: &Backup) -> Result<()> {
-        fs::remove_file(&b.path).with_context(|| format!("cannot delete {}", b.path.display()))?;
+        let removed = fs::remove_file(&b.path);
+        self.changed(&b.path);
+        removed.with_context(|| format!("cannot delete {}", b.path.display()))?;
         for ext in SIDECARS {
             match fs::remove_file(b.sidecar(ext)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -960,6 +1062,67 @@ pub fn tier_counts<B: std::borrow::Borrow<Backup>>(all: &[B]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Under the lock a run's scans keep what the first read and follow the
+    /// run's own changes; without it (or once it is released) every scan
+    /// looks at the folders.
+    #[test]
+    fn scans_under_the_lock_follow_the_runs_own_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("s"));
+        let cal = Calendar {
+            zone: crate::clock::Zone::Named(chrono_tz::UTC),
+            week_start: chrono::Weekday::Mon,
+        };
+        let hourly = store.ensure_tier(Tier::Hourly).unwrap();
+        fs::create_dir_all(store.root.join(STATE_DIR)).unwrap();
+        let stem = "db_2025-01-01_01-00-00";
+        let dump = hourly.join(format!("{stem}.dump.zst"));
+        fs::write(&dump, b"x").unwrap();
+        let names = |store: &Store| -> Vec<String> {
+            let mut v: Vec<String> = store
+                .scan(&cal, "db")
+                .unwrap()
+                .into_iter()
+                .map(|b| b.rel_path)
+                .collect();
+            v.sort();
+            v
+        };
+        let held = store.lock("backup").unwrap();
+        assert_eq!(names(&store), [format!("hourly/{stem}.dump.zst")]);
+        // The run's own copy and deletion show in its next scans.
+        store
+            .place_copy(
+                &dump,
+                stem,
+                Format::CustomZstd,
+                Tier::Daily,
+                "db_2025-01-01",
+            )
+            .unwrap();
+        assert_eq!(
+            names(&store),
+            [
+                "daily/db_2025-01-01.dump.zst".to_string(),
+                format!("hourly/{stem}.dump.zst")
+            ]
+        );
+        let listed = store.scan(&cal, "db").unwrap();
+        let hourly_copy = listed.iter().find(|b| b.tier == Tier::Hourly).unwrap();
+        store.delete(hourly_copy).unwrap();
+        assert_eq!(names(&store), ["daily/db_2025-01-01.dump.zst"]);
+        // A file added behind the run's back is seen once the lock is gone.
+        fs::write(hourly.join("db_2025-01-01_02-00-00.dump.zst"), b"y").unwrap();
+        drop(held);
+        assert_eq!(
+            names(&store),
+            [
+                "daily/db_2025-01-01.dump.zst",
+                "hourly/db_2025-01-01_02-00-00.dump.zst"
+            ]
+        );
+    }
 
     #[test]
     fn a_backup_of_several_databases_covers_each() {

@@ -538,8 +538,13 @@ impl Kb {
     }
 
     /// Every file under the store (relative paths), sorted.
+    /// The store's files, its index aside (a cache of what the others hold,
+    /// written by whichever run reads the folders first).
     pub fn files(&self) -> Vec<String> {
-        files_under(&self.store).into_iter().collect()
+        files_under(&self.store)
+            .into_iter()
+            .filter(|f| f != ".kbackup/index.json")
+            .collect()
     }
 
     /// The dumps in one tier folder.
