@@ -26,13 +26,14 @@ pg_bindir() {
   [ -n "$d" ] && [ -x "$d/initdb" ] && echo "$d"
 }
 
-# Installs what is missing. Arguments: any of postgres zstd rclone docker.
+# Installs what is missing. Arguments: any of postgres zstd age rclone docker.
 ensure() {
   local want missing=()
   for want in "$@"; do
     case "$want" in
       postgres) pg_bindir >/dev/null || missing+=(postgresql postgresql-contrib) ;;
       zstd) command -v zstd >/dev/null || missing+=(zstd) ;;
+      age) command -v age >/dev/null || missing+=(age) ;;
       rclone) command -v rclone >/dev/null || missing+=(rclone) ;;
       docker) command -v dockerd >/dev/null || missing+=(docker.io) ;;
       aiosmtpd | moto | pgversions) ;;

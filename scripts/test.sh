@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need when it is missing
-# (PostgreSQL server, zstd, rclone, Docker engine, the aiosmtpd SMTP sink, moto's S3
+# (PostgreSQL server, zstd, the age CLI, rclone, Docker engine, the aiosmtpd SMTP sink, moto's S3
 # server), then checks formatting,
 # lints, and runs every test. The tests start their own PostgreSQL clusters and
 # Docker engine (see tests/common).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ensure postgres zstd rclone docker aiosmtpd moto pgversions
+ensure postgres zstd age rclone docker aiosmtpd moto pgversions
 cd "$ROOT"
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -43,6 +43,10 @@ pub struct GlobalArgs {
     /// Docker container running PostgreSQL; selects docker mode (CONTAINER_DB).
     #[arg(long, global = true, value_name = "NAME")]
     pub container: Option<String>,
+    /// File of age identities that decrypts encrypted backups, for restore and verify
+    /// (BACKUP_AGE_IDENTITY).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
     /// Log format on stderr and in backup.log (BACKUP_LOG_FORMAT).
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,

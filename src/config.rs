@@ -86,6 +86,14 @@ pub const SETTINGS: &[Spec] = &[
         doc: "Also delete backups older than N days from every tier (unset or 0: off), measured from the clock. Each tier's newest backup is always kept." },
     Spec { key: "backup.retention_count", env: &["BACKUP_RETENTION_COUNT"], default: None, secret: false,
         doc: "named/ keeps its newest N backups (unset: all)." },
+    Spec { key: "backup.age_recipients", env: &["BACKUP_AGE_RECIPIENTS"], default: None, secret: false,
+        doc: "Encrypt every new dump and globals file with age to these public keys (age1..., ssh-ed25519 ..., ssh-rsa ...; comma- or newline-separated; a TOML list too), as it streams: .dump.zst.age, .globals.sql.age. Unset: not encrypted." },
+    Spec { key: "backup.age_recipients_file", env: &["BACKUP_AGE_RECIPIENTS_FILE"], default: None, secret: false,
+        doc: "A file of age recipients, one per line (# comments), in addition to BACKUP_AGE_RECIPIENTS." },
+    Spec { key: "backup.age_identity", env: &["BACKUP_AGE_IDENTITY"], default: None, secret: false,
+        doc: "File of age identities (AGE-SECRET-KEY-1..., from age-keygen) or an unencrypted SSH private key: needed by restore, full verify and restore --remote of encrypted backups (also --identity FILE). Not needed to back up." },
+    Spec { key: "backup.manifest_detail", env: &["BACKUP_MANIFEST_DETAIL"], default: Some("full"), secret: false,
+        doc: "full: the manifest lists every table with its exact row count (the restore's proof); minimal: no table, role or database-property names in it (the proof then uses the archive's own table of contents)." },
     Spec { key: "backup.week_start", env: &["BACKUP_WEEK_START"], default: Some("sunday"), secret: false,
         doc: "First day of the week for weekly/ (sunday or monday; the label is the ISO week of that day)." },
     Spec { key: "backup.timezone", env: &["BACKUP_TIMEZONE"], default: None, secret: false,
@@ -276,6 +284,12 @@ pub struct Config {
     /// The age past which status is unhealthy (default twice BACKUP_INTERVAL).
     pub max_age: Duration,
     pub metrics_file: Option<PathBuf>,
+    /// New backups are encrypted to these (BACKUP_AGE_RECIPIENTS[_FILE]).
+    pub seal: Option<crate::crypto::Recipients>,
+    /// The identity file that decrypts backups (BACKUP_AGE_IDENTITY, --identity).
+    pub identity: Option<PathBuf>,
+    /// What the manifest names (BACKUP_MANIFEST_DETAIL).
+    pub manifest_detail: ManifestDetail,
     /// A separate server for `verify` (None: the backed-up server).
     pub verify_server: Option<DbConfig>,
     /// Off-site copies with rclone (None: not configured).
@@ -311,6 +325,14 @@ pub enum Databases {
 }
 
 impl Config {
+    /// The format new backups are written in: sealed when recipients are set.
+    pub fn format(&self) -> crate::naming::Format {
+        match self.seal {
+            Some(_) => crate::naming::Format::CustomZstdAge,
+            None => crate::naming::Format::CustomZstd,
+        }
+    }
+
     /// Applies `f` to this configuration and every database's in it.
     pub fn each_mut(&mut self, f: &mut dyn FnMut(&mut Config)) {
         f(self);
@@ -390,6 +412,15 @@ fn readable_by_others(path: &Path, what: &str) -> Option<String> {
             path.display()
         )
     })
+}
+
+/// How much a manifest names of the database (BACKUP_MANIFEST_DETAIL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestDetail {
+    /// Every table with its row count, the roles, the database's properties.
+    Full,
+    /// Counts only: no table, role or property names.
+    Minimal,
 }
 
 #[derive(Debug, Clone)]
@@ -856,6 +887,12 @@ fn flag_values(g: &GlobalArgs) -> HashMap<&'static str, (String, &'static str)> 
     if let Some(v) = &g.container {
         m.insert("database.container", (v.clone(), "--container"));
     }
+    if let Some(v) = &g.identity {
+        m.insert(
+            "backup.age_identity",
+            (v.display().to_string(), "--identity"),
+        );
+    }
     if let Some(v) = g.log_format {
         let s = match v {
             LogFormat::Text => "text",
@@ -961,6 +998,16 @@ fn toml_scalar(path: &Path, key: &str, value: &toml::Value) -> Result<String> {
         toml::Value::Integer(i) => i.to_string(),
         toml::Value::Boolean(b) => b.to_string(),
         toml::Value::Float(f) => f.to_string(),
+        // A list of public keys.
+        toml::Value::Array(items)
+            if key == "backup.age_recipients" && items.iter().all(|i| i.is_str()) =>
+        {
+            items
+                .iter()
+                .filter_map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        }
         other => {
             return Err(usage(format!(
                 "invalid setting {key} = {other} in {}: expected a single value",
@@ -1291,6 +1338,42 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, name: String, cwd: &Path) 
     let swap_timeout =
         duration("restore.swap_timeout")?.expect("restore.swap_timeout has a default");
     let metrics_file = values.string("backup.metrics_file").map(|f| cwd.join(f));
+    let seal = {
+        let mut keys: Vec<String> = values
+            .string("backup.age_recipients")
+            .map(|s| s.split([',', '\n']).map(String::from).collect())
+            .unwrap_or_default();
+        let file = values
+            .string("backup.age_recipients_file")
+            .map(|f| cwd.join(expand_home(&f).unwrap_or_else(|| f.into())));
+        if let Some(f) = &file {
+            keys.extend(crate::crypto::Recipients::read_file(f)?);
+        }
+        if keys.iter().all(|k| k.trim().is_empty())
+            && values.string("backup.age_recipients").is_none()
+            && file.is_none()
+        {
+            None
+        } else {
+            let from = match &file {
+                Some(f) => format!("BACKUP_AGE_RECIPIENTS / {}", f.display()),
+                None => "BACKUP_AGE_RECIPIENTS".to_string(),
+            };
+            Some(crate::crypto::Recipients::parse(&keys, &from)?)
+        }
+    };
+    let identity = values
+        .string("backup.age_identity")
+        .map(|f| cwd.join(expand_home(&f).unwrap_or_else(|| f.into())));
+    let manifest_detail = values
+        .parse("backup.manifest_detail", "full or minimal", |s| {
+            match s.to_ascii_lowercase().as_str() {
+                "full" => Some(ManifestDetail::Full),
+                "minimal" => Some(ManifestDetail::Minimal),
+                _ => None,
+            }
+        })?
+        .unwrap_or(ManifestDetail::Full);
     let verify_port = values.parse("verify.port", "a TCP port number (1-65535)", |s| {
         s.parse::<u16>().ok().filter(|p| *p > 0)
     })?;
@@ -1395,6 +1478,9 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, name: String, cwd: &Path) 
         swap_timeout,
         max_age,
         metrics_file,
+        seal,
+        identity,
+        manifest_detail,
         verify_server,
         remote,
         notify,

@@ -1,5 +1,6 @@
 //! The dump pipeline: pg_dump's stdout -> archive check + row counts -> zstd ->
-//! SHA-256 -> a temporary file in the store, in one pass, on one blocking thread.
+//! (age encryption) -> SHA-256 -> a temporary file in the store, in one pass,
+//! on one blocking thread.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -51,13 +52,55 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
+/// Where the compressed stream goes: the file as is, or through age
+/// encryption (no plaintext byte reaches the file).
+enum Sink<W: Write> {
+    Plain(W),
+    Sealed(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> Write for Sink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Sealed(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Sink<W> {
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Sink::Plain(w) => Ok(w),
+            Sink::Sealed(w) => w.finish(),
+        }
+    }
+}
+
 /// Reads an archive from `input` to its end, checking it and writing it
-/// zstd-compressed to `out`, which is fsynced before this returns.
-pub fn write_compressed(input: File, out: File, level: i32) -> Result<Written> {
+/// zstd-compressed (and encrypted to `seal`'s recipients, when given) to
+/// `out`, which is fsynced before this returns.
+pub fn write_compressed(
+    input: File,
+    out: File,
+    level: i32,
+    seal: Option<&crate::crypto::Recipients>,
+) -> Result<Written> {
     let writer = HashingWriter {
         inner: BufWriter::with_capacity(1 << 20, out),
         hasher: Sha256::new(),
         bytes: 0,
+    };
+    let writer = match seal {
+        Some(r) => Sink::Sealed(r.encrypt(writer)?),
+        None => Sink::Plain(writer),
     };
     // Compression runs on this thread, between reads of the pipe. Measured on two
     // cores: a zstd worker thread was slower (it competes with pg_dump and the
@@ -72,6 +115,7 @@ pub fn write_compressed(input: File, out: File, level: i32) -> Result<Written> {
     let summary =
         archive::scan(BufReader::with_capacity(1 << 18, &mut tee)).context("pg_dump's output")?;
     let writer = tee.sink.finish().context("finishing the zstd stream")?;
+    let writer = writer.finish().context("finishing the age stream")?;
     let HashingWriter {
         inner,
         hasher,
@@ -134,11 +178,29 @@ impl Write for &mut ArchiveCopy {
     }
 }
 
-/// Reads a stored dump through the archive check (a `.dump.zst`, or a seed
-/// `.dump`). Returns the check's result and the SHA-256 of the whole file as
-/// stored: the hash is finished even when the archive is damaged, so a checksum
-/// mismatch can be reported as what it is. A `.dump.zst`'s uncompressed archive
-/// is also written to `copy`, when given, in the same pass.
+/// A backup read without the identity that decrypts it: its age header is
+/// well-formed (checked), the archive inside could not be read.
+#[derive(Debug)]
+pub struct Sealed;
+
+impl std::fmt::Display for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "encrypted with age and no identity given (BACKUP_AGE_IDENTITY / --identity): \
+             its age header is well-formed; the archive inside was not read",
+        )
+    }
+}
+
+impl std::error::Error for Sealed {}
+
+/// Reads a stored dump through the archive check (a `.dump.zst`, a
+/// `.dump.zst.age`, or a seed `.dump`). Returns the check's result and the
+/// SHA-256 of the whole file as stored: the hash is finished even when the
+/// archive is damaged, so a checksum mismatch can be reported as what it is.
+/// The uncompressed archive is also written to `copy`, when given, in the
+/// same pass. An encrypted file is decrypted with this process's identities;
+/// without them only its header is checked (the result is then [`Sealed`]).
 pub fn read_back(
     path: &std::path::Path,
     copy: Option<&mut ArchiveCopy>,
@@ -159,41 +221,68 @@ pub fn read_back(
         inner: BufReader::with_capacity(1 << 20, file),
         hasher: Sha256::new(),
     };
-    let summary = if is_zstd(path) {
-        match (zstd::Decoder::new(&mut hashing), copy) {
-            (Ok(decoder), Some(copy)) => archive::scan(BufReader::with_capacity(
-                1 << 18,
-                Tee {
-                    inner: decoder,
-                    sink: copy,
-                },
-            ))
-            .map_err(anyhow::Error::from),
-            (Ok(decoder), None) => archive::scan(BufReader::with_capacity(1 << 18, decoder))
-                .map_err(anyhow::Error::from),
-            (Err(e), _) => Err(anyhow::Error::from(e).context("not a zstd stream")),
+    let scan = |plain: &mut dyn Read, copy: Option<&mut ArchiveCopy>| match copy {
+        Some(copy) => archive::scan(BufReader::with_capacity(
+            1 << 18,
+            Tee {
+                inner: plain,
+                sink: copy,
+            },
+        ))
+        .map_err(anyhow::Error::from),
+        None => {
+            archive::scan(BufReader::with_capacity(1 << 18, plain)).map_err(anyhow::Error::from)
         }
-    } else {
-        archive::scan(BufReader::with_capacity(1 << 18, &mut hashing)).map_err(anyhow::Error::from)
+    };
+    let summary = match (crate::crypto::is_age(path), crate::crypto::identities()) {
+        (true, None) => crate::crypto::check_header(BufReader::new(&mut hashing))
+            .and_then(|()| Err(anyhow::Error::new(Sealed))),
+        (true, Some(ids)) => ids.decrypt(&mut hashing).and_then(|plain| {
+            zstd::Decoder::new(plain)
+                .map_err(|e| anyhow::Error::from(e).context("not a zstd stream"))
+                .and_then(|mut d| scan(&mut d, copy))
+        }),
+        (false, _) if is_zstd(path) => match zstd::Decoder::new(&mut hashing) {
+            Ok(mut d) => scan(&mut d, copy),
+            Err(e) => Err(anyhow::Error::from(e).context("not a zstd stream")),
+        },
+        (false, _) => scan(&mut hashing, None),
     };
     // Hash whatever the check did not read (after damage, a frame's tail).
     io::copy(&mut hashing, &mut io::sink())?;
     Ok((summary, hex::encode(hashing.hasher.finalize())))
 }
 
+/// Whether a stored dump is not a bare archive (compressed, maybe encrypted):
+/// pg_restore cannot read it as it is.
 pub fn is_zstd(path: &std::path::Path) -> bool {
-    path.extension().is_some_and(|e| e == "zst")
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    name.ends_with(".zst") || name.ends_with(".zst.age")
 }
 
-/// Writes the archive in `path` (decompressed when it is a `.dump.zst`) to `out`.
-pub fn write_archive(path: &std::path::Path, out: File) -> Result<()> {
+/// The archive in `path`: decrypted (with this process's identities) and
+/// decompressed as its name says.
+pub fn open_archive(path: &std::path::Path) -> Result<Box<dyn Read>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 20, out);
-    if is_zstd(path) {
-        zstd::stream::copy_decode(BufReader::with_capacity(1 << 20, file), &mut out)?;
-    } else {
-        io::copy(&mut BufReader::with_capacity(1 << 20, file), &mut out)?;
+    let file = BufReader::with_capacity(1 << 20, file);
+    if crate::crypto::is_age(path) {
+        let ids = crate::crypto::need_identities(&path.display().to_string())?;
+        let plain = ids.decrypt(file)?;
+        return Ok(Box::new(zstd::Decoder::new(plain)?));
     }
+    if is_zstd(path) {
+        return Ok(Box::new(zstd::Decoder::with_buffer(file)?));
+    }
+    Ok(Box::new(file))
+}
+
+/// Writes the archive in `path` (decrypted and decompressed as needed) to `out`.
+pub fn write_archive(path: &std::path::Path, out: File) -> Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    io::copy(&mut open_archive(path)?, &mut out)?;
     out.flush()?;
     Ok(())
 }

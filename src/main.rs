@@ -8,6 +8,7 @@ mod clients;
 mod clock;
 mod commands;
 mod config;
+mod crypto;
 mod databases;
 mod dump;
 mod error;
@@ -232,10 +233,16 @@ async fn dispatch(command: &Command, cfg: &config::Config) -> anyhow::Result<()>
         Command::Backup(a) => commands::backup::run(cfg, a).await,
         Command::List(a) if a.remote => commands::list::run_remote(cfg, a).await,
         Command::List(a) => commands::list::run(cfg, a),
-        Command::Restore(a) => commands::restore::run(cfg, a).await,
+        Command::Restore(a) => {
+            crypto::init(cfg.identity.as_deref())?;
+            commands::restore::run(cfg, a).await
+        }
         Command::Rotate(a) => commands::rotate::run(cfg, a).await,
         Command::Cleanup(a) => commands::cleanup::run(cfg, a).await,
-        Command::Verify(a) => commands::verify::run(cfg, a).await,
+        Command::Verify(a) => {
+            crypto::init(cfg.identity.as_deref())?;
+            commands::verify::run(cfg, a).await
+        }
         Command::Status(a) => commands::status::run(cfg, a).await,
         Command::Sync => commands::sync::run(cfg).await,
         Command::Notify(a) => commands::notify::run(cfg, a).await,

@@ -38,15 +38,51 @@ pub struct Manifest {
     /// rows of every table, from the snapshot pg_dump took.
     pub archive: Summary,
     pub globals: GlobalsInfo,
+    /// BACKUP_MANIFEST_DETAIL=minimal: `archive` names no table, role or
+    /// database property; these are its counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimal: Option<Counts>,
+}
+
+/// The counts a minimal manifest keeps of the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub tables: usize,
+    /// Exact rows in all tables (None: some table's count unknown).
+    pub rows: Option<u64>,
+}
+
+impl Manifest {
+    /// Leaves out every name of the database's objects (BACKUP_MANIFEST_DETAIL=minimal).
+    pub fn minimize(&mut self) {
+        self.minimal = Some(Counts {
+            tables: self.archive.tables.len(),
+            rows: self.total_rows(),
+        });
+        self.archive.tables.clear();
+        self.archive.roles.clear();
+        self.archive.database_entries = Default::default();
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileInfo {
     pub format: Format,
+    /// How the file is encrypted (None: it is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
     /// SHA-256 of the file as stored (compressed).
     pub sha256: String,
     pub size_bytes: u64,
     pub compression: String,
+}
+
+/// A file encrypted with age to these recipients (public keys: the manifest
+/// says who can read the backup, never how).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Encryption {
+    pub scheme: String,
+    pub recipients: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,7 +212,10 @@ impl Manifest {
     }
 
     pub fn total_rows(&self) -> Option<u64> {
-        self.archive.tables.iter().map(|t| t.rows).sum()
+        match self.minimal {
+            Some(c) => c.rows,
+            None => self.archive.tables.iter().map(|t| t.rows).sum(),
+        }
     }
 }
 

@@ -76,6 +76,9 @@ pub enum Format {
     CustomZstd,
     /// `.dump`: a pg_dump custom-format archive, what the seed's backup.sh wrote.
     Custom,
+    /// `.dump.zst.age`: a `.dump.zst` encrypted with age (BACKUP_AGE_RECIPIENTS).
+    /// By hand: `age -d -i key.txt F | zstd -dc | pg_restore -d DB`.
+    CustomZstdAge,
 }
 
 impl Format {
@@ -83,6 +86,18 @@ impl Format {
         match self {
             Format::CustomZstd => "dump.zst",
             Format::Custom => "dump",
+            Format::CustomZstdAge => "dump.zst.age",
+        }
+    }
+
+    /// Every format, each tried in this order on a file name.
+    pub const ALL: [Format; 3] = [Format::CustomZstdAge, Format::CustomZstd, Format::Custom];
+
+    /// The globals file beside a dump of this format: sealed with it.
+    pub fn globals_ext(self) -> &'static str {
+        match self {
+            Format::CustomZstdAge => GLOBALS_AGE_EXT,
+            _ => GLOBALS_EXT,
         }
     }
 
@@ -92,7 +107,7 @@ impl Format {
         if file_name.starts_with('.') {
             return None;
         }
-        for f in [Format::CustomZstd, Format::Custom] {
+        for f in Format::ALL {
             if let Some(stem) = file_name
                 .strip_suffix(f.ext())
                 .and_then(|s| s.strip_suffix('.'))
@@ -106,10 +121,12 @@ impl Format {
 
 pub const MANIFEST_EXT: &str = "manifest.json";
 pub const GLOBALS_EXT: &str = "globals.sql";
+/// The globals of an encrypted backup.
+pub const GLOBALS_AGE_EXT: &str = "globals.sql.age";
 /// The record of the last verification of a dump.
 pub const VERIFY_EXT: &str = "verify.json";
 /// Every sidecar a dump can have.
-pub const SIDECARS: [&str; 3] = [MANIFEST_EXT, GLOBALS_EXT, VERIFY_EXT];
+pub const SIDECARS: [&str; 4] = [MANIFEST_EXT, GLOBALS_EXT, GLOBALS_AGE_EXT, VERIFY_EXT];
 
 pub fn sidecar(stem: &str, ext: &str) -> String {
     format!("{stem}.{ext}")

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use chrono::{Local, Utc};
 
 use crate::config::Config;
-use crate::naming::{self, Format, Tier, GLOBALS_EXT, MANIFEST_EXT, SIDECARS};
+use crate::naming::{self, Format, Tier, GLOBALS_AGE_EXT, GLOBALS_EXT, MANIFEST_EXT, SIDECARS};
 use crate::remote::{Remote, RemoteFile};
 use crate::retention::{self, Candidate};
 use crate::store::{human_size, Store};
@@ -93,7 +93,7 @@ pub async fn sync(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
     for b in local.iter().filter(|b| b.is_mine(&cfg.prefix)) {
         // The backup's files, sidecars first, with their local sizes.
         let mut files: Vec<(String, u64, bool)> = Vec::new();
-        for ext in [GLOBALS_EXT, MANIFEST_EXT] {
+        for ext in [GLOBALS_EXT, GLOBALS_AGE_EXT, MANIFEST_EXT] {
             if let Ok(meta) = std::fs::metadata(b.sidecar(ext)) {
                 files.push((
                     format!("{}/{}", b.tier.dir(), naming::sidecar(&b.parsed.stem, ext)),

@@ -143,6 +143,24 @@ pub fn manifest_disagreements(manifest: &Manifest, summary: &Summary) -> Vec<Str
         .map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows))
         .collect();
     let mut problems = Vec::new();
+    if let Some(c) = manifest.minimal {
+        let rows: Option<u64> = summary.tables.iter().map(|t| t.rows).sum();
+        if c.tables != summary.tables.len() {
+            problems.push(format!(
+                "manifest counts {} tables, archive {}",
+                c.tables,
+                summary.tables.len()
+            ));
+        }
+        if let (Some(m), Some(a)) = (c.rows, rows) {
+            if m != a {
+                problems.push(format!(
+                    "the manifest counts {m} rows in all, the archive {a}"
+                ));
+            }
+        }
+        return problems;
+    }
     for t in &manifest.archive.tables {
         match in_archive.get(&(t.schema.as_str(), t.name.as_str())) {
             None => problems.push(format!("{}.{} missing from the archive", t.schema, t.name)),

@@ -59,8 +59,7 @@ pub async fn create_missing_roles(
     let Some(globals) = globals else {
         bail!(roles_message(missing, None))
     };
-    let text = std::fs::read_to_string(globals)
-        .with_context(|| format!("cannot read {}", globals.display()))?;
+    let text = crate::crypto::read_globals(globals)?;
     let statements = role_statements(&text, missing);
     tracing::info!(
         "Creating roles {} from {}",

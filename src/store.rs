@@ -20,7 +20,8 @@ use tempfile::NamedTempFile;
 use crate::error::locked;
 use crate::manifest::{Brief, Manifest, SeenPair, Verification, Verifications};
 use crate::naming::{
-    self, Calendar, Format, Parsed, Tier, GLOBALS_EXT, MANIFEST_EXT, SIDECARS, VERIFY_EXT,
+    self, Calendar, Format, Parsed, Tier, GLOBALS_AGE_EXT, GLOBALS_EXT, MANIFEST_EXT, SIDECARS,
+    VERIFY_EXT,
 };
 
 const LOCK_FILE: &str = ".kbackup.lock";
@@ -72,6 +73,14 @@ pub struct Backup {
 }
 
 impl Backup {
+    /// The saved globals beside the dump (sealed or not), when there are any.
+    pub fn globals_file(&self) -> Option<PathBuf> {
+        [GLOBALS_EXT, GLOBALS_AGE_EXT]
+            .into_iter()
+            .map(|ext| self.sidecar(ext))
+            .find(|p| p.exists())
+    }
+
     pub fn sidecar(&self, ext: &str) -> PathBuf {
         self.path
             .with_file_name(naming::sidecar(&self.parsed.stem, ext))
@@ -144,7 +153,7 @@ impl Backup {
         if self.header_major.is_some() {
             return self.header_major;
         }
-        if self.parsed.format != Format::CustomZstd {
+        if self.parsed.format == Format::Custom {
             let file = std::fs::File::open(&self.path).ok()?;
             let header =
                 crate::archive::read_header(std::io::BufReader::with_capacity(4096, file)).ok()?;
@@ -188,7 +197,7 @@ pub fn loose_file(path: &Path, what: &str, root: &Path) -> Result<LooseFile> {
     };
     Ok(LooseFile {
         manifest,
-        globals: sidecar(GLOBALS_EXT),
+        globals: sidecar(GLOBALS_EXT).or_else(|| sidecar(GLOBALS_AGE_EXT)),
     })
 }
 
@@ -450,7 +459,7 @@ impl Store {
                     name.strip_suffix(ext)
                         .and_then(|s| s.strip_suffix('.'))
                         .is_some_and(|stem| {
-                            [Format::CustomZstd, Format::Custom]
+                            Format::ALL
                                 .iter()
                                 .all(|f| !has(naming::sidecar(stem, f.ext())))
                         })
@@ -581,15 +590,11 @@ impl Store {
     /// Whether `tier` already holds a dump (any format) for `stem`.
     pub fn has_stem(&self, tier: Tier, stem: &str) -> bool {
         let dir = self.tier_dir(tier);
-        [
-            Format::CustomZstd.ext(),
-            Format::Custom.ext(),
-            MANIFEST_EXT,
-            GLOBALS_EXT,
-            VERIFY_EXT,
-        ]
-        .iter()
-        .any(|ext| dir.join(format!("{stem}.{ext}")).exists())
+        Format::ALL
+            .iter()
+            .map(|f| f.ext())
+            .chain(SIDECARS)
+            .any(|ext| dir.join(format!("{stem}.{ext}")).exists())
     }
 
     /// A stem in `tier` that no file uses: `<prefix>_<label>`, else with `_2`, `_3`...
@@ -609,7 +614,7 @@ impl Store {
         );
         let dir = self.ensure_tier(tier)?;
         let manifest_json = serde_json::to_vec_pretty(&staged.manifest)?;
-        let globals = dir.join(naming::sidecar(stem, GLOBALS_EXT));
+        let globals = dir.join(naming::sidecar(stem, staged.format.globals_ext()));
         let manifest = dir.join(naming::sidecar(stem, MANIFEST_EXT));
         let dump = dir.join(naming::sidecar(stem, staged.format.ext()));
         let result = (|| -> Result<()> {
@@ -649,9 +654,10 @@ impl Store {
         let src_dir = src.parent().expect("a dump lives in a tier folder");
         let mut placed = Vec::new();
         let result = (|| -> Result<()> {
-            for ext in [GLOBALS_EXT, MANIFEST_EXT, format.ext()] {
+            for ext in [GLOBALS_EXT, GLOBALS_AGE_EXT, MANIFEST_EXT, format.ext()] {
                 let from = src_dir.join(naming::sidecar(src_stem, ext));
-                if !from.exists() {
+                // Sidecars may be missing; the dump never is.
+                if !from.exists() && ext != format.ext() {
                     continue;
                 }
                 let to = dir.join(naming::sidecar(stem, ext));

@@ -10,7 +10,7 @@ use crate::clients::Need;
 use crate::config::Config;
 use crate::dump;
 use crate::manifest::{FileInfo, GlobalsInfo, Manifest, SourceInfo, MANIFEST_VERSION};
-use crate::naming::{self, Format, Tier};
+use crate::naming::{self, Tier};
 use crate::postgres::{Postgres, ServerInfo};
 use crate::process::{ProcessError, StreamError};
 use crate::store::{human_size, Staged, Store};
@@ -71,6 +71,8 @@ pub async fn take(
     let tmp = store.temp_file(target.tier)?;
     let out = tmp.reopen().context("temporary dump file")?;
     let level = cfg.compression_level;
+    let seal = cfg.seal.clone();
+    let format = cfg.format();
     // If we stop (timeout, Ctrl-C), the server ends pg_dump's session: killing
     // the `docker exec` client alone would leave pg_dump running in the container.
     let end_session = crate::postgres::end_sessions_sql(crate::postgres::session_name());
@@ -78,7 +80,7 @@ pub async fn take(
     let written = pg
         .pg_dump()
         .stream(cfg.timeout, move |stdout| {
-            dump::write_compressed(stdout, out, level)
+            dump::write_compressed(stdout, out, level, seal.as_ref())
         })
         .await;
     if written.is_err() {
@@ -96,15 +98,25 @@ pub async fn take(
     );
 
     let (globals, role_passwords) = globals.of(pg, cfg, &info).await?;
+    // The globals hold role password hashes: sealed like the dump, never
+    // written in the clear.
+    let globals = match &cfg.seal {
+        Some(r) => r.encrypt_bytes(&globals)?,
+        None => globals,
+    };
     let zone = cfg.calendar.zone;
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
         kbackup_version: env!("CARGO_PKG_VERSION").to_string(),
         database: cfg.db.name.clone(),
         prefix: cfg.prefix.clone(),
         name: (target.tier == Tier::Named).then(|| target.label.clone()),
         file: FileInfo {
-            format: Format::CustomZstd,
+            format,
+            encryption: cfg.seal.as_ref().map(|r| crate::manifest::Encryption {
+                scheme: "age".into(),
+                recipients: r.keys.clone(),
+            }),
             sha256: written.sha256.clone(),
             size_bytes: written.size,
             compression: format!("zstd level {level}"),
@@ -128,13 +140,17 @@ pub async fn take(
             size_bytes: globals.len() as u64,
             role_passwords,
         },
+        minimal: None,
     };
+    if cfg.manifest_detail == crate::config::ManifestDetail::Minimal {
+        manifest.minimize();
+    }
     let path = store.publish(
         target.tier,
         &stem,
         Staged {
             dump: tmp,
-            format: Format::CustomZstd,
+            format,
             manifest,
             globals,
         },

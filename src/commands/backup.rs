@@ -12,7 +12,7 @@ use crate::cli::BackupArgs;
 use crate::clock;
 use crate::config::Config;
 use crate::error::usage;
-use crate::naming::{self, Format, Tier};
+use crate::naming::{self, Tier};
 use crate::postgres::Postgres;
 use crate::remote::Remote;
 use crate::retention;
@@ -432,7 +432,7 @@ async fn job(
         for (tier, label) in placements {
             let tier_stem = naming::stem(&cfg.prefix, &label, 1);
             store
-                .place_copy(&path, &stem, Format::CustomZstd, tier, &tier_stem)
+                .place_copy(&path, &stem, cfg.format(), tier, &tier_stem)
                 .with_context(|| {
                     format!(
                         "the backup {} is whole and kept, but its {} copy could not be placed",
@@ -537,12 +537,7 @@ async fn dry_run(
         Tier::Named => naming::stem(&cfg.prefix, &target.label, 1),
         _ => store.free_stem(target.tier, &cfg.prefix, &target.label),
     };
-    let rel = format!(
-        "{}/{}.{}",
-        target.tier.dir(),
-        stem,
-        Format::CustomZstd.ext()
-    );
+    let rel = format!("{}/{}.{}", target.tier.dir(), stem, cfg.format().ext());
     crate::out!("Dry run: nothing will be changed.");
     crate::out!(
         "Database: {} ({} mode), {server}",
@@ -559,7 +554,7 @@ async fn dry_run(
     crate::out!(
         "Would write: {rel} (+ {stem}.{} and {stem}.{})",
         naming::MANIFEST_EXT,
-        naming::GLOBALS_EXT
+        cfg.format().globals_ext()
     );
     if target.tier == Tier::Named && store.has_stem(Tier::Named, &stem) {
         crate::out!(
@@ -579,7 +574,7 @@ async fn dry_run(
                 "Would place: {}/{}.{} (hard link)",
                 tier.dir(),
                 naming::stem(&cfg.prefix, &label, 1),
-                Format::CustomZstd.ext()
+                cfg.format().ext()
             );
             with_new.push(hypothetical(
                 cfg,
@@ -626,7 +621,7 @@ fn hypothetical(
     stem: &str,
     target: &Target,
 ) -> crate::store::Backup {
-    let file = format!("{stem}.{}", Format::CustomZstd.ext());
+    let file = format!("{stem}.{}", cfg.format().ext());
     crate::store::Backup {
         tier,
         path: store.tier_dir(tier).join(&file),
@@ -635,7 +630,7 @@ fn hypothetical(
             stem: stem.to_string(),
             prefix: cfg.prefix.clone(),
             label: target.label.clone(),
-            format: Format::CustomZstd,
+            format: cfg.format(),
             time: None,
         },
         size: 0,

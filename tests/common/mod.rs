@@ -553,7 +553,9 @@ impl Kb {
             .into_iter()
             .filter(|f| {
                 f.starts_with(&format!("{tier}/"))
-                    && (f.ends_with(".dump.zst") || f.ends_with(".dump"))
+                    && (f.ends_with(".dump.zst")
+                        || f.ends_with(".dump")
+                        || f.ends_with(".dump.zst.age"))
             })
             .collect()
     }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::usage;
 use crate::lifecycle::MAX_IDENT;
 use crate::manifest::Manifest;
-use crate::naming::{self, Tier, GLOBALS_EXT, MANIFEST_EXT};
+use crate::naming::{self, Tier, GLOBALS_AGE_EXT, GLOBALS_EXT, MANIFEST_EXT};
 use crate::readback::{check_pass, expected_rows, manifest_disagreements, Feed, Input};
 use crate::remote::Remote;
 use crate::select::{self, Selection, Selector};
@@ -152,6 +152,9 @@ pub async fn remote(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<S
                 remote.root()
             ),
         };
+    if crate::crypto::is_age(&chosen.path) {
+        crate::crypto::need_identities(&chosen.rel_path)?;
+    }
     let download = crate::store::state_temp_dir(&store.root, "download")?;
     let stem = &chosen.parsed.stem;
     let fetch = |ext: &'static str| {
@@ -181,7 +184,10 @@ pub async fn remote(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<S
             None
         }
     };
-    let globals = fetch(GLOBALS_EXT).await?;
+    let globals = match fetch(GLOBALS_EXT).await? {
+        Some(g) => Some(g),
+        None => fetch(GLOBALS_AGE_EXT).await?,
+    };
     let file = download
         .path()
         .join(chosen.path.file_name().expect("a file name"));
@@ -237,7 +243,7 @@ pub fn local(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> 
                 shown: b.rel_path.clone(),
                 manifest,
                 time: Some(b.time),
-                globals: Some(b.sidecar(GLOBALS_EXT)).filter(|p| p.exists()),
+                globals: b.globals_file(),
                 _download: None,
             }
         }

@@ -146,6 +146,9 @@ async fn run_one(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         Some(_) => choose::remote(cfg, &store, args).await?,
         None => choose::local(cfg, &store, args)?,
     };
+    if crate::crypto::is_age(&source.path) {
+        crate::crypto::need_identities(&source.shown)?;
+    }
     choose::check_name(&target)?;
     let mut db = cfg.db.clone();
     if target == db.maintenance_db {
@@ -271,8 +274,7 @@ async fn restore_roles(
         tracing::warn!("This backup has no saved globals: roles are not restored with it");
         return Ok(vec![]);
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read the saved globals {}: {e}", path.display()))?;
+    let text = crate::crypto::read_globals(path)?;
     let have: std::collections::BTreeSet<String> = pg
         .query(&pg.db.maintenance_db, "SELECT rolname FROM pg_roles")
         .await?
