@@ -114,6 +114,10 @@ pub struct ListArgs {
     /// List the off-site copies (RCLONE_REMOTE_NAME) instead of the local store.
     #[arg(long)]
     pub remote: bool,
+    /// With --remote and several destinations: the one to list, by label (default: the
+    /// first configured).
+    #[arg(long, value_name = "LABEL", requires = "remote")]
+    pub from: Option<String>,
     /// Only this tier.
     #[arg(long, value_enum)]
     pub tier: Option<crate::naming::Tier>,
@@ -164,6 +168,10 @@ pub struct RestoreArgs {
     /// the store, checked against the remote manifest, restored, and removed.
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
     pub remote: Option<String>,
+    /// With --remote and several destinations (RCLONE_REMOTES, [[remote]]): the one to
+    /// restore from, by label (default: the first configured).
+    #[arg(long, value_name = "LABEL", requires = "remote")]
+    pub from: Option<String>,
     /// The newest backup of any tier.
     #[arg(long)]
     pub latest: bool,

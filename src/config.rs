@@ -126,6 +126,8 @@ pub const SETTINGS: &[Spec] = &[
         doc: "rclone config file (default: rclone's own, ~/.config/rclone/rclone.conf)." },
     Spec { key: "remote.flags", env: &["RCLONE_FLAGS"], default: None, secret: false,
         doc: "Extra rclone flags, shell-quoted (e.g. --s3-no-head --transfers 2)." },
+    Spec { key: "remote.remotes", env: &["RCLONE_REMOTES"], default: None, secret: false,
+        doc: "Several off-site destinations (3-2-1): comma-separated NAME:PATH (rclone remote and folder), each synced, checked and pruned on its own, after RCLONE_REMOTE_NAME's when both are set. TOML [[remote]] tables give each its own flags, prune and keep counts." },
     Spec { key: "remote.prune", env: &["BACKUP_REMOTE_PRUNE"], default: Some("true"), secret: false,
         doc: "false: never delete anything on the remote (write-only credentials, object lock); status says how many backups it holds beyond the retention policy." },
     Spec { key: "notify.timeout", env: &["BACKUP_NOTIFY_TIMEOUT"], default: Some("10s"), secret: false,
@@ -292,8 +294,8 @@ pub struct Config {
     pub manifest_detail: ManifestDetail,
     /// A separate server for `verify` (None: the backed-up server).
     pub verify_server: Option<DbConfig>,
-    /// Off-site copies with rclone (None: not configured).
-    pub remote: Option<RemoteConfig>,
+    /// Off-site destinations, synced in this order (empty: none configured).
+    pub remotes: Vec<RemoteConfig>,
     pub notify: NotifyConfig,
     /// `--backup-dir` names another store than the configured BACKUP_DIR.
     pub other_store: bool,
@@ -330,6 +332,35 @@ impl Config {
         match self.seal {
             Some(_) => crate::naming::Format::CustomZstdAge,
             None => crate::naming::Format::CustomZstd,
+        }
+    }
+
+    /// The off-site destination `from` names (by label or rclone remote name),
+    /// or the first configured; `what` names the command for the error.
+    pub fn remote(&self, from: Option<&str>, what: &str) -> Result<&RemoteConfig> {
+        let labels = || {
+            self.remotes
+                .iter()
+                .map(|r| r.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match from {
+            _ if self.remotes.is_empty() => Err(usage(format!(
+                "{what}: no remote configured; set RCLONE_REMOTE_NAME and RCLONE_REMOTE_PATH (or RCLONE_REMOTES)"
+            ))),
+            None => Ok(&self.remotes[0]),
+            Some(f) => self
+                .remotes
+                .iter()
+                .find(|r| r.label == f)
+                .or_else(|| self.remotes.iter().find(|r| r.name == f))
+                .ok_or_else(|| {
+                    usage(format!(
+                        "{what} --from {f}: no such off-site destination; configured: {}",
+                        labels()
+                    ))
+                }),
         }
     }
 
@@ -425,15 +456,139 @@ pub enum ManifestDetail {
 
 #[derive(Debug, Clone)]
 pub struct RemoteConfig {
+    /// How status, metrics (`remote` label), alerts and `--from` name it: the
+    /// rclone remote's name, or NAME:PATH when two share a remote.
+    pub label: String,
     pub name: String,
     pub path: String,
     pub config: Option<PathBuf>,
     pub flags: Vec<String>,
     /// Retention deletes on the remote (BACKUP_REMOTE_PRUNE); false: never.
     pub prune: bool,
+    /// This destination's own keep counts (a `[[remote]]` table), over the database's.
+    pub keep: Keep,
+}
+
+/// The `[[remote]]` tables as destinations: flags, rclone config and prune
+/// not given in a table are the environment's (RCLONE_FLAGS...).
+fn remotes_of_toml(
+    path: &Path,
+    entries: &[RemoteEntry],
+    values: &Values,
+    cwd: &Path,
+) -> Result<Vec<RemoteConfig>> {
+    let flags = |text: &str, what: &str| {
+        shlex::split(text).ok_or_else(|| {
+            usage(format!(
+                "{what} in {}: not shell-quoted rclone flags: {text:?}",
+                path.display()
+            ))
+        })
+    };
+    let default_flags = match values.string("remote.flags") {
+        Some(f) => flags(&f, "RCLONE_FLAGS")?,
+        None => vec![],
+    };
+    let default_prune = values
+        .parse("remote.prune", "true or false", parse_bool)?
+        .unwrap_or(true);
+    entries
+        .iter()
+        .map(|e| {
+            if e.name.trim().is_empty() {
+                return Err(usage(format!(
+                    "a [[remote]] table in {} has an empty name: give the rclone remote's name",
+                    path.display()
+                )));
+            }
+            Ok(RemoteConfig {
+                label: e.label.clone().unwrap_or_default(),
+                name: e.name.trim().trim_end_matches(':').to_string(),
+                path: e.path.clone(),
+                config: e
+                    .config
+                    .as_ref()
+                    .map(|c| cwd.join(c))
+                    .or_else(|| values.string("remote.config").map(|c| cwd.join(c))),
+                flags: match &e.flags {
+                    Some(f) => flags(f, &format!("[[remote]] {}'s flags", e.name))?,
+                    None => default_flags.clone(),
+                },
+                prune: e.prune.unwrap_or(default_prune),
+                keep: e.keep,
+            })
+        })
+        .collect()
+}
+
+/// Gives each destination its label (its own, else the rclone remote's name,
+/// else NAME:PATH when two share a remote); two destinations with one label
+/// or one location are a usage error.
+fn label_remotes(remotes: &mut [RemoteConfig]) -> Result<()> {
+    let names: Vec<String> = remotes.iter().map(|r| r.name.clone()).collect();
+    for r in remotes.iter_mut().filter(|r| r.label.is_empty()) {
+        r.label = if names.iter().filter(|n| **n == r.name).count() > 1 {
+            r.root()
+        } else {
+            r.name.clone()
+        };
+    }
+    for (i, r) in remotes.iter().enumerate() {
+        if let Some(o) = remotes[..i].iter().find(|o| o.root() == r.root()) {
+            return Err(usage(format!(
+                "the off-site destination {} is configured twice ({} and {}): each destination once",
+                r.root(),
+                o.label,
+                r.label
+            )));
+        }
+        if remotes[..i].iter().any(|o| o.label == r.label) {
+            return Err(usage(format!(
+                "two off-site destinations are labelled {:?}: give each [[remote]] its own label",
+                r.label
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Keep counts a destination sets for itself (None: the database's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Keep {
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+}
+
+/// A `[[remote]]` table of the TOML file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoteEntry {
+    name: String,
+    #[serde(default)]
+    path: String,
+    label: Option<String>,
+    flags: Option<String>,
+    config: Option<String>,
+    prune: Option<bool>,
+    #[serde(flatten)]
+    keep: Keep,
 }
 
 impl RemoteConfig {
+    /// The retention this destination applies: `base` (the database's) with
+    /// its own keep counts over it.
+    pub fn policy(&self, base: &Policy) -> Policy {
+        Policy {
+            keep_hourly: self.keep.keep_hourly.unwrap_or(base.keep_hourly),
+            keep_daily: self.keep.keep_daily.unwrap_or(base.keep_daily),
+            keep_weekly: self.keep.keep_weekly.unwrap_or(base.keep_weekly),
+            keep_monthly: self.keep.keep_monthly.unwrap_or(base.keep_monthly),
+            ..base.clone()
+        }
+    }
+
     /// `name:path`, as rclone names a location.
     pub fn root(&self) -> String {
         format!("{}:{}", self.name, self.path.trim_end_matches('/'))
@@ -566,10 +721,23 @@ fn load_or_alerting(
     });
     let entries = toml.as_ref().map(|t| t.entries.as_slice()).unwrap_or(&[]);
     let toml_path = toml.as_ref().map(|t| t.path.as_path());
-    let mut config = build_all(resolved, entries, toml_path, cwd).map_err(|e| LoadFailure {
-        error: with_sources(e, &read_from),
-        alerting,
-    })?;
+    let extra_remotes = match &toml {
+        Some(t) => remotes_of_toml(&t.path, &t.remotes, &values, cwd),
+        None => Ok(vec![]),
+    };
+    let mut config = extra_remotes
+        .and_then(|extra| {
+            let mut config = build_all(resolved, entries, toml_path, cwd)?;
+            let mut all = config.remotes.clone();
+            all.extend(extra);
+            label_remotes(&mut all)?;
+            config.each_mut(&mut |c| c.remotes = all.clone());
+            Ok(config)
+        })
+        .map_err(|e| LoadFailure {
+            error: with_sources(e, &read_from),
+            alerting,
+        })?;
     config.warnings.extend(near_misses(env, &dotenv));
     // `--backup-dir` naming another store than the configured one: a scratch
     // run, which must not sync to (and apply retention on) the real remote.
@@ -941,6 +1109,8 @@ struct TomlLayer {
     values: HashMap<String, String>,
     /// `[[database]]` tables, in the file's order.
     entries: Vec<Entry>,
+    /// `[[remote]]` tables, in the file's order.
+    remotes: Vec<RemoteEntry>,
 }
 
 fn read_toml(
@@ -967,7 +1137,21 @@ fn read_toml(
         .map_err(|e| usage(format!("{how} {}: not valid TOML: {e}", path.display())))?;
     let mut values = HashMap::new();
     let mut entries = Vec::new();
+    let mut remotes = Vec::new();
     for (section, inner) in &table {
+        if let (toml::Value::Array(tables), "remote") = (inner, section.as_str()) {
+            for (i, t) in tables.iter().enumerate() {
+                remotes.push(t.clone().try_into::<RemoteEntry>().map_err(|e| {
+                    usage(format!(
+                        "[[remote]] number {} in {}: {e} (keys: name, path, label, flags, config, prune, \
+                         keep_hourly, keep_daily, keep_weekly, keep_monthly)",
+                        i + 1,
+                        path.display()
+                    ))
+                })?);
+            }
+            continue;
+        }
         if let (toml::Value::Array(tables), "database") = (inner, section.as_str()) {
             for (i, t) in tables.iter().enumerate() {
                 entries.push(read_entry(&path, i + 1, t)?);
@@ -989,6 +1173,7 @@ fn read_toml(
         path,
         values,
         entries,
+        remotes,
     }))
 }
 
@@ -1395,24 +1580,49 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, name: String, cwd: &Path) 
         maintenance_db: db.maintenance_db.clone(),
         client_paths: db.client_paths.clone(),
     });
-    let remote = match values.string("remote.name") {
-        Some(name) => {
-            let flags = match values.raw("remote.flags") {
-                Some((spec, raw)) => shlex::split(&raw.value)
-                    .ok_or_else(|| raw.invalid(spec, "shell-quoted rclone flags"))?,
-                None => vec![],
-            };
-            Some(RemoteConfig {
-                name: name.trim_end_matches(':').to_string(),
-                path: values.string("remote.path").unwrap_or_default(),
-                config: values.string("remote.config").map(|c| cwd.join(c)),
-                flags,
-                prune: values
-                    .parse("remote.prune", "true or false", parse_bool)?
-                    .unwrap_or(true),
-            })
+    let remotes = {
+        let flags = match values.raw("remote.flags") {
+            Some((spec, raw)) => shlex::split(&raw.value)
+                .ok_or_else(|| raw.invalid(spec, "shell-quoted rclone flags"))?,
+            None => vec![],
+        };
+        let prune = values
+            .parse("remote.prune", "true or false", parse_bool)?
+            .unwrap_or(true);
+        let config = values.string("remote.config").map(|c| cwd.join(c));
+        let one = |name: &str, path: String| RemoteConfig {
+            label: String::new(),
+            name: name.trim_end_matches(':').to_string(),
+            path,
+            config: config.clone(),
+            flags: flags.clone(),
+            prune,
+            keep: Keep::default(),
+        };
+        let mut remotes = Vec::new();
+        if let Some(name) = values.string("remote.name") {
+            remotes.push(one(&name, values.string("remote.path").unwrap_or_default()));
         }
-        None => None,
+        if let Some((spec, raw)) = values.raw("remote.remotes") {
+            for item in raw
+                .value
+                .split(',')
+                .map(str::trim)
+                .filter(|i| !i.is_empty())
+            {
+                let (name, path) = item.split_once(':').ok_or_else(|| {
+                    raw.invalid(
+                        spec,
+                        "comma-separated NAME:PATH destinations (gdrive:kairon-backups)",
+                    )
+                })?;
+                if name.trim().is_empty() {
+                    return Err(raw.invalid(spec, "NAME:PATH destinations with a remote name"));
+                }
+                remotes.push(one(name.trim(), path.trim().to_string()));
+            }
+        }
+        remotes
     };
     let notify = build_notify(&values)?;
     let restore_jobs = values
@@ -1478,11 +1688,11 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, name: String, cwd: &Path) 
         swap_timeout,
         max_age,
         metrics_file,
+        remotes,
         seal,
         identity,
         manifest_detail,
         verify_server,
-        remote,
         notify,
         resolved,
         warnings,
@@ -1660,6 +1870,47 @@ mod tests {
             "{e:#}"
         );
         format!("{e:#}")
+    }
+
+    #[test]
+    fn several_destinations_are_labelled_and_checked() {
+        let g = GlobalArgs::default();
+        let c = load(
+            &g,
+            &[
+                ("DB_NAME", "kairon"),
+                ("RCLONE_REMOTE_NAME", "gdrive:"),
+                ("RCLONE_REMOTE_PATH", "kb"),
+                ("RCLONE_REMOTES", " b2:cold , sftp:a,sftp:b"),
+                ("BACKUP_REMOTE_PRUNE", "false"),
+            ],
+        )
+        .unwrap();
+        let labels: Vec<&str> = c.remotes.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["gdrive", "b2", "sftp:a", "sftp:b"]);
+        assert!(c.remotes.iter().all(|r| !r.prune));
+        assert_eq!(c.remote(Some("b2"), "x").unwrap().path, "cold");
+        assert_eq!(c.remote(None, "x").unwrap().label, "gdrive");
+        assert!(
+            err_text(c.remote(Some("nope"), "list --remote").map(|_| c.clone()))
+                .contains("gdrive, b2, sftp:a, sftp:b")
+        );
+        for bad in ["b2", "b2:x,b2:x", ":x"] {
+            let e = err_text(load(&g, &[("DB_NAME", "k"), ("RCLONE_REMOTES", bad)]));
+            assert!(
+                e.contains("RCLONE_REMOTES") || e.contains("twice"),
+                "{bad}: {e}"
+            );
+        }
+        let none = load(&g, &[("DB_NAME", "k")]).unwrap();
+        assert!(
+            err_text(none.remote(None, "sync").map(|_| none.clone())).contains("RCLONE_REMOTES")
+        );
+        // A destination's own keep counts over the database's.
+        let mut r = c.remotes[0].clone();
+        r.keep.keep_weekly = Some(52);
+        let p = r.policy(&c.policy);
+        assert_eq!((p.keep_hourly, p.keep_weekly), (c.policy.keep_hourly, 52));
     }
 
     #[test]

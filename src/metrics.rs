@@ -152,26 +152,31 @@ fn render_one(
             &[(db.clone(), if v.ok { 1.0 } else { 0.0 })],
         );
     }
-    if let Some(s) = state::last_sync(&store.root, &cfg.prefix) {
+    // One series per configured destination (`remote` label).
+    for rc in &cfg.remotes {
+        let Some(s) = state::last_sync(&store.root, &cfg.prefix, &rc.label, &rc.root()) else {
+            continue;
+        };
+        let at = format!("{db},remote=\"{}\"", escape(&rc.label));
         metric(
             "kbackup_last_sync_timestamp_seconds",
             "When the last off-site sync finished.",
-            &[(db.clone(), ts(s.finished_at))],
+            &[(at.clone(), ts(s.finished_at))],
         );
         metric(
             "kbackup_last_sync_success",
             "1 when the last off-site sync succeeded, else 0.",
-            &[(db.clone(), if s.ok { 1.0 } else { 0.0 })],
+            &[(at.clone(), if s.ok { 1.0 } else { 0.0 })],
         );
         metric(
             "kbackup_remote_backups",
             "Backups on the remote after the last sync.",
-            &[(db.clone(), s.remote_backups as f64)],
+            &[(at.clone(), s.remote_backups as f64)],
         );
         metric(
             "kbackup_remote_backups_beyond_policy",
             "Backups on the remote that retention would delete, kept by BACKUP_REMOTE_PRUNE=false.",
-            &[(db.clone(), s.beyond_policy as f64)],
+            &[(at, s.beyond_policy as f64)],
         );
     }
     if let Ok(free) = store.free_space() {

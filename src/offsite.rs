@@ -204,7 +204,7 @@ pub async fn sync(cfg: &Config, store: &Store, remote: &Remote) -> Result<Report
         .collect();
     let present: BTreeSet<&str> = now_on_remote.iter().map(|f| f.path.as_str()).collect();
     let mut deletions = Vec::new();
-    for d in retention::plan(&candidates, &cfg.policy, Utc::now())
+    for d in retention::plan(&candidates, &remote.policy(&cfg.policy), Utc::now())
         .iter()
         .filter(|d| !d.keep)
     {
@@ -266,6 +266,7 @@ pub async fn step(cfg: &Config, store: &Store, remote: &Remote, alert: bool) -> 
         .await
         .with_context(|| format!("off-site sync to {} failed", remote.root()));
     let run = state::SyncRun {
+        label: remote.label().to_string(),
         remote: remote.root(),
         finished_at: Local::now().fixed_offset(),
         ok: result.is_ok(),

@@ -47,6 +47,16 @@ impl Remote {
     }
 
     /// Whether retention may delete here (BACKUP_REMOTE_PRUNE).
+    /// How status, metrics and alerts name this destination.
+    pub fn label(&self) -> &str {
+        &self.cfg.label
+    }
+
+    /// The retention this destination applies (its own keep counts over `base`).
+    pub fn policy(&self, base: &crate::retention::Policy) -> crate::retention::Policy {
+        self.cfg.policy(base)
+    }
+
     pub fn prunes(&self) -> bool {
         self.cfg.prune
     }
@@ -308,11 +318,13 @@ mod tests {
     fn paths_join_the_remote_folder() {
         let r = |path: &str| {
             Remote::new(RemoteConfig {
+                label: "gdrive".into(),
                 name: "gdrive".into(),
                 path: path.into(),
                 config: None,
                 flags: vec![],
                 prune: true,
+                keep: Default::default(),
             })
         };
         assert_eq!(

@@ -99,9 +99,13 @@ pub fn record_verify(root: &Path, prefix: &str, run: &VerifyRun) -> Result<()> {
     write(root, &per_db("verify", prefix), run)
 }
 
-/// The last off-site sync, by `backup` or `sync`.
+/// The last off-site sync to one destination, by `backup` or `sync`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncRun {
+    /// The destination's label (RemoteConfig::label); empty in records
+    /// written before there could be several (`remote` tells them apart).
+    #[serde(default)]
+    pub label: String,
     pub remote: String,
     pub finished_at: DateTime<FixedOffset>,
     pub ok: bool,
@@ -117,12 +121,37 @@ pub struct SyncRun {
     pub beyond_policy: usize,
 }
 
-pub fn last_sync(root: &Path, prefix: &str) -> Option<SyncRun> {
-    read(root, &per_db("sync", prefix))
+/// One database's sync records: one per destination (a record of a single
+/// remote, as written before, reads as a list of one).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Syncs {
+    Many(Vec<SyncRun>),
+    One(SyncRun),
 }
 
+fn syncs(root: &Path, prefix: &str) -> Vec<SyncRun> {
+    match read(root, &per_db("sync", prefix)) {
+        Some(Syncs::Many(v)) => v,
+        Some(Syncs::One(r)) => vec![r],
+        None => vec![],
+    }
+}
+
+/// The last sync to the destination `label` at `root_text` (`name:path`).
+pub fn last_sync(root: &Path, prefix: &str, label: &str, root_text: &str) -> Option<SyncRun> {
+    syncs(root, prefix)
+        .into_iter()
+        .find(|r| r.label == label || (r.label.is_empty() && r.remote == root_text))
+}
+
+/// Records a sync, replacing that destination's previous record and keeping
+/// the others'.
 pub fn record_sync(root: &Path, prefix: &str, run: &SyncRun) -> Result<()> {
-    write(root, &per_db("sync", prefix), run)
+    let mut all = syncs(root, prefix);
+    all.retain(|r| r.label != run.label && !(r.label.is_empty() && r.remote == run.remote));
+    all.push(run.clone());
+    write(root, &per_db("sync", prefix), &Syncs::Many(all))
 }
 
 /// Warnings already given (key -> when first given): a standing condition is

@@ -156,7 +156,7 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
             finished,
             took: clock.elapsed(),
             result,
-            synced: None,
+            synced: vec![],
         });
     }
     for (c, why) in &found.failed {
@@ -168,22 +168,23 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
             finished: now,
             took: std::time::Duration::ZERO,
             result: Err(anyhow::anyhow!("{why}")),
-            synced: None,
+            synced: vec![],
         });
     }
     // Off-site: only after a successful local backup and rotation. A failure
     // there never removes the local backup; the next run uploads what is missing.
     for r in runs.iter_mut().filter(|r| r.result.is_ok()) {
-        r.synced = match (&r.cfg.remote, skip_sync) {
-            (Some(rc), Some(why)) => {
-                tracing::info!("Off-site sync to {}:{} skipped: {why}", rc.name, rc.path);
-                None
+        // Each destination on its own: one that fails never stops the others.
+        for rc in &r.cfg.remotes {
+            match skip_sync {
+                Some(why) => tracing::info!("Off-site sync to {} skipped: {why}", rc.root()),
+                None => {
+                    let remote = Remote::new(rc.clone());
+                    let done = crate::offsite::step(r.cfg, &store, &remote, !several).await;
+                    r.synced.push((rc.label.clone(), done));
+                }
             }
-            (Some(rc), None) => {
-                Some(crate::offsite::step(r.cfg, &store, &Remote::new(rc.clone()), !several).await)
-            }
-            (None, _) => None,
-        };
+        }
     }
     for r in &runs {
         record(
@@ -222,11 +223,13 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
         .await;
     }
     let uploaded = r.uploaded_text();
-    match (r.result, r.synced) {
+    let sync_error = r.sync_error();
+    match (r.result, sync_error) {
         (Err(e), _) => Err(e),
-        (Ok((path, _)), Some(Err(e))) => {
-            Err(e.context(format!("the local backup {} was kept", path.display())))
-        }
+        (Ok((path, _)), Some(e)) => Err(anyhow::anyhow!(
+            "{e}; the local backup {} was kept",
+            path.display()
+        )),
         // The overall result is said last, once everything (off-site too) is done.
         (Ok(_), _) => {
             let after = store.scan(&cfg.calendar, &cfg.prefix)?;
@@ -252,21 +255,37 @@ struct Run<'a> {
     finished: chrono::DateTime<chrono::FixedOffset>,
     took: std::time::Duration,
     result: Result<(std::path::PathBuf, u64)>,
-    synced: Option<Result<crate::offsite::Report>>,
+    /// Each destination's sync (label, outcome), in the configured order.
+    synced: Vec<(String, Result<crate::offsite::Report>)>,
 }
 
 impl Run<'_> {
+    /// Every destination that failed, each named (its error says where).
     fn sync_error(&self) -> Option<String> {
-        match &self.synced {
-            Some(Err(e)) => Some(format!("{e:#}")),
-            _ => None,
-        }
+        let failed: Vec<String> = self
+            .synced
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().err().map(|e| format!("{e:#}")))
+            .collect();
+        (!failed.is_empty()).then(|| failed.join("; "))
     }
 
     fn uploaded_text(&self) -> String {
-        match &self.synced {
-            Some(Ok(r)) => format!("; off-site: {} file(s) uploaded", r.uploaded.len()),
-            _ => String::new(),
+        let done: Vec<(&String, usize)> = self
+            .synced
+            .iter()
+            .filter_map(|(label, r)| Some((label, r.as_ref().ok()?.uploaded.len())))
+            .collect();
+        match done.as_slice() {
+            [] => String::new(),
+            [(_, n)] if self.synced.len() == 1 => format!("; off-site: {n} file(s) uploaded"),
+            many => format!(
+                "; off-site: {}",
+                many.iter()
+                    .map(|(label, n)| format!("{n} file(s) uploaded to {label}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 
@@ -596,19 +615,23 @@ async fn dry_run(
             crate::out!("  {}  ({})", b.rel_path, d.reasons_text());
         }
     }
-    match (&cfg.remote, skip_sync) {
-        (None, _) => crate::out!("Off-site: no remote configured (RCLONE_REMOTE_NAME)"),
-        (Some(rc), Some(why)) => crate::out!("Off-site: would skip {}:{}: {why}", rc.name, rc.path),
-        (Some(rc), None) if !rc.prune => crate::out!(
-            "Off-site: would upload to {}:{} what it lacks (sidecars first) and check it; nothing is ever \
-             deleted there (BACKUP_REMOTE_PRUNE=false)",
-            rc.name, rc.path
-        ),
-        (Some(rc), None) => crate::out!(
-            "Off-site: would upload to {}:{} what it lacks (sidecars first), check it, then apply the same \
-             retention to the remote's own listing (`kbackup list --remote` shows it)",
-            rc.name, rc.path
-        ),
+    if cfg.remotes.is_empty() {
+        crate::out!("Off-site: no remote configured (RCLONE_REMOTE_NAME, RCLONE_REMOTES)");
+    }
+    for rc in &cfg.remotes {
+        match skip_sync {
+            Some(why) => crate::out!("Off-site: would skip {}: {why}", rc.root()),
+            None if !rc.prune => crate::out!(
+                "Off-site: would upload to {} what it lacks (sidecars first) and check it; nothing is ever \
+                 deleted there (BACKUP_REMOTE_PRUNE=false)",
+                rc.root()
+            ),
+            None => crate::out!(
+                "Off-site: would upload to {} what it lacks (sidecars first), check it, then apply the same \
+                 retention to the remote's own listing (`kbackup list --remote` shows it)",
+                rc.root()
+            ),
+        }
     }
     Ok(())
 }

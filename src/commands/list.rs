@@ -124,11 +124,7 @@ pub fn run(cfg: &Config, args: &ListArgs) -> Result<()> {
 
 /// `kbackup list --remote`: the off-site copies, parsed from the remote listing.
 pub async fn run_remote(cfg: &Config, args: &ListArgs) -> Result<()> {
-    let Some(rc) = &cfg.remote else {
-        return Err(crate::error::usage(
-            "list --remote: no remote configured; set RCLONE_REMOTE_NAME and RCLONE_REMOTE_PATH",
-        ));
-    };
+    let rc = cfg.remote(args.from.as_deref(), "list --remote")?;
     let remote = crate::remote::Remote::new(rc.clone());
     remote.check_rclone().await?;
     let listing = remote.list().await?;

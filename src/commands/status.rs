@@ -217,7 +217,17 @@ fn database(
     let ours: Vec<_> = backups.iter().filter(|b| b.is_mine(&cfg.prefix)).collect();
     let last_run = state::last_backup(&store.root, &cfg.prefix, &cfg.db.name);
     let last_verify = state::last_verify(&store.root, &cfg.prefix);
-    let last_sync = state::last_sync(&store.root, &cfg.prefix).filter(|_| cfg.remote.is_some());
+    // Each configured destination with its last sync.
+    let syncs: Vec<(&crate::config::RemoteConfig, Option<state::SyncRun>)> = cfg
+        .remotes
+        .iter()
+        .map(|rc| {
+            (
+                rc,
+                state::last_sync(&store.root, &cfg.prefix, &rc.label, &rc.root()),
+            )
+        })
+        .collect();
     let newest_manifest = ours
         .iter()
         .filter(|b| b.manifest.is_some())
@@ -279,13 +289,16 @@ fn database(
             v.failed.join("; ")
         ));
     }
-    if let Some(s) = last_sync.as_ref().filter(|s| !s.ok) {
-        problems.push(format!(
-            "the last off-site sync to {} failed at {}: {}",
-            s.remote,
-            s.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
-            s.error.as_deref().unwrap_or("unknown error")
-        ));
+    for (rc, s) in &syncs {
+        if let Some(s) = s.as_ref().filter(|s| !s.ok) {
+            problems.push(format!(
+                "the last off-site sync to {} ({}) failed at {}: {}",
+                rc.label,
+                s.remote,
+                s.finished_at.format("%Y-%m-%d %H:%M:%S %:z"),
+                s.error.as_deref().unwrap_or("unknown error")
+            ));
+        }
     }
     let verified = |v: Option<&crate::manifest::Seen>| match v {
         Some(v) => format!(
@@ -328,7 +341,11 @@ fn database(
         "newest": tiers,
         "last_run": last_run,
         "last_verify": last_verify,
-        "offsite_sync": last_sync,
+        "offsite_sync": syncs.first().and_then(|(_, s)| s.clone()),
+        "offsite": syncs
+            .iter()
+            .map(|(rc, s)| json!({"label": rc.label, "remote": rc.root(), "last_sync": s}))
+            .collect::<Vec<_>>(),
         "globals_role_passwords": newest_manifest.map(|m| m.role_passwords),
     });
     let mut text = vec!["Newest backup per tier:".to_string()];
@@ -366,11 +383,20 @@ fn database(
         ),
         None => "Last verification: none (run `kbackup verify`)".into(),
     });
-    text.push(match (&cfg.remote, &last_sync) {
-        (None, _) => "Off-site sync: not configured".into(),
-        (Some(rc), None) => format!("Off-site sync: {} configured, never run", rc.root()),
-        (Some(_), Some(s)) if s.ok => format!(
-            "Off-site sync: succeeded at {} ({}, {} backups there{})",
+    if syncs.is_empty() {
+        text.push("Off-site sync: not configured".into());
+    }
+    for (rc, s) in &syncs {
+        // `Off-site sync` with one destination (as always), `Off-site sync (label)` with several.
+        let head = if syncs.len() > 1 {
+            format!("Off-site sync ({})", rc.label)
+        } else {
+            "Off-site sync".to_string()
+        };
+        text.push(match s {
+        None => format!("{head}: {} configured, never run", rc.root()),
+        Some(s) if s.ok => format!(
+            "{head}: succeeded at {} ({}, {} backups there{})",
             when(s.finished_at),
             s.remote,
             s.remote_backups,
@@ -383,12 +409,13 @@ fn database(
                 String::new()
             }
         ),
-        (Some(_), Some(s)) => format!(
-            "Off-site sync: FAILED at {}: {}",
+        Some(s) => format!(
+            "{head}: FAILED at {}: {}",
             when(s.finished_at),
             s.error.as_deref().unwrap_or("")
         ),
     });
+    }
     if newest_manifest.is_some_and(|m| !m.role_passwords) {
         text.push(
             "Globals:  saved without role passwords (DB_USER may not read them): set them again after a \

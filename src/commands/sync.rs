@@ -10,11 +10,7 @@ use crate::store::Store;
 
 /// `kbackup sync`: the sync step alone.
 pub async fn run(cfg: &Config) -> Result<()> {
-    let Some(rc) = &cfg.remote else {
-        return Err(crate::error::usage(
-            "no remote configured: set RCLONE_REMOTE_NAME (and RCLONE_REMOTE_PATH) to an rclone remote",
-        ));
-    };
+    cfg.remote(None, "sync")?;
     let store = Store::new(cfg.backup_dir.clone());
     let _lock = super::lock_store(cfg, &store, "sync").await?;
     let several = cfg.several();
@@ -24,10 +20,12 @@ pub async fn run(cfg: &Config) -> Result<()> {
         failed.push((c.db.name.clone(), anyhow::anyhow!("{why}")));
     }
     for c in found.dbs {
-        // Each database's own files and its own remote retention.
-        let remote = Remote::new(c.remote.clone().unwrap_or_else(|| rc.clone()));
-        if let Err(e) = step(&c, &store, &remote, !several).await {
-            failed.push((c.db.name.clone(), e));
+        // Each database's own files and its own remote retention, on each
+        // destination in turn: one that fails never stops the others.
+        for rc in &c.remotes {
+            if let Err(e) = step(&c, &store, &Remote::new(rc.clone()), !several).await {
+                failed.push((c.db.name.clone(), e));
+            }
         }
     }
     if let Err(e) = metrics::update(cfg, &store) {
@@ -35,7 +33,16 @@ pub async fn run(cfg: &Config) -> Result<()> {
     }
     match (several, failed.len()) {
         (_, 0) => Ok(()),
-        (false, _) => Err(failed.remove(0).1),
+        (false, 1) => Err(failed.remove(0).1),
+        // One database, several destinations failing: each alerted by its step.
+        (false, _) => Err(anyhow::anyhow!(
+            "{}",
+            failed
+                .iter()
+                .map(|(_, e)| format!("{e:#}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
         (true, n) => {
             let lines: Vec<String> = failed
                 .iter()

@@ -115,11 +115,7 @@ fn selector(cfg: &Config, args: &RestoreArgs) -> Result<Selector> {
 /// `--remote`: chooses on the remote's listing, then downloads the dump (and its
 /// manifest and globals) into a temporary folder in the store.
 pub async fn remote(cfg: &Config, store: &Store, args: &RestoreArgs) -> Result<Source> {
-    let Some(rc) = &cfg.remote else {
-        return Err(usage(
-            "--remote: no remote configured; set RCLONE_REMOTE_NAME and RCLONE_REMOTE_PATH",
-        ));
-    };
+    let rc = cfg.remote(args.from.as_deref(), "restore --remote")?;
     let selector = selector(cfg, args)?;
     let remote = Remote::new(rc.clone());
     remote.check_rclone().await?;
