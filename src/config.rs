@@ -1641,6 +1641,12 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, name: String, cwd: &Path) 
     if let Some(f) = values.string("database.password_file") {
         warnings.extend(readable_by_others(&cwd.join(f), "the database password"));
     }
+    if let Some(f) = &identity {
+        warnings.extend(readable_by_others(
+            f,
+            "the age identity that decrypts backups",
+        ));
+    }
     for (spec, raw) in &resolved {
         if let Some(Raw {
             source: Source::DotEnv { path, var },
