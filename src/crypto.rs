@@ -309,6 +309,50 @@ mod tests {
         assert!(check_header(&b"PGDMP"[..]).is_err());
     }
 
+    /// An SSH key pair made for this test only (ssh-keygen -t ed25519 -N "").
+    const SSH_PRIVATE: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACAwRDB/bkQg/5mp5X43QkYryT2pOpNkJgPQzdIrCq4UHAAAAJB9cpgJfXKY
+CQAAAAtzc2gtZWQyNTUxOQAAACAwRDB/bkQg/5mp5X43QkYryT2pOpNkJgPQzdIrCq4UHA
+AAAEBhaXjRiAHsTuj/abTbSpirjymrIlxFqdkDc7ZSseY25DBEMH9uRCD/manlfjdCRivJ
+Pak6k2QmA9DN0isKrhQcAAAADGtiYWNrdXAtdGVzdAE=
+-----END OPENSSH PRIVATE KEY-----
+";
+    const SSH_PUBLIC: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDBEMH9uRCD/manlfjdCRivJPak6k2QmA9DN0isKrhQc kbackup-test";
+
+    #[test]
+    fn ssh_keys_seal_and_open() {
+        let age_id = age::x25519::Identity::generate();
+        // Two recipients of two kinds: either identity opens the file.
+        let r = Recipients::parse(
+            &[SSH_PUBLIC.into(), age_id.to_public().to_string()],
+            "BACKUP_AGE_RECIPIENTS",
+        )
+        .unwrap();
+        assert_eq!(r.keys.len(), 2);
+        let sealed = r.encrypt_bytes(b"both").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = dir.path().join("id_ed25519");
+        std::fs::write(&ssh, SSH_PRIVATE).unwrap();
+        assert_eq!(
+            Identities::load(&ssh)
+                .unwrap()
+                .decrypt_bytes(&sealed)
+                .unwrap(),
+            b"both"
+        );
+        let native = dir.path().join("key.txt");
+        std::fs::write(&native, age_id.to_string().expose_secret()).unwrap();
+        assert_eq!(
+            Identities::load(&native)
+                .unwrap()
+                .decrypt_bytes(&sealed)
+                .unwrap(),
+            b"both"
+        );
+    }
+
     #[test]
     fn bad_keys_are_named_without_their_whole_text() {
         let e = Recipients::parse(&["age1notakey".into()], "BACKUP_AGE_RECIPIENTS").unwrap_err();
