@@ -34,6 +34,7 @@ ensure() {
       postgres) pg_bindir >/dev/null || missing+=(postgresql postgresql-contrib) ;;
       zstd) command -v zstd >/dev/null || missing+=(zstd) ;;
       age) command -v age >/dev/null || missing+=(age) ;;
+      man) { command -v man && command -v groff; } >/dev/null || missing+=(man-db groff-base) ;;
       rclone) command -v rclone >/dev/null || missing+=(rclone) ;;
       docker) command -v dockerd >/dev/null || missing+=(docker.io) ;;
       aiosmtpd | moto | pgversions) ;;

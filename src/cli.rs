@@ -88,6 +88,17 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Print the effective settings and where each came from (secrets redacted).
     Config(ConfigArgs),
+    /// Print a shell completion script (needs no settings): `kbackup completions bash`.
+    Completions(CompletionsArgs),
+    /// Print the manual page in roff (needs no settings): `kbackup man | man -l -`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

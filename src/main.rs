@@ -48,6 +48,21 @@ use crate::error::{exit_kind, ExitKind};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Printed from the command line's own definition: no settings needed.
+    let printed = match &cli.command {
+        Command::Completions(a) => Some(commands::completions::run(a)),
+        Command::Man => Some(commands::man::run()),
+        _ => None,
+    };
+    if let Some(r) = printed {
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ERROR: {e:#}");
+                ExitCode::from(ExitKind::Failure as u8)
+            }
+        };
+    }
     let cfg = match config::load(&cli.global) {
         Ok(c) => c,
         Err(failure) => return settings_failed(&cli, failure),
@@ -247,5 +262,7 @@ async fn dispatch(command: &Command, cfg: &config::Config) -> anyhow::Result<()>
         Command::Sync => commands::sync::run(cfg).await,
         Command::Notify(a) => commands::notify::run(cfg, a).await,
         Command::Config(a) => commands::config::run(cfg, a),
+        // Handled before the settings are read.
+        Command::Completions(_) | Command::Man => Ok(()),
     }
 }

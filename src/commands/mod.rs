@@ -2,8 +2,10 @@
 
 pub mod backup;
 pub mod cleanup;
+pub mod completions;
 pub mod config;
 pub mod list;
+pub mod man;
 pub mod notify;
 pub mod restore;
 pub mod rotate;
