@@ -88,10 +88,22 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Print the effective settings and where each came from (secrets redacted).
     Config(ConfigArgs),
+    /// Check that the configured setup will work: each line PASS / WARN / FAIL with its fix.
+    Doctor(DoctorArgs),
     /// Print a shell completion script (needs no settings): `kbackup completions bash`.
     Completions(CompletionsArgs),
     /// Print the manual page in roff (needs no settings): `kbackup man | man -l -`.
     Man,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Machine-readable output: a JSON array of {check, level, detail, fix}.
+    #[arg(long)]
+    pub json: bool,
+    /// Also send a test message on every alert channel.
+    #[arg(long)]
+    pub notify: bool,
 }
 
 #[derive(Debug, Args)]

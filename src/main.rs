@@ -262,6 +262,7 @@ async fn dispatch(command: &Command, cfg: &config::Config) -> anyhow::Result<()>
         Command::Sync => commands::sync::run(cfg).await,
         Command::Notify(a) => commands::notify::run(cfg, a).await,
         Command::Config(a) => commands::config::run(cfg, a),
+        Command::Doctor(a) => commands::doctor::run(cfg, a).await,
         // Handled before the settings are read.
         Command::Completions(_) | Command::Man => Ok(()),
     }

@@ -128,6 +128,52 @@ impl Remote {
         Ok(())
     }
 
+    /// Proves the destination reachable and writable: a small probe object is
+    /// written, read back and compared, then removed (`doctor`). With pruning
+    /// off kbackup may not delete there: only a listing is tried.
+    pub async fn probe(&self) -> Result<&'static str> {
+        if !self.cfg.prune {
+            self.list().await?;
+            return Ok("listed (BACKUP_REMOTE_PRUNE=false: no probe object is written, since kbackup never deletes there)");
+        }
+        let rel = format!(".kbackup-doctor-{}", std::process::id());
+        let body = format!("kbackup doctor probe {}\n", chrono::Utc::now().to_rfc3339());
+        let dir = tempfile::tempdir().context("a temporary folder for the probe")?;
+        std::fs::write(dir.path().join(&rel), &body)?;
+        self.rclone()
+            .arg("copyto")
+            .arg(dir.path().join(&rel))
+            .arg(self.at(&rel))
+            .output(Some(LIST_TIMEOUT))
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("cannot write a probe object to {}", self.root()))?;
+        let read = self
+            .rclone()
+            .arg("cat")
+            .arg(self.at(&rel))
+            .output(Some(LIST_TIMEOUT))
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("cannot read the probe object back from {}", self.root()));
+        let removed = self
+            .rclone()
+            .arg("deletefile")
+            .arg(self.at(&rel))
+            .output(Some(LIST_TIMEOUT))
+            .await
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("cannot remove the probe object {rel} from {}", self.root()));
+        if read? != body.as_bytes() {
+            bail!(
+                "the probe object read back from {} differs from what was written",
+                self.root()
+            );
+        }
+        removed?;
+        Ok("a probe object written, read back and removed")
+    }
+
     /// Every file under the remote folder (an absent folder is empty).
     pub async fn list(&self) -> Result<Vec<RemoteFile>> {
         let cmd = self

@@ -187,6 +187,21 @@ pub async fn preflight(pg: &Postgres) -> Result<(ServerInfo, Postgres)> {
 /// scaled by how much the database grew since (with a 25% margin), or, with no
 /// history, the database size itself.
 fn check_disk(cfg: &Config, store: &Store, info: &ServerInfo) -> Result<()> {
+    let (available, required) = disk_need(cfg, store, info)?;
+    if available < required {
+        bail!(
+            "Insufficient disk space. Available: {}, Required: {} (in {}); free space there or keep fewer backups \
+             (BACKUP_KEEP_HOURLY, BACKUP_RETENTION_DAYS)",
+            human_size(available),
+            human_size(required),
+            store.root.display()
+        );
+    }
+    Ok(())
+}
+
+/// (bytes free in the store, bytes the next backup is estimated to need).
+pub fn disk_need(cfg: &Config, store: &Store, info: &ServerInfo) -> Result<(u64, u64)> {
     let available = store.free_space()?;
     let last = store
         .scan(&cfg.calendar, &cfg.prefix)?
@@ -200,16 +215,7 @@ fn check_disk(cfg: &Config, store: &Store, info: &ServerInfo) -> Result<()> {
         }
         None => info.database_size,
     };
-    if available < required {
-        bail!(
-            "Insufficient disk space. Available: {}, Required: {} (in {}); free space there or keep fewer backups \
-             (BACKUP_KEEP_HOURLY, BACKUP_RETENTION_DAYS)",
-            human_size(available),
-            human_size(required),
-            store.root.display()
-        );
-    }
-    Ok(())
+    Ok((available, required))
 }
 
 fn dump_error(pg: &Postgres, e: StreamError) -> anyhow::Error {

@@ -86,6 +86,15 @@ fn missing_and_stopped_containers_get_the_seed_errors() {
         r.stderr()
     );
     assert!(kb.dumps("hourly").is_empty());
+    // `doctor` says the same, with the seed's remedy.
+    let r = kb.run(&["doctor"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.stdout().contains("FAIL  container kbt-stopped")
+            && r.stdout().contains("docker start kbt-stopped"),
+        "{}",
+        r.stdout()
+    );
 }
 
 #[test]

@@ -89,3 +89,154 @@ fn the_man_page_renders_without_warnings() {
         assert!(text.contains(must), "the page lacks {must}");
     }
 }
+
+fn doctor(kb: &Kb, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
+    let mut all = vec!["doctor", "--json"];
+    all.extend_from_slice(args);
+    let r = kb.run(&all);
+    let findings: Vec<serde_json::Value> =
+        serde_json::from_str(&r.stdout()).unwrap_or_else(|e| panic!("{e}: {}", r.all()));
+    (r.code(), findings)
+}
+
+/// The findings of `level` whose check name starts with `check`.
+fn with(findings: &[serde_json::Value], level: &str, check: &str) -> Vec<String> {
+    findings
+        .iter()
+        .filter(|f| f["level"] == level && f["check"].as_str().unwrap().starts_with(check))
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["detail"].as_str().unwrap(),
+                f["fix"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn doctor_passes_a_working_setup_and_sends_a_test_alert() {
+    let db = cluster().sample_db("doc");
+    let mut kb = Kb::direct(&db);
+    let remote = kb.home.path().join("remote");
+    let ntfy = common::net::Recorder::start(common::net::Mode::Ok);
+    kb.set("RCLONE_CONFIG", "/dev/null")
+        .set("RCLONE_CONFIG_OFFSITE_TYPE", "local")
+        .set("RCLONE_REMOTE_NAME", "offsite")
+        .set("RCLONE_REMOTE_PATH", remote.to_str().unwrap())
+        .set("NTFY_URL", &ntfy.url)
+        .set("NTFY_TOPIC", "backups");
+    kb.ok(&["backup"]);
+    let (code, findings) = doctor(&kb, &["--notify"]);
+    assert_eq!(code, 0, "{findings:#?}");
+    assert!(
+        findings.iter().all(|f| f["level"] != "fail"),
+        "{findings:#?}"
+    );
+    for check in [
+        "settings",
+        "store",
+        "hard links",
+        "database",
+        "rights on",
+        "globals of",
+        "disk for",
+        "last backup of",
+        "remote offsite",
+        "alert ntfy",
+        "encryption",
+        "time zone",
+    ] {
+        assert_eq!(
+            with(&findings, "pass", check).len(),
+            1,
+            "{check} passes: {findings:#?}"
+        );
+    }
+    assert_eq!(ntfy.wait(1).len(), 1, "one test message");
+    // The probes left nothing behind, on the remote or in the store.
+    assert!(
+        files_under(&remote).iter().all(|f| !f.contains("doctor")),
+        "{:?}",
+        files_under(&remote)
+    );
+    assert!(
+        kb.files().iter().all(|f| !f.contains("doctor")),
+        "{:?}",
+        kb.files()
+    );
+}
+
+/// Each of the seeds' troubleshooting cases, made to happen for real, is a
+/// FAIL with its remedy (the stopped container: tests/docker_mode.rs).
+#[test]
+fn doctor_fails_each_seed_case_with_its_remedy() {
+    let c = cluster();
+    let db = c.sample_db("docbad");
+    let mut kb = Kb::direct(&db);
+    kb.ok(&["backup"]);
+
+    // Wrong password.
+    kb.set("DB_USER", PW_USER)
+        .set("POSTGRES_PASSWORD", "wrong-password-xyz");
+    let (code, f) = doctor(&kb, &[]);
+    assert_eq!(code, 1);
+    let failed = with(&f, "fail", "database");
+    assert!(
+        failed.len() == 1 && failed[0].contains("POSTGRES_PASSWORD"),
+        "{f:#?}"
+    );
+    assert!(!serde_json::to_string(&f)
+        .unwrap()
+        .contains("wrong-password-xyz"));
+    kb.set("DB_USER", "postgres").unset("POSTGRES_PASSWORD");
+
+    // The rclone remote missing from rclone's config.
+    kb.set("RCLONE_CONFIG", "/dev/null")
+        .set("RCLONE_REMOTE_NAME", "nosuch");
+    let (code, f) = doctor(&kb, &[]);
+    assert_eq!(code, 1);
+    let failed = with(&f, "fail", "remote nosuch");
+    assert!(
+        failed.len() == 1 && failed[0].contains("rclone config"),
+        "{f:#?}"
+    );
+    kb.unset("RCLONE_REMOTE_NAME");
+
+    // The store readable by others.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&kb.store, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, f) = doctor(&kb, &[]);
+    assert_eq!(code, 1);
+    let failed = with(&f, "fail", "store");
+    assert!(failed.iter().any(|t| t.contains("chmod 700")), "{f:#?}");
+    std::fs::set_permissions(&kb.store, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // A full disk: the store on a tmpfs too small for the next backup.
+    let small = kb.home.path().join("small");
+    let _fs = Tmpfs::mount(&small, "64k");
+    let inner = small.join("store");
+    kb.set("BACKUP_DIR", inner.to_str().unwrap());
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, f) = doctor(&kb, &[]);
+    assert_eq!(code, 1);
+    let failed = with(&f, "fail", "disk for");
+    assert!(
+        failed.len() == 1 && failed[0].contains("Insufficient disk space"),
+        "{f:#?}"
+    );
+
+    // pg_dump older than the server: Debian's 15 client against a 16 server.
+    let newer = cluster_of(16);
+    let db16 = newer.sample_db("docold");
+    let mut old = Kb::on(newer, &db16, &pg_bin());
+    old.set("POSTGRES_CLIENT_PATHS", "/nonexistent");
+    let (code, f) = doctor(&old, &[]);
+    assert_eq!(code, 1);
+    let failed = with(&f, "fail", "database");
+    assert!(
+        failed.len() == 1 && failed[0].contains("POSTGRES_BIN_DIR"),
+        "{f:#?}"
+    );
+}

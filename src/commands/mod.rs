@@ -4,6 +4,7 @@ pub mod backup;
 pub mod cleanup;
 pub mod completions;
 pub mod config;
+pub mod doctor;
 pub mod list;
 pub mod man;
 pub mod notify;
