@@ -35,9 +35,12 @@ ensure() {
       zstd) command -v zstd >/dev/null || missing+=(zstd) ;;
       age) command -v age >/dev/null || missing+=(age) ;;
       man) { command -v man && command -v groff; } >/dev/null || missing+=(man-db groff-base) ;;
+      deploytools)
+        command -v docker-compose >/dev/null || missing+=(docker-compose)
+        command -v systemd-analyze >/dev/null || missing+=(systemd) ;;
       rclone) command -v rclone >/dev/null || missing+=(rclone) ;;
       docker) command -v dockerd >/dev/null || missing+=(docker.io) ;;
-      aiosmtpd | moto | pgversions) ;;
+      aiosmtpd | moto | kubevalidate | pgversions) ;;
       *) die "ensure: unknown component $want" ;;
     esac
   done
@@ -52,6 +55,12 @@ ensure() {
   if printf '%s\n' "$@" | grep -qx moto && ! python3 -c 'import moto.server, flask, flask_cors' 2>/dev/null; then
     say "installing moto[server] (pip)"
     python3 -m pip install -q 'moto[server]' || die "pip install moto[server] failed"
+  fi
+  # The Kubernetes manifests' validator (and PyYAML, which the deploy tests
+  # use to read the manifests), from PyPI.
+  if printf '%s\n' "$@" | grep -qx kubevalidate && ! command -v kubernetes-validate >/dev/null; then
+    say "installing kubernetes-validate (pip)"
+    python3 -m pip install -q kubernetes-validate || die "pip install kubernetes-validate failed"
   fi
   if printf '%s\n' "$@" | grep -qx pgversions; then ensure_pg_versions; fi
 }

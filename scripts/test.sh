@@ -7,7 +7,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ensure postgres zstd age man rclone docker aiosmtpd moto pgversions
+ensure postgres zstd age man deploytools rclone docker aiosmtpd moto kubevalidate pgversions
 cd "$ROOT"
 say "cargo fmt --check"
 cargo fmt --all -- --check
