@@ -472,6 +472,15 @@ fn trailing_toc<R: BufRead>(
 
 /// Reads a whole archive from `input`, checking it is complete.
 pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
+    scan_with(input, &mut |_, _| {})
+}
+
+/// [`scan`], telling `blocks` (data blocks seen, of the table of contents'
+/// total) as each data block starts: for progress on a terminal.
+pub fn scan_with<R: BufRead>(
+    input: R,
+    blocks: &mut dyn FnMut(usize, usize),
+) -> Result<Summary, ArchiveError> {
     let (
         Header {
             format_version,
@@ -575,6 +584,7 @@ pub fn scan<R: BufRead>(input: R) -> Result<Summary, ArchiveError> {
                 .c
                 .corrupt(format!("unexpected or repeated data block for entry {id}")));
         }
+        blocks(seen.len(), expected.len());
         let what = describe(entry);
         match kind {
             BLK_DATA => {

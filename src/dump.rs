@@ -92,6 +92,7 @@ pub fn write_compressed(
     out: File,
     level: i32,
     seal: Option<&crate::crypto::Recipients>,
+    progress: crate::progress::Progress,
 ) -> Result<Written> {
     let writer = HashingWriter {
         inner: BufWriter::with_capacity(1 << 20, out),
@@ -109,11 +110,18 @@ pub fn write_compressed(
     // zstd's own frame checksum: `zstd -t FILE` can test a backup by hand.
     encoder.include_checksum(true)?;
     let mut tee = Tee {
-        inner: input,
+        inner: crate::progress::Counting {
+            inner: input,
+            progress: progress.clone(),
+        },
         sink: encoder,
     };
-    let summary =
-        archive::scan(BufReader::with_capacity(1 << 18, &mut tee)).context("pg_dump's output")?;
+    let summary = archive::scan_with(
+        BufReader::with_capacity(1 << 18, &mut tee),
+        &mut |seen, all| progress.message(format!("data blocks {seen}/{all}")),
+    )
+    .context("pg_dump's output")?;
+    progress.done();
     let writer = tee.sink.finish().context("finishing the zstd stream")?;
     let writer = writer.finish().context("finishing the age stream")?;
     let HashingWriter {
@@ -205,6 +213,8 @@ pub fn read_back(
     path: &std::path::Path,
     copy: Option<&mut ArchiveCopy>,
 ) -> Result<(Result<Summary>, String)> {
+    let size = std::fs::metadata(path).ok().map(|m| m.len());
+    let progress = crate::progress::Progress::bytes("checking the backup", size);
     struct Hashing<R> {
         inner: R,
         hasher: Sha256,
@@ -218,7 +228,13 @@ pub fn read_back(
     }
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hashing = Hashing {
-        inner: BufReader::with_capacity(1 << 20, file),
+        inner: BufReader::with_capacity(
+            1 << 20,
+            crate::progress::Counting {
+                inner: file,
+                progress: progress.clone(),
+            },
+        ),
         hasher: Sha256::new(),
     };
     let scan = |plain: &mut dyn Read, copy: Option<&mut ArchiveCopy>| match copy {

@@ -25,6 +25,7 @@ mod output;
 mod owner;
 mod postgres;
 mod process;
+mod progress;
 mod readback;
 mod remote;
 mod retention;
@@ -91,6 +92,7 @@ fn main() -> ExitCode {
         return ExitCode::from(ExitKind::Failure as u8);
     }
 
+    progress::init(cfg.log_format == crate::cli::LogFormat::Text);
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }

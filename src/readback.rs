@@ -219,6 +219,7 @@ pub async fn run_pg_restore(
     extra: &[&str],
 ) -> Result<()> {
     let pg = &rc.pg;
+    let _shown = crate::progress::Progress::phase(&format!("restoring into {db} (pg_restore)"));
     let failed = |e: StreamError| match e {
         StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
         StreamError::Local(l) => l.context("reading the backup failed"),
@@ -325,7 +326,12 @@ pub fn row_mismatches(expected: &[TableData], counts: &[u64], source: &str) -> V
 /// The row-count proof: every table present, with the backup's row count.
 /// Returns (tables, rows).
 pub async fn prove_rows(pg: &Postgres, db: &str, expected: &[TableData]) -> Result<(usize, u64)> {
+    let shown = crate::progress::Progress::phase(&format!(
+        "counting the rows of {} tables",
+        expected.len()
+    ));
     let counts = checks::row_counts(pg, db, expected).await?;
+    shown.done();
     let mismatches = row_mismatches(expected, &counts, "backup");
     if !mismatches.is_empty() {
         bail!(

@@ -72,6 +72,7 @@ pub async fn take(
     let out = tmp.reopen().context("temporary dump file")?;
     let level = cfg.compression_level;
     let seal = cfg.seal.clone();
+    let progress = crate::progress::Progress::bytes("dumping", None);
     let format = cfg.format();
     // If we stop (timeout, Ctrl-C), the server ends pg_dump's session: killing
     // the `docker exec` client alone would leave pg_dump running in the container.
@@ -80,7 +81,7 @@ pub async fn take(
     let written = pg
         .pg_dump()
         .stream(cfg.timeout, move |stdout| {
-            dump::write_compressed(stdout, out, level, seal.as_ref())
+            dump::write_compressed(stdout, out, level, seal.as_ref(), progress)
         })
         .await;
     if written.is_err() {

@@ -240,3 +240,60 @@ fn doctor_fails_each_seed_case_with_its_remedy() {
         "{f:#?}"
     );
 }
+
+/// Progress is drawn on a terminal (a real pty, util-linux `script`) and
+/// nowhere else: not when stderr is a pipe, not with JSON logs, never in
+/// backup.log.
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let c = cluster();
+    let db = c.sample_db("progress");
+    let mut kb = Kb::direct(&db);
+    // What a terminal has (indicatif, like every terminal program, reads it).
+    kb.set("TERM", "xterm-256color");
+    // pg_dump waits on a lock for a moment: long enough for the bar to draw.
+    let on_tty = |kb: &Kb, args: &[&str]| -> String {
+        let lock = LockHolder::exclusive(&db, "events");
+        let child = on_terminal_spawn(kb, args);
+        wait_for(20, "pg_dump waiting on the lock", || {
+            (LockHolder::waiters(&db) > 0).then_some(())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        drop(lock);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = on_tty(&kb, &["backup"]);
+    assert!(
+        shown.contains("dumping"),
+        "no progress on the terminal: {shown:?}"
+    );
+    let log = std::fs::read_to_string(kb.store.join("backup.log")).unwrap();
+    assert!(!log.contains("dumping"), "progress in backup.log: {log}");
+
+    // A pipe: no progress.
+    let r = kb.ok(&["backup"]);
+    assert!(!r.stderr().contains("dumping"), "{}", r.stderr());
+    // JSON logs on a terminal: none either.
+    kb.set("BACKUP_LOG_FORMAT", "json");
+    let shown = on_tty(&kb, &["backup"]);
+    assert!(
+        !shown.contains("dumping"),
+        "progress with JSON logs: {shown:?}"
+    );
+
+    // A restore's phases on a terminal.
+    kb.unset("BACKUP_LOG_FORMAT");
+    let target = format!("{db}_progress");
+    let mut child = on_terminal_spawn(&kb, &["restore", "--latest", "--target-db", &target]);
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert_eq!(c.fingerprint(&db), c.fingerprint(&target));
+}

@@ -683,7 +683,13 @@ async fn restored_checks(
             "no exact counts (seed-era backup compressed inside, no manifest)",
         ));
     } else {
-        match checks::row_counts(pg, db, &expected).await {
+        let shown = crate::progress::Progress::phase(&format!(
+            "counting the rows of {} tables",
+            expected.len()
+        ));
+        let counted = checks::row_counts(pg, db, &expected).await;
+        shown.done();
+        match counted {
             Ok(counts) => {
                 let diffs = crate::readback::row_mismatches(&expected, &counts, source);
                 let total: u64 = counts.iter().sum();
