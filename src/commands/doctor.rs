@@ -385,6 +385,31 @@ async fn database(cfg: &Config, store: &Store, r: &mut Report) {
             "see the message",
         ),
     }
+    // Restore and full verify work in a new database beside the target.
+    match pg
+        .query(
+            &cfg.db.maintenance_db,
+            "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user",
+        )
+        .await
+    {
+        Ok(rows) if rows.first().and_then(|r| r.first()).is_some_and(|v| v == "t") => r.pass(
+            format!("restore rights on {name}"),
+            format!("{} may create databases (restore and verify work beside the target)", cfg.db.user),
+        ),
+        Ok(_) => r.warn(
+            format!("restore rights on {name}"),
+            format!(
+                "{} may not create databases: restore and full verify would fail (the seed's \"permission denied\")",
+                cfg.db.user
+            ),
+            format!(
+                "ALTER ROLE {} CREATEDB, restore as a superuser (DB_USER=postgres), or verify on another server (BACKUP_VERIFY_HOST)",
+                cfg.db.user
+            ),
+        ),
+        Err(e) => r.warn(format!("restore rights on {name}"), format!("{e:#}"), "see the message"),
+    }
     if info.reads_role_passwords {
         r.pass(
             format!("globals of {name}"),
