@@ -18,6 +18,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const STDERR_TAIL_LINES: usize = 30;
 
+/// See [`Cmd::on_stderr`].
+pub type StderrHook = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Cmd {
     program: OsString,
@@ -27,6 +30,9 @@ pub struct Cmd {
     env_remove: Vec<String>,
     /// Copy the child's stderr lines to ours as they come (progress on a terminal).
     show_stderr: bool,
+    /// Sees each stderr line first; a line it answers false to is not kept
+    /// for the error message (a verbose child's chatter).
+    on_stderr: Option<StderrHook>,
     /// Short name for messages: "pg_dump", "docker".
     label: String,
 }
@@ -44,6 +50,7 @@ impl Cmd {
             env: Vec::new(),
             env_remove: Vec::new(),
             show_stderr: false,
+            on_stderr: None,
             label,
         }
     }
@@ -72,6 +79,13 @@ impl Cmd {
 
     pub fn show_stderr(mut self, show: bool) -> Self {
         self.show_stderr = show;
+        self
+    }
+
+    /// Hands each stderr line (redacted) to `hook` as it comes; lines it
+    /// answers false to are left out of the error message's tail.
+    pub fn on_stderr(mut self, hook: StderrHook) -> Self {
+        self.on_stderr = Some(hook);
         self
     }
 
@@ -136,7 +150,12 @@ impl Cmd {
     /// Runs to completion and returns stdout; a non-zero exit is an error.
     pub async fn output(&self, timeout: Option<Duration>) -> Result<Vec<u8>, ProcessError> {
         let mut child = self.spawn(false)?;
-        let stderr = drain_stderr(child.stderr.take(), self.label.clone(), self.show_stderr);
+        let stderr = drain_stderr(
+            child.stderr.take(),
+            self.label.clone(),
+            self.show_stderr,
+            self.on_stderr.clone(),
+        );
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let read = async {
             let mut buf = Vec::new();
@@ -176,7 +195,12 @@ impl Cmd {
         F: FnOnce(std::fs::File) -> anyhow::Result<T> + Send + 'static,
     {
         let mut child = self.spawn(false)?;
-        let stderr = drain_stderr(child.stderr.take(), self.label.clone(), self.show_stderr);
+        let stderr = drain_stderr(
+            child.stderr.take(),
+            self.label.clone(),
+            self.show_stderr,
+            self.on_stderr.clone(),
+        );
         let stdout = child.stdout.take().expect("stdout is piped");
         let file = self.blocking_file(stdout.into_owned_fd())?;
         let task = tokio::task::spawn_blocking(move || consume(file));
@@ -196,7 +220,12 @@ impl Cmd {
         F: FnOnce(std::fs::File) -> anyhow::Result<()> + Send + 'static,
     {
         let mut child = self.spawn(true)?;
-        let stderr = drain_stderr(child.stderr.take(), self.label.clone(), self.show_stderr);
+        let stderr = drain_stderr(
+            child.stderr.take(),
+            self.label.clone(),
+            self.show_stderr,
+            self.on_stderr.clone(),
+        );
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let out = tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -397,6 +426,7 @@ fn drain_stderr(
     stderr: Option<tokio::process::ChildStderr>,
     label: String,
     show: bool,
+    hook: Option<StderrHook>,
 ) -> tokio::task::JoinHandle<String> {
     tokio::spawn(async move {
         let Some(stderr) = stderr else {
@@ -412,6 +442,9 @@ fn drain_stderr(
             tracing::trace!("{label}: {line}");
             if show {
                 eprintln!("{line}");
+            }
+            if hook.as_ref().is_some_and(|h| !h(line)) {
+                return;
             }
             if tail.len() == STDERR_TAIL_LINES {
                 tail.pop_front();

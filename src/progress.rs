@@ -78,6 +78,29 @@ impl Progress {
         Progress(Some(std::sync::Arc::new(Bar(bar))))
     }
 
+    /// Items of a known count: `what`, a bar, `done/total unit`, elapsed.
+    pub fn count(what: &str, total: u64, unit: &str) -> Progress {
+        if !ON.load(Ordering::Relaxed) {
+            return Progress(None);
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+            .with_style(
+                ProgressStyle::with_template(&format!(
+                    "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{elapsed}})"
+                ))
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+        bar.set_prefix(what.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress(Some(std::sync::Arc::new(Bar(bar))))
+    }
+
+    /// Whether anything is drawn.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub fn add(&self, n: u64) {
         if let Some(b) = &self.0 {
             b.inc(n);

@@ -217,9 +217,24 @@ pub async fn run_pg_restore(
     input: &Input,
     db: &str,
     extra: &[&str],
+    tables: usize,
 ) -> Result<()> {
     let pg = &rc.pg;
-    let _shown = crate::progress::Progress::phase(&format!("restoring into {db} (pg_restore)"));
+    // On a terminal: tables restored of the archive's, counted from
+    // pg_restore's --verbose lines (kept out of any error message).
+    let shown =
+        crate::progress::Progress::count(&format!("restoring into {db}"), tables as u64, "tables");
+    let hook = restore_progress(&shown, input.seekable.is_some());
+    let extra: Vec<&str> = extra
+        .iter()
+        .copied()
+        .chain(hook.is_some().then_some("--verbose"))
+        .collect();
+    let extra = &extra[..];
+    let watch = |c: crate::process::Cmd| match &hook {
+        Some(h) => c.on_stderr(h.clone()),
+        None => c,
+    };
     let failed = |e: StreamError| match e {
         StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
         StreamError::Local(l) => l.context("reading the backup failed"),
@@ -229,25 +244,75 @@ pub async fn run_pg_restore(
     }
     match &input.seekable {
         Some(archive) => {
-            pg.tool("pg_restore")
-                .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
-                .args(extra)
-                .args(["--dbname", &crate::sql::dbname(db)])
-                .arg(archive)
-                .output(cfg.timeout)
-                .await
-                .map_err(|e| failed(StreamError::Process(e)))?;
+            watch(
+                pg.tool("pg_restore")
+                    .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
+                    .args(extra)
+                    .args(["--dbname", &crate::sql::dbname(db)])
+                    .arg(archive),
+            )
+            .output(cfg.timeout)
+            .await
+            .map_err(|e| failed(StreamError::Process(e)))?;
         }
         None => {
             let src = path.to_path_buf();
-            pg.pg_restore(db)
-                .args(extra)
+            watch(pg.pg_restore(db).args(extra))
                 .feed(cfg.timeout, move |stdin| dump::write_archive(&src, stdin))
                 .await
                 .map_err(failed)?;
         }
     }
     Ok(())
+}
+
+/// When progress is drawn: the stderr hook of a `--verbose` pg_restore. Each
+/// table's data done moves the bar; the verbose chatter never reaches an
+/// error message (errors, warnings, their details and context do).
+fn restore_progress(
+    shown: &crate::progress::Progress,
+    parallel: bool,
+) -> Option<crate::process::StderrHook> {
+    if !shown.is_on() {
+        return None;
+    }
+    let bar = shown.clone();
+    let hook: crate::process::StderrHook = std::sync::Arc::new(move |line: &str| {
+        let Some(rest) = line.strip_prefix("pg_restore: ") else {
+            return true;
+        };
+        // One line per table's data: the leader's "finished item" in parallel,
+        // "processing data for table" when one process restores it all.
+        let done = if parallel {
+            rest.starts_with("finished item") && rest.contains("TABLE DATA")
+        } else {
+            rest.starts_with("processing data for table")
+        };
+        if done {
+            bar.add(1);
+        }
+        // What --verbose adds; anything else (errors, "while PROCESSING TOC",
+        // "from TOC entry") stays for the error message.
+        ![
+            "connecting",
+            "creating",
+            "processing",
+            "launching",
+            "finished",
+            "executing",
+            "entering",
+            "setting owner",
+            "implied data-only",
+            "disabling triggers",
+            "enabling triggers",
+            "dropping",
+            "resetting",
+            "skipping",
+        ]
+        .iter()
+        .any(|k| rest.starts_with(k))
+    });
+    Some(hook)
 }
 
 /// `pg_restore --file -` piped into `psql -v ON_ERROR_STOP=1`, without the

@@ -295,5 +295,10 @@ fn progress_shows_on_a_terminal_only() {
     let out = child.wait_with_output().unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("checking the backup"), "{shown}");
+    assert!(
+        shown.contains("tables ("),
+        "tables restored of the total: {shown}"
+    );
     assert_eq!(c.fingerprint(&db), c.fingerprint(&target));
 }

@@ -604,6 +604,7 @@ async fn full_checks(
         input,
         &temp,
         &["--no-owner", "--no-privileges"],
+        summary.tables.len(),
     )
     .await;
     match restored {

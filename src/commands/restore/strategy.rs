@@ -49,7 +49,16 @@ async fn restore_and_check(job: &Job<'_>, db: &str) -> Result<(usize, u64)> {
     } = job;
     let pg = &rc.pg;
     tracing::info!("Restoring into {db}...");
-    run_pg_restore(cfg, rc, &source.path, &checked.input, db, &[]).await?;
+    run_pg_restore(
+        cfg,
+        rc,
+        &source.path,
+        &checked.input,
+        db,
+        &[],
+        checked.summary.tables.len(),
+    )
+    .await?;
     let original = checked.summary.database.clone().unwrap_or_default();
     let properties: Vec<String> = checked
         .summary
