@@ -217,10 +217,14 @@ impl Raw {
     }
 
     fn invalid(&self, spec: &Spec, expected: &str) -> anyhow::Error {
+        // Never a secret in an error: secret settings, rclone flags (which
+        // may hold keys), a URL's credentials.
         let shown = if spec.secret {
             "<redacted>".to_string()
+        } else if spec.key == "remote.flags" {
+            "(not shown: rclone flags may hold keys)".to_string()
         } else {
-            format!("{:?}", self.value)
+            format!("{:?}", crate::secrets::show_url(&self.value))
         };
         let from = match &self.source {
             Source::Flag { .. } => "the command line".to_string(),
@@ -525,6 +529,21 @@ fn remotes_of_toml(
 /// else NAME:PATH when two share a remote); two destinations with one label
 /// or one location are a usage error.
 fn label_remotes(remotes: &mut [RemoteConfig]) -> Result<()> {
+    // A connection string (`:s3,secret_access_key=...`, `remote,opt=value`)
+    // would put its options, keys included, in rclone's argv and every log.
+    if let Some(r) = remotes
+        .iter()
+        .find(|r| r.name.starts_with(':') || r.name.contains(','))
+    {
+        let backend = r.name.trim_start_matches(':');
+        let backend = backend.split(',').next().unwrap_or_default();
+        return Err(usage(format!(
+            "the rclone remote {:?} is a connection string, whose options (keys included) would appear in \
+             every process list and log: configure the remote with `rclone config` or in the environment \
+             (RCLONE_CONFIG_<NAME>_TYPE={backend} and RCLONE_CONFIG_<NAME>_... for its options), then use its name",
+            r.name.split(',').next().unwrap_or_default()
+        )));
+    }
     let names: Vec<String> = remotes.iter().map(|r| r.name.clone()).collect();
     for r in remotes.iter_mut().filter(|r| r.label.is_empty()) {
         r.label = if names.iter().filter(|n| **n == r.name).count() > 1 {
@@ -700,6 +719,16 @@ fn load_or_alerting(
         let raw = resolve_one(spec, &flags, env, &dotenv, &toml)
             .map_err(|e| plain(with_sources(e, &read_from)))?;
         resolved.push((spec, raw));
+    }
+    // Every secret this run knows is redacted from whatever it prints: a
+    // child's output, an error, an HTTP client's message.
+    for (spec, raw) in &resolved {
+        if let Some(raw) = raw {
+            if spec.secret {
+                crate::secrets::register(&raw.value);
+            }
+            crate::secrets::register_url_credentials(&raw.value);
+        }
     }
     let values = Values(
         resolved
@@ -1097,8 +1126,23 @@ fn read_dotenv(global: &GlobalArgs, cwd: &Path) -> Result<Option<DotEnv>> {
         .map_err(|e| usage(format!("cannot read .env file {}: {e}", path.display())))?;
     let mut vars = HashMap::new();
     for item in iter {
-        let (k, v) =
-            item.map_err(|e| usage(format!("invalid line in .env file {}: {e}", path.display())))?;
+        let (k, v) = item.map_err(|e| {
+            // The line itself is never shown: it may be a secret (the
+            // application shares this file).
+            let at = match &e {
+                dotenvy::Error::LineParse(line, _) => std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.lines().position(|l| l.contains(line.as_str())))
+                    .map(|n| format!(" at line {}", n + 1))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            usage(format!(
+                "invalid line in .env file {}{at}: not NAME=value (a value with spaces needs quotes); \
+                 the line is not shown here, it may hold a secret",
+                path.display()
+            ))
+        })?;
         vars.insert(k, v);
     }
     Ok(Some(DotEnv { path, vars }))
@@ -1132,9 +1176,19 @@ fn read_toml(
             path.display()
         ))
     })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| usage(format!("{how} {}: not valid TOML: {e}", path.display())))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        // The message without the quoted line, which may hold a secret.
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+            .map(|n| format!(" at line {n}"))
+            .unwrap_or_default();
+        usage(format!(
+            "{how} {}: not valid TOML{line}: {} (the line is not shown here, it may hold a secret)",
+            path.display(),
+            e.message()
+        ))
+    })?;
     let mut values = HashMap::new();
     let mut entries = Vec::new();
     let mut remotes = Vec::new();
@@ -2250,6 +2304,66 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// Review: a setting that could not be used was echoed whole, secrets
+    /// inside included (rclone flags, URL credentials, a .env or TOML line).
+    #[test]
+    fn errors_about_settings_never_echo_a_secret() {
+        let g = GlobalArgs::default();
+        let t = err_text(load(
+            &g,
+            &[
+                ("DB_NAME", "a"),
+                ("RCLONE_REMOTE_NAME", "r"),
+                ("RCLONE_FLAGS", "--s3-secret-access-key 'UNBAL_SECRET1"),
+            ],
+        ));
+        assert!(
+            t.contains("RCLONE_FLAGS") && !t.contains("UNBAL_SECRET1"),
+            "{t}"
+        );
+        let t = err_text(load(
+            &g,
+            &[
+                ("DB_NAME", "a"),
+                ("BACKUP_NOTIFY_TIMEOUT", "http://u:BADPASS@host"),
+            ],
+        ));
+        assert!(!t.contains("BADPASS"), "{t}");
+        let t = err_text(load(
+            &g,
+            &[
+                ("DB_NAME", "a"),
+                ("RCLONE_REMOTE_NAME", ":s3,secret_access_key=CONNSECRET"),
+            ],
+        ));
+        assert!(
+            t.contains("connection string") && !t.contains("CONNSECRET"),
+            "{t}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "DB_NAME=a\nPOSTGRES_PASSWORD=DOTENVPW3 x\n",
+        )
+        .unwrap();
+        let t = err_text(load_from(&g, &env(&[]), dir.path()));
+        assert!(t.contains("line 2") && !t.contains("DOTENVPW3"), "{t}");
+        let toml = dir.path().join("k.toml");
+        std::fs::remove_file(dir.path().join(".env")).unwrap();
+        std::fs::write(
+            &toml,
+            "[database]\nname = \"a\"\npassword = \"TOMLSECRET4\n",
+        )
+        .unwrap();
+        let t = err_text(load_from(
+            &g,
+            &env(&[("KBACKUP_CONFIG", toml.to_str().unwrap())]),
+            dir.path(),
+        ));
+        assert!(t.contains("line 3") && !t.contains("TOMLSECRET4"), "{t}");
     }
 
     /// Defect: SMTP credentials went out in clear with BACKUP_SMTP_TLS=none.

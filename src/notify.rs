@@ -195,8 +195,13 @@ pub async fn send_queued(cfg: &impl Channels) {
                 ping(cfg, "/fail", &m.text).await;
             }
         };
-        tokio::join!(send_all(cfg, &m, false), ping);
-        tracing::info!("Alert sent: {}", m.title);
+        let ((tried, sent), ()) = tokio::join!(send_all(cfg, &m, false), ping);
+        // Said as it happened: nothing when no channel is set (or --no-alerts).
+        match (tried, sent) {
+            (0, _) => {}
+            (_, 0) => tracing::warn!("The alert reached no channel: {}", m.title),
+            _ => tracing::info!("Alert sent: {}", m.title),
+        }
     }
 }
 
@@ -287,15 +292,22 @@ pub async fn test(cfg: &impl Channels) -> Vec<(&'static str, Result<()>)> {
     results
 }
 
-async fn send_all(cfg: &impl Channels, m: &Message, success_only: bool) {
-    for (channel, result) in channels(cfg, m, success_only).await {
+/// Sends on every channel; (channels tried, channels that took it).
+async fn send_all(cfg: &impl Channels, m: &Message, success_only: bool) -> (usize, usize) {
+    let results = channels(cfg, m, success_only).await;
+    let mut sent = 0;
+    for (channel, result) in &results {
         match result {
-            Ok(()) => tracing::debug!("alert sent via {channel}"),
+            Ok(()) => {
+                sent += 1;
+                tracing::debug!("alert sent via {channel}")
+            }
             Err(e) => {
                 tracing::warn!("alert via {channel} failed (the job's result is unchanged): {e:#}")
             }
         }
     }
+    (results.len(), sent)
 }
 
 /// Sends on every configured channel at once; `success_only` keeps the channels
@@ -407,11 +419,9 @@ async fn check(resp: reqwest::Response) -> Result<()> {
     if status.is_success() {
         return Ok(());
     }
-    let body = resp.text().await.unwrap_or_default();
-    bail!(
-        "HTTP {status}: {}",
-        body.chars().take(200).collect::<String>()
-    )
+    // The response body is not shown: servers echo the request's path,
+    // which holds the webhook's token.
+    bail!("HTTP {status} (the response is not shown: it may echo the address, a secret)")
 }
 
 /// A request's error with every cause under it ("error sending request:

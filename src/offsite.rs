@@ -265,6 +265,10 @@ pub async fn step(cfg: &Config, store: &Store, remote: &Remote, alert: bool) -> 
     let result = sync(cfg, store, remote)
         .await
         .with_context(|| format!("off-site sync to {} failed", remote.root()));
+    // A failed sync says nothing new of what the remote holds: the last
+    // counts stay (a gauge alerting on them must not clear during an outage).
+    let before = state::last_sync(&store.root, &cfg.prefix, remote.label(), &remote.root());
+    let kept = |f: fn(&state::SyncRun) -> usize| before.as_ref().map(f).unwrap_or(0);
     let run = state::SyncRun {
         label: remote.label().to_string(),
         remote: remote.root(),
@@ -274,8 +278,14 @@ pub async fn step(cfg: &Config, store: &Store, remote: &Remote, alert: bool) -> 
         uploaded_files: result.as_ref().map(|r| r.uploaded.len()).unwrap_or(0),
         uploaded_bytes: result.as_ref().map(|r| r.uploaded_bytes).unwrap_or(0),
         deleted_files: result.as_ref().map(|r| r.deleted.len()).unwrap_or(0),
-        remote_backups: result.as_ref().map(|r| r.remote_backups).unwrap_or(0),
-        beyond_policy: result.as_ref().map(|r| r.beyond_policy).unwrap_or(0),
+        remote_backups: result
+            .as_ref()
+            .map(|r| r.remote_backups)
+            .unwrap_or_else(|_| kept(|s| s.remote_backups)),
+        beyond_policy: result
+            .as_ref()
+            .map(|r| r.beyond_policy)
+            .unwrap_or_else(|_| kept(|s| s.beyond_policy)),
     };
     if let Err(e) = state::record_sync(&store.root, &cfg.prefix, &run) {
         tracing::warn!("cannot record the sync for `kbackup status`: {e:#}");

@@ -418,6 +418,9 @@ fn set_blocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
 /// The longest stderr line kept (a child printing megabytes without a newline
 /// is still drained; only the start of such a line is kept).
 const STDERR_LINE_MAX: usize = 4096;
+/// How much of one stderr line is read before it is redacted and cut to
+/// [`STDERR_LINE_MAX`]: a secret across the cut is still found whole.
+const STDERR_READ_MAX: usize = 64 * 1024;
 
 /// Drains a child's stderr to its end, whatever it holds: bytes, not text (a
 /// line that is not UTF-8 is converted lossily, never a reason to stop reading
@@ -439,6 +442,11 @@ fn drain_stderr(
             // Whatever a child prints goes nowhere with a secret in it.
             let line = crate::secrets::redact(&line);
             let line = line.trim_end_matches(['\n', '\r']);
+            let mut cut = STDERR_LINE_MAX.min(line.len());
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let line = &line[..cut];
             tracing::trace!("{label}: {line}");
             if show {
                 eprintln!("{line}");
@@ -461,7 +469,7 @@ fn drain_stderr(
                 Some(i) => (i + 1, true),
                 None => (chunk.len(), false),
             };
-            let room = STDERR_LINE_MAX.saturating_sub(line.len());
+            let room = STDERR_READ_MAX.saturating_sub(line.len());
             line.extend_from_slice(&chunk[..take.min(room)]);
             reader.consume(take);
             if ends {

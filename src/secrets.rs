@@ -15,17 +15,30 @@ static FROM_ENV: std::sync::Once = std::sync::Once::new();
 /// Shorter values are not redacted (they would mangle ordinary text).
 const MIN_SECRET: usize = 4;
 
-/// Adds a secret value to the ones child output is redacted of.
+/// Adds a secret value to the ones child output is redacted of, with the
+/// forms a tool may print it in: escaped as in JSON or Go's `%q` (`\"`,
+/// `\\`), and shell-quoted.
 pub fn register(value: &str) {
     if value.len() < MIN_SECRET {
         return;
     }
+    let escaped = serde_json::to_string(value).unwrap_or_default();
+    let escaped = escaped
+        .strip_prefix('"')
+        .and_then(|e| e.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_string();
+    let quoted = shlex::try_quote(value)
+        .map(|q| q.into_owned())
+        .unwrap_or_default();
     let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
-    if !known.iter().any(|k| k == value) {
-        known.push(value.to_string());
-        // Longest first: a secret that contains another is replaced whole.
-        known.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    for form in [value.to_string(), escaped, quoted] {
+        if form.len() >= MIN_SECRET && !known.contains(&form) {
+            known.push(form);
+        }
     }
+    // Longest first: a secret that contains another is replaced whole.
+    known.sort_by_key(|k| std::cmp::Reverse(k.len()));
 }
 
 /// Whether an environment variable's name says it holds a secret.
@@ -53,9 +66,23 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// rclone's on/off flags whose names look secret (`--s3-env-auth`,
+/// `--sftp-key-use-agent`): they take no value and hold none.
+const SWITCHES: [&str; 6] = [
+    "env-auth",
+    "v2-auth",
+    "use-agent",
+    "ask-password",
+    "auth-owner-only",
+    "dump-headers",
+];
+
 /// Whether an rclone flag (without its dashes) carries a secret by its name.
 pub fn secret_flag(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
+    if SWITCHES.iter().any(|s| n.ends_with(s)) {
+        return false;
+    }
     // Words that are secrets wherever they appear in a flag's name...
     let anywhere = [
         "secret",
@@ -92,11 +119,17 @@ pub fn split_rclone_flags(flags: &[String]) -> (Vec<String>, Vec<(String, String
             args.push(f.clone());
             continue;
         }
-        // Secret flags take a value: the next word is it, whatever it looks
-        // like (a key may start with "--").
+        // Secret flags take a value: the next word, unless it is another
+        // flag (`--flag=VALUE` gives a value that starts with dashes).
         let value = match inline {
             Some(v) => v,
-            None => it.next().cloned().unwrap_or_default(),
+            None => match it.next_if(|next| !next.starts_with("--")) {
+                Some(v) => v.clone(),
+                None => {
+                    args.push(f.clone());
+                    continue;
+                }
+            },
         };
         env.push((
             format!("RCLONE_{}", name.to_ascii_uppercase().replace('-', "_")),
@@ -118,6 +151,21 @@ pub fn show_rclone_flags(flags: &[String]) -> String {
         shown.push(format!("--{flag} <redacted>"));
     }
     shown.join(" ")
+}
+
+/// Registers the credentials in a URL's user part (`https://u:p@host`), if any.
+pub fn register_url_credentials(url: &str) {
+    let Some((_, rest)) = url.split_once("://") else {
+        return;
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    if let Some(at) = authority.rfind('@') {
+        let user_info = &authority[..at];
+        register(user_info);
+        if let Some((_, password)) = user_info.split_once(':') {
+            register(password);
+        }
+    }
 }
 
 /// A URL without the credentials of its user part:
@@ -161,6 +209,13 @@ mod tests {
             redact("nothing here"),
             std::borrow::Cow::Borrowed(_)
         ));
+        // The forms a tool prints a value in: Go/JSON-escaped, shell-quoted.
+        register("S3KEY\"with\\back");
+        let printed = r#"Setting s3_secret_access_key="S3KEY\"with\\back" from environment"#;
+        assert!(!redact(printed).contains("with"), "{}", redact(printed));
+        register("it's a secret");
+        let shown = format!("PGPASSWORD={}", shlex::try_quote("it's a secret").unwrap());
+        assert_eq!(redact(&shown), "PGPASSWORD=<redacted>");
     }
 
     fn v(s: &[&str]) -> Vec<String> {
@@ -180,10 +235,28 @@ mod tests {
             "obscured",
             "--drive-token={\"a\":1}",
             "-v",
-            "--b2-key",
-            "--starts-with-dashes",
+            "--b2-key=--starts-with-dashes",
+            // On/off flags with secret-looking names take no value.
+            "--sftp-key-use-agent",
+            "--sftp-pass",
+            "ARGVLEAK1",
+            "--s3-env-auth",
+            "--checkers",
+            "4",
         ]));
-        assert_eq!(args, v(&["--s3-no-head", "--transfers", "2", "-v"]));
+        assert_eq!(
+            args,
+            v(&[
+                "--s3-no-head",
+                "--transfers",
+                "2",
+                "-v",
+                "--sftp-key-use-agent",
+                "--s3-env-auth",
+                "--checkers",
+                "4"
+            ])
+        );
         assert_eq!(
             env,
             [
@@ -198,8 +271,14 @@ mod tests {
                     "RCLONE_B2_KEY".to_string(),
                     "--starts-with-dashes".to_string()
                 ),
+                ("RCLONE_SFTP_PASS".to_string(), "ARGVLEAK1".to_string()),
             ]
         );
+        // A secret flag with no value before the next flag stays a flag
+        // (rclone then says what it lacks); nothing after it is eaten.
+        let (args, env) = split_rclone_flags(&v(&["--sftp-pass", "--transfers", "2"]));
+        assert_eq!(args, v(&["--sftp-pass", "--transfers", "2"]));
+        assert!(env.is_empty());
         let shown = show_rclone_flags(&v(&[
             "--s3-secret-access-key",
             "SECRET1",

@@ -334,6 +334,34 @@ fn secrets_in_rclone_flags_and_urls_stay_out_of_argv_logs_and_config() {
         all.contains("RCLONE_WEBDAV_PASS=<redacted>"),
         "debug shows it was set: {all}"
     );
+
+    // Review: a secret with a quote and a backslash, which rclone -vv prints
+    // escaped ("S3KEY\"q\\b"), is redacted in that form too.
+    kb.set(
+        "RCLONE_FLAGS",
+        &format!(
+            "-vv --webdav-user kbuser --webdav-pass {obscured} --s3-secret-access-key 'S3KEY\"q\\b-9x'"
+        ),
+    );
+    // A failing sync: rclone's debug lines end up in the error, the log,
+    // the sync record and status.
+    kb.set("RCLONE_REMOTE_NAME", "nosuchremote");
+    let r = kb.run(&["sync"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(
+        r.all().contains("<redacted>"),
+        "rclone's settings are in the error: {}",
+        r.all()
+    );
+    let status = kb.run(&["status", "--json"]).all();
+    let log = std::fs::read_to_string(kb.store.join("backup.log")).unwrap();
+    let records: String = files_under(&kb.store.join(".kbackup"))
+        .iter()
+        .map(|f| std::fs::read_to_string(kb.store.join(".kbackup").join(f)).unwrap_or_default())
+        .collect();
+    for text in [r.all(), log, status, records] {
+        assert!(!text.contains("S3KEY"), "{text}");
+    }
 }
 
 /// Sets a folder tree's modes: folders `dirs`, files `files`.
