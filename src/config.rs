@@ -552,8 +552,23 @@ fn label_remotes(remotes: &mut [RemoteConfig]) -> Result<()> {
             r.name.clone()
         };
     }
+    // One location however it is written (`a:/x//y/`, `a:/x/./y`).
+    let place = |r: &RemoteConfig| {
+        let absolute = r.path.starts_with('/');
+        let parts: Vec<&str> = r
+            .path
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        format!(
+            "{}:{}{}",
+            r.name,
+            if absolute { "/" } else { "" },
+            parts.join("/")
+        )
+    };
     for (i, r) in remotes.iter().enumerate() {
-        if let Some(o) = remotes[..i].iter().find(|o| o.root() == r.root()) {
+        if let Some(o) = remotes[..i].iter().find(|o| place(o) == place(r)) {
             return Err(usage(format!(
                 "the off-site destination {} is configured twice ({} and {}): each destination once",
                 r.root(),
@@ -1601,9 +1616,18 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, name: String, cwd: &Path) 
             Some(crate::crypto::Recipients::parse(&keys, &from)?)
         }
     };
-    let identity = values
-        .string("backup.age_identity")
-        .map(|f| cwd.join(expand_home(&f).unwrap_or_else(|| f.into())));
+    let identity = match values.string("backup.age_identity") {
+        // The key itself where a file's path goes: refused, never echoed.
+        Some(f) if f.contains("AGE-SECRET-KEY-") || f.contains("PRIVATE KEY") => {
+            crate::secrets::register(&f);
+            return Err(usage(
+                "BACKUP_AGE_IDENTITY (or --identity) holds a secret key itself, not the path of a file: \
+                 write the key to a file readable only by you (chmod 600) and give its path",
+            ));
+        }
+        Some(f) => Some(cwd.join(expand_home(&f).unwrap_or_else(|| f.into()))),
+        None => None,
+    };
     let manifest_detail = values
         .parse("backup.manifest_detail", "full or minimal", |s| {
             match s.to_ascii_lowercase().as_str() {
@@ -1955,7 +1979,7 @@ mod tests {
             err_text(c.remote(Some("nope"), "list --remote").map(|_| c.clone()))
                 .contains("gdrive, b2, sftp:a, sftp:b")
         );
-        for bad in ["b2", "b2:x,b2:x", ":x"] {
+        for bad in ["b2", "b2:x,b2:x", ":x", "b2:/x//y,b2:/x/./y/"] {
             let e = err_text(load(&g, &[("DB_NAME", "k"), ("RCLONE_REMOTES", bad)]));
             assert!(
                 e.contains("RCLONE_REMOTES") || e.contains("twice"),

@@ -165,11 +165,9 @@ impl Identities {
         let reader = decryptor
             .decrypt(self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity))
             .map_err(|e| match e {
-                age::DecryptError::NoMatchingKeys => anyhow!(
-                    "none of the identities in {} can decrypt it (it was encrypted to other \
-                     recipients: its manifest lists them)",
-                    self.path.display()
-                ),
+                age::DecryptError::NoMatchingKeys => anyhow::Error::new(OtherKeys {
+                    identity: self.path.clone(),
+                }),
                 e => header_error(&e),
             })?;
         Ok(Box::new(Plaintext(reader)))
@@ -184,6 +182,26 @@ impl Identities {
         Ok(out)
     }
 }
+
+/// A file sealed to other recipients than the identities given: it says
+/// nothing of the file (mid key rotation, the identity holds the new key).
+#[derive(Debug)]
+pub struct OtherKeys {
+    pub identity: PathBuf,
+}
+
+impl std::fmt::Display for OtherKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "none of the identities in {} can decrypt it (it was encrypted to other recipients: its \
+             manifest lists them; give the identity of one of them)",
+            self.identity.display()
+        )
+    }
+}
+
+impl std::error::Error for OtherKeys {}
 
 /// Turns the age stream's errors into what they mean for a backup.
 struct Plaintext<R>(R);

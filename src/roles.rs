@@ -31,11 +31,22 @@ pub async fn missing_roles(pg: &Postgres, summary: &Summary) -> Result<Vec<Strin
 }
 
 pub fn roles_message(missing: &[String], globals: Option<&Path>) -> String {
+    let quoted = |g: &Path| {
+        shlex::try_quote(&g.display().to_string())
+            .map(|q| q.into_owned())
+            .unwrap_or_else(|_| g.display().to_string())
+    };
     let how = match globals {
+        // Sealed with age: decrypted on the way into psql.
+        Some(g) if crate::crypto::is_age(g) => format!(
+            "Create them from the globals saved with the backup, then run the restore again:\n  \
+             age -d -i IDENTITY_FILE {} | psql -d postgres\nor rerun with --with-globals, which creates just the missing roles from that file.",
+            quoted(g)
+        ),
         Some(g) => format!(
             "Create them from the globals saved with the backup, then run the restore again:\n  \
              psql -d postgres -f {}\nor rerun with --with-globals, which creates just the missing roles from that file.",
-            shlex::try_quote(&g.display().to_string()).map(|q| q.into_owned()).unwrap_or_else(|_| g.display().to_string())
+            quoted(g)
         ),
         None => "This backup has no saved globals (seed-era file): create the roles by hand (CREATE ROLE ...), \
                  then run the restore again."

@@ -323,6 +323,33 @@ fn mixed_stores_and_key_rotation() {
         ]);
         assert_eq!(c.fingerprint(&db), c.fingerprint(&target));
     }
+    // Mid rotation, checked with the new key only: the backups sealed to the
+    // old key are not called bad (their archive is just not read).
+    let r = kb.run(&[
+        "verify",
+        "--quick",
+        "--all",
+        "--identity",
+        new_key.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.all());
+    assert!(
+        !kb.list_json()
+            .iter()
+            .any(|b| b["verified"]["passed"] == false),
+        "{:?}",
+        kb.list_json()
+    );
+    // The key itself where its file's path goes: refused, never echoed.
+    let secret = std::fs::read_to_string(&old_key)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_string();
+    let r = kb.run(&["config", "--identity", &secret]);
+    assert_eq!(r.code(), 2, "{}", r.all());
+    assert!(!r.all().contains(&secret), "{}", r.all());
     // The old key alone cannot read what was sealed after the rotation.
     let r = kb.run(&[
         "restore",
@@ -376,4 +403,32 @@ fn a_minimal_manifest_names_no_table_and_still_proves_the_restore() {
     let target = format!("{db}_min");
     kb.ok(&["restore", "--latest", "--target-db", &target, "--yes"]);
     assert_eq!(c.fingerprint(&db), c.fingerprint(&target));
+}
+
+/// Review: with several databases, a missing identity stopped each one as a
+/// failure (exit 1, a FAILED alert); it stops the run before anything, exit 2.
+#[test]
+fn several_databases_without_the_key_stop_before_anything() {
+    let c = cluster();
+    let (a, b) = (c.sample_db("sealall"), c.sample_db("sealall"));
+    let mut kb = Kb::direct(&a);
+    let (_, public) = keygen(kb.home.path(), "key.txt");
+    kb.set("DB_NAME", &format!("{a},{b}"))
+        .set("BACKUP_AGE_RECIPIENTS", &public);
+    kb.ok(&["backup"]);
+    let before = (c.fingerprint(&a), c.fingerprint(&b));
+    for args in [
+        &["restore", "--all", "--latest", "--yes"][..],
+        &["verify"][..],
+    ] {
+        let r = kb.run(args);
+        assert_eq!(r.code(), 2, "{args:?}: {}", r.all());
+        assert!(r.stderr().contains("BACKUP_AGE_IDENTITY"), "{}", r.stderr());
+    }
+    assert_eq!((c.fingerprint(&a), c.fingerprint(&b)), before);
+    let kept = c.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'sealall_%restore%'",
+    );
+    assert_eq!(kept.trim(), "0");
 }

@@ -77,6 +77,17 @@ async fn run_all(cfg: &Config, args: &RestoreArgs) -> Result<()> {
              found, and none has run with this store; pass --db NAME instead",
         ));
     }
+    // A key missing for any database stops the run before anything (exit 2).
+    if crate::crypto::identities().is_none() {
+        let store = Store::new(cfg.backup_dir.clone());
+        for c in &found.dbs {
+            if let Ok(source) = choose::local(c, &store, args) {
+                if crate::crypto::is_age(&source.path) {
+                    crate::crypto::need_identities(&source.shown)?;
+                }
+            }
+        }
+    }
     let clock = Instant::now();
     let mut failed = Vec::new();
     for (c, why) in &found.failed {
