@@ -172,7 +172,11 @@ pub async fn run_pending() -> Vec<String> {
                 journal,
             } => {
                 let what = statements.join("; ");
-                tracing::warn!("Undoing: end this run's sessions; {what}");
+                if what.is_empty() {
+                    tracing::warn!("Undoing: end this run's sessions");
+                } else {
+                    tracing::warn!("Undoing: end this run's sessions; {what}");
+                }
                 let sql = undo_sql(Some(crate::postgres::session_name()), &statements);
                 match pg.admin(&sql, Some(Duration::from_secs(30))).await {
                     Ok(_) => {

@@ -80,7 +80,8 @@ fn main() -> ExitCode {
         Command::Verify(_) | Command::Sync => true,
         _ => dry_run == Some(false),
     };
-    if dry_run == Some(true) {
+    // A dry run and doctor write nothing into the store, not even its index.
+    if dry_run == Some(true) || matches!(cli.command, Command::Doctor(_)) {
         index::dry_run();
     }
     let log_dir = writes_store.then_some(cfg.backup_dir.as_path());
@@ -114,6 +115,8 @@ fn main() -> ExitCode {
             _ = term.recv() => stopped(ExitKind::Terminated, "terminated (SIGTERM)"),
             _ = hup.recv() => stopped(ExitKind::Hangup, "hung up (SIGHUP)"),
         };
+        // No bar is left drawn under what follows.
+        progress::stop();
         // Whatever way the command ended, the undo guards it left armed run now:
         // what it did on the server is undone, its temporary files removed.
         let notices = cleanup::run_pending().await;
@@ -189,6 +192,11 @@ fn main() -> ExitCode {
 fn settings_failed(cli: &Cli, failure: config::LoadFailure) -> ExitCode {
     let e = failure.error;
     let code = ExitCode::from(exit_kind(&e) as u8);
+    // doctor's first check, failed: its line (its JSON) all the same.
+    if let Command::Doctor(a) = &cli.command {
+        commands::doctor::settings_failed(&e, a.json);
+        return code;
+    }
     let kind = alert_kind(&cli.command);
     let Some(alerting) = failure.alerting.filter(|_| kind.is_some()) else {
         eprintln!(

@@ -10,6 +10,26 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 static ON: AtomicBool = AtomicBool::new(false);
+/// The bars drawn now: a run stopped by a signal clears them before it says so.
+static ACTIVE: std::sync::Mutex<Vec<std::sync::Weak<Bar>>> = std::sync::Mutex::new(Vec::new());
+
+/// Clears every bar and draws no more (a signal: the lines that follow are
+/// the run's last words, never appended to a bar).
+pub fn stop() {
+    ON.store(false, Ordering::Relaxed);
+    let active = std::mem::take(&mut *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()));
+    for bar in active.iter().filter_map(std::sync::Weak::upgrade) {
+        bar.0.finish_and_clear();
+    }
+}
+
+fn shown(bar: ProgressBar) -> Progress {
+    let bar = std::sync::Arc::new(Bar(bar));
+    let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    active.retain(|w| w.strong_count() > 0);
+    active.push(std::sync::Arc::downgrade(&bar));
+    Progress(Some(bar))
+}
 
 /// Decided once by main: a terminal on stderr, and text logs.
 pub fn init(text_logs: bool) {
@@ -61,7 +81,7 @@ impl Progress {
         };
         bar.set_prefix(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Progress(Some(std::sync::Arc::new(Bar(bar))))
+        shown(bar)
     }
 
     /// A phase with no measure but time: `what`, elapsed.
@@ -75,7 +95,7 @@ impl Progress {
         );
         bar.set_prefix(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Progress(Some(std::sync::Arc::new(Bar(bar))))
+        shown(bar)
     }
 
     /// Items of a known count: `what`, a bar, `done/total unit`, elapsed.
@@ -93,7 +113,7 @@ impl Progress {
             );
         bar.set_prefix(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Progress(Some(std::sync::Arc::new(Bar(bar))))
+        shown(bar)
     }
 
     /// Whether anything is drawn.

@@ -136,6 +136,20 @@ impl Remote {
             self.list().await?;
             return Ok("listed (BACKUP_REMOTE_PRUNE=false: no probe object is written, since kbackup never deletes there)");
         }
+        // A probe an interrupted run left (killed between writing and
+        // removing it) goes first: probes never pile up.
+        let _ = self
+            .rclone()
+            .args([
+                "delete",
+                "--max-depth",
+                "1",
+                "--include",
+                "/.kbackup-doctor-*",
+            ])
+            .arg(self.root())
+            .output(Some(LIST_TIMEOUT))
+            .await;
         let rel = format!(".kbackup-doctor-{}", std::process::id());
         let body = format!("kbackup doctor probe {}\n", chrono::Utc::now().to_rfc3339());
         let dir = tempfile::tempdir().context("a temporary folder for the probe")?;

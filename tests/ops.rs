@@ -154,6 +154,10 @@ fn doctor_passes_a_working_setup_and_sends_a_test_alert() {
         );
     }
     assert_eq!(ntfy.wait(1).len(), 1, "one test message");
+    // Nothing written into the store, not even its index.
+    let _ = std::fs::remove_file(kb.store.join(".kbackup/index.json"));
+    doctor(&kb, &[]);
+    assert!(!kb.store.join(".kbackup/index.json").exists());
     // The probes left nothing behind, on the remote or in the store.
     assert!(
         files_under(&remote).iter().all(|f| !f.contains("doctor")),
@@ -226,6 +230,33 @@ fn doctor_fails_each_seed_case_with_its_remedy() {
         failed.len() == 1 && failed[0].contains("Insufficient disk space"),
         "{f:#?}"
     );
+
+    // A store on a read-only filesystem.
+    _fs.remount("ro");
+    let (code, f) = doctor(&kb, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        with(&f, "fail", "store")
+            .iter()
+            .any(|t| t.contains("cannot write")),
+        "{f:#?}"
+    );
+    _fs.remount("rw");
+    kb.set("BACKUP_DIR", c.dir.join("nope").to_str().unwrap());
+
+    // DB_NAME=all with the server down: the databases cannot be listed, a FAIL.
+    let mut all = Kb::direct(&db);
+    all.set("DB_NAME", "all").set("POSTGRES_PORT", "1");
+    let (code, f) = doctor(&all, &[]);
+    assert_eq!(code, 1, "{f:#?}");
+    assert_eq!(with(&f, "fail", "databases").len(), 1, "{f:#?}");
+
+    // Settings that cannot be used: the FAIL line, as JSON too (exit 2).
+    all.set("BACKUP_KEEP_DAILY", "7d");
+    let r = all.run(&["doctor", "--json"]);
+    assert_eq!(r.code(), 2, "{}", r.all());
+    let f: Vec<serde_json::Value> = serde_json::from_str(&r.stdout()).unwrap();
+    assert_eq!(with(&f, "fail", "settings").len(), 1, "{f:#?}");
 
     // pg_dump older than the server: Debian's 15 client against a 16 server.
     let newer = cluster_of(16);

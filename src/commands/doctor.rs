@@ -78,25 +78,58 @@ pub async fn run(cfg: &Config, args: &DoctorArgs) -> Result<()> {
     settings(cfg, &mut r);
     let store = Store::new(cfg.backup_dir.clone());
     store_checks(&store, &mut r);
-    for c in crate::databases::recorded(cfg).all() {
-        database(&c, &store, &mut r).await;
+    // The databases a backup would take: with DB_NAME=all, the server's
+    // (listed as a backup lists them, nothing recorded).
+    match crate::databases::on_server(cfg, false).await {
+        Ok(found) => {
+            for (c, why) in &found.failed {
+                r.fail(format!("database {}", c.db.name), why.clone(), "see the message");
+            }
+            if found.dbs.is_empty() && found.failed.is_empty() {
+                r.fail("databases", "no database to back up", "check DB_NAME and BACKUP_EXCLUDE");
+            }
+            for c in found.dbs {
+                database(&c, &store, &mut r).await;
+            }
+        }
+        Err(e) => r.fail(
+            "databases",
+            format!("{e:#}"),
+            "the seed's \"cannot connect\": check POSTGRES_HOST, POSTGRES_PORT, DB_USER and the password",
+        ),
     }
     for rc in &cfg.remotes {
         let remote = crate::remote::Remote::new(rc.clone());
         let check = format!("remote {}", rc.label);
         match remote.check_rclone().await {
-            Err(e) => r.fail(check, format!("{e:#}"), "install rclone 1.53 or newer (apt-get install rclone)"),
+            Err(e) => r.fail(
+                check,
+                format!("{e:#}"),
+                "install rclone 1.53 or newer (apt-get install rclone)",
+            ),
             Ok(()) => match remote.probe().await {
                 Ok(how) => r.pass(check, format!("{}: {how}", rc.root())),
-                Err(e) => r.fail(
-                    check,
-                    format!("{e:#}"),
-                    format!(
-                        "check the remote with `rclone lsd {}:` and its settings with `rclone config` \
-                         (the seed's \"rclone remote missing\": create the remote {} or fix RCLONE_REMOTE_NAME)",
-                        rc.name, rc.name
-                    ),
-                ),
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    let fix = if text.contains("cannot remove the probe") {
+                        "kbackup deletes there (retention): give its credentials delete rights, or set \
+                         BACKUP_REMOTE_PRUNE=false for a write-only destination"
+                            .to_string()
+                    } else if text.contains("didn't find section") || text.contains("not found") {
+                        format!(
+                            "the seed's \"rclone remote missing\": create the remote {} with `rclone config` \
+                             (or RCLONE_CONFIG_{}_TYPE...), or fix RCLONE_REMOTE_NAME",
+                            rc.name,
+                            rc.name.to_ascii_uppercase()
+                        )
+                    } else {
+                        format!(
+                            "check the remote with `rclone lsd {}:` and its rights (reading and writing there)",
+                            rc.name
+                        )
+                    };
+                    r.fail(check, text, fix)
+                }
             },
         }
     }
@@ -161,6 +194,29 @@ pub async fn run(cfg: &Config, args: &DoctorArgs) -> Result<()> {
     Ok(())
 }
 
+/// The report when the settings cannot be used (nothing else can be checked).
+pub fn settings_failed(e: &anyhow::Error, json: bool) {
+    let f = Finding {
+        check: "settings".into(),
+        level: Level::Fail,
+        detail: format!("{e:#}"),
+        fix: Some(
+            "fix the named setting; `kbackup config` shows where each value comes from".into(),
+        ),
+    };
+    if json {
+        crate::out!("{}", serde_json::to_string_pretty(&[f]).unwrap_or_default());
+    } else {
+        crate::out!(
+            "FAIL  {:22} {}\n      {:22} fix: {}",
+            f.check,
+            f.detail,
+            "",
+            f.fix.unwrap_or_default()
+        );
+    }
+}
+
 fn settings(cfg: &Config, r: &mut Report) {
     let mut from: Vec<String> = Vec::new();
     for (_, raw) in &cfg.resolved {
@@ -194,20 +250,61 @@ fn settings(cfg: &Config, r: &mut Report) {
 fn store_checks(store: &Store, r: &mut Report) {
     let root = &store.root;
     let Ok(meta) = std::fs::metadata(root) else {
-        match root.parent().filter(|p| p.is_dir()) {
-            Some(_) => r.warn(
+        // The nearest folder that exists must take the store.
+        let mut above = root.parent();
+        while let Some(p) = above.filter(|p| !p.exists()) {
+            above = p.parent();
+        }
+        match above {
+            Some(p) if !p.is_dir() => r.fail(
                 "store",
-                format!("{} does not exist yet", root.display()),
-                "the first backup creates it (0700); or create it now: mkdir -m 700 it",
+                format!(
+                    "{} cannot be made: {} is a file",
+                    root.display(),
+                    p.display()
+                ),
+                "point BACKUP_DIR elsewhere",
             ),
+            Some(p) => match writable(p) {
+                Ok(()) => r.warn(
+                    "store",
+                    format!("{} does not exist yet", root.display()),
+                    "the first backup creates it (0700); or create it now: mkdir -m 700 it",
+                ),
+                Err(e) => r.fail(
+                    "store",
+                    format!(
+                        "{} cannot be made: {} is not writable ({e})",
+                        root.display(),
+                        p.display()
+                    ),
+                    "make that folder writable for this user, or point BACKUP_DIR elsewhere",
+                ),
+            },
             None => r.fail(
                 "store",
-                format!("{} does not exist, nor its parent folder", root.display()),
-                "create the parent folder or point BACKUP_DIR elsewhere",
+                format!("{} cannot be made", root.display()),
+                "point BACKUP_DIR elsewhere",
             ),
         }
         return;
     };
+    if !meta.is_dir() {
+        r.fail(
+            "store",
+            format!("{} is not a folder", root.display()),
+            "point BACKUP_DIR at a folder",
+        );
+        return;
+    }
+    if let Err(e) = writable(root) {
+        r.fail(
+            "store",
+            format!("cannot write into {}: {e}", root.display()),
+            "make the store writable for this user (a read-only mount? its owner?)",
+        );
+        return;
+    }
     if let Err(e) = crate::store::check_root(root) {
         r.fail("store", format!("{e:#}"), "see the message");
         return;
@@ -271,6 +368,15 @@ fn exposed_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Whether a file can be made (and removed) in `dir`.
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    tempfile::Builder::new()
+        .prefix(".kbackup-doctor-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map(drop)
 }
 
 fn hard_link_probe(root: &std::path::Path) -> std::io::Result<()> {
