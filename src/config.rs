@@ -473,6 +473,28 @@ pub struct RemoteConfig {
     pub keep: Keep,
 }
 
+/// What every destination shares unless its `[[remote]]` table says
+/// otherwise: RCLONE_FLAGS, BACKUP_REMOTE_PRUNE, RCLONE_CONFIG.
+struct RemoteDefaults {
+    flags: Vec<String>,
+    prune: bool,
+    config: Option<PathBuf>,
+}
+
+fn remote_defaults(values: &Values, cwd: &Path) -> Result<RemoteDefaults> {
+    Ok(RemoteDefaults {
+        flags: match values.raw("remote.flags") {
+            Some((spec, raw)) => shlex::split(&raw.value)
+                .ok_or_else(|| raw.invalid(spec, "shell-quoted rclone flags"))?,
+            None => vec![],
+        },
+        prune: values
+            .parse("remote.prune", "true or false", parse_bool)?
+            .unwrap_or(true),
+        config: values.string("remote.config").map(|c| cwd.join(c)),
+    })
+}
+
 /// The `[[remote]]` tables as destinations: flags, rclone config and prune
 /// not given in a table are the environment's (RCLONE_FLAGS...).
 fn remotes_of_toml(
@@ -481,21 +503,7 @@ fn remotes_of_toml(
     values: &Values,
     cwd: &Path,
 ) -> Result<Vec<RemoteConfig>> {
-    let flags = |text: &str, what: &str| {
-        shlex::split(text).ok_or_else(|| {
-            usage(format!(
-                "{what} in {}: not shell-quoted rclone flags: {text:?}",
-                path.display()
-            ))
-        })
-    };
-    let default_flags = match values.string("remote.flags") {
-        Some(f) => flags(&f, "RCLONE_FLAGS")?,
-        None => vec![],
-    };
-    let default_prune = values
-        .parse("remote.prune", "true or false", parse_bool)?
-        .unwrap_or(true);
+    let defaults = remote_defaults(values, cwd)?;
     entries
         .iter()
         .map(|e| {
@@ -513,12 +521,20 @@ fn remotes_of_toml(
                     .config
                     .as_ref()
                     .map(|c| cwd.join(c))
-                    .or_else(|| values.string("remote.config").map(|c| cwd.join(c))),
+                    .or_else(|| defaults.config.clone()),
                 flags: match &e.flags {
-                    Some(f) => flags(f, &format!("[[remote]] {}'s flags", e.name))?,
-                    None => default_flags.clone(),
+                    // The text is not echoed: rclone flags may hold keys.
+                    Some(f) => shlex::split(f).ok_or_else(|| {
+                        usage(format!(
+                            "[[remote]] {}'s flags in {}: not shell-quoted rclone flags \
+                             (not shown: they may hold keys); check their quotes",
+                            e.name,
+                            path.display()
+                        ))
+                    })?,
+                    None => defaults.flags.clone(),
                 },
-                prune: e.prune.unwrap_or(default_prune),
+                prune: e.prune.unwrap_or(defaults.prune),
                 keep: e.keep,
             })
         })
@@ -1659,22 +1675,14 @@ fn build(resolved: Vec<(&'static Spec, Option<Raw>)>, name: String, cwd: &Path) 
         client_paths: db.client_paths.clone(),
     });
     let remotes = {
-        let flags = match values.raw("remote.flags") {
-            Some((spec, raw)) => shlex::split(&raw.value)
-                .ok_or_else(|| raw.invalid(spec, "shell-quoted rclone flags"))?,
-            None => vec![],
-        };
-        let prune = values
-            .parse("remote.prune", "true or false", parse_bool)?
-            .unwrap_or(true);
-        let config = values.string("remote.config").map(|c| cwd.join(c));
+        let d = remote_defaults(&values, cwd)?;
         let one = |name: &str, path: String| RemoteConfig {
             label: String::new(),
             name: name.trim_end_matches(':').to_string(),
             path,
-            config: config.clone(),
-            flags: flags.clone(),
-            prune,
+            config: d.config.clone(),
+            flags: d.flags.clone(),
+            prune: d.prune,
             keep: Keep::default(),
         };
         let mut remotes = Vec::new();
@@ -2388,6 +2396,21 @@ mod tests {
             dir.path(),
         ));
         assert!(t.contains("line 3") && !t.contains("TOMLSECRET4"), "{t}");
+        // A [[remote]] table's flags, unbalanced: named, not echoed.
+        std::fs::write(
+            &toml,
+            "[database]\nname = \"a\"\n[[remote]]\nname = \"r\"\nflags = \"--s3-secret-access-key 'REMOTESECRET5\"\n",
+        )
+        .unwrap();
+        let t = err_text(load_from(
+            &g,
+            &env(&[("KBACKUP_CONFIG", toml.to_str().unwrap())]),
+            dir.path(),
+        ));
+        assert!(
+            t.contains("[[remote]] r") && !t.contains("REMOTESECRET5"),
+            "{t}"
+        );
     }
 
     /// Defect: SMTP credentials went out in clear with BACKUP_SMTP_TLS=none.

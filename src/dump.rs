@@ -258,7 +258,7 @@ pub fn read_back(
                 .map_err(|e| anyhow::Error::from(e).context("not a zstd stream"))
                 .and_then(|mut d| scan(&mut d, copy))
         }),
-        (false, _) if is_zstd(path) => match zstd::Decoder::new(&mut hashing) {
+        (false, _) if is_packed(path) => match zstd::Decoder::new(&mut hashing) {
             Ok(mut d) => scan(&mut d, copy),
             Err(e) => Err(anyhow::Error::from(e).context("not a zstd stream")),
         },
@@ -271,7 +271,7 @@ pub fn read_back(
 
 /// Whether a stored dump is not a bare archive (compressed, maybe encrypted):
 /// pg_restore cannot read it as it is.
-pub fn is_zstd(path: &std::path::Path) -> bool {
+pub fn is_packed(path: &std::path::Path) -> bool {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -289,7 +289,7 @@ pub fn open_archive(path: &std::path::Path) -> Result<Box<dyn Read>> {
         let plain = ids.decrypt(file)?;
         return Ok(Box::new(zstd::Decoder::new(plain)?));
     }
-    if is_zstd(path) {
+    if is_packed(path) {
         return Ok(Box::new(zstd::Decoder::with_buffer(file)?));
     }
     Ok(Box::new(file))

@@ -60,60 +60,32 @@ impl std::ops::Deref for Bar {
 impl Progress {
     /// Bytes through a stream of `total` bytes when known: `what`, bytes, rate.
     pub fn bytes(what: &str, total: Option<u64>) -> Progress {
-        if !ON.load(Ordering::Relaxed) {
-            return Progress(None);
-        }
-        let bar = match total {
-            Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr())
-                .with_style(
-                    ProgressStyle::with_template(
-                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
-                    )
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-                ),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
-                ProgressStyle::with_template(
-                    "{spinner} {prefix} {bytes} {binary_bytes_per_sec} {msg}",
-                )
-                .expect("a valid template"),
+        match total {
+            Some(_) => draw(
+                what,
+                total,
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
             ),
-        };
-        bar.set_prefix(what.to_string());
-        bar.enable_steady_tick(Duration::from_millis(200));
-        shown(bar)
+            None => draw(
+                what,
+                None,
+                "{spinner} {prefix} {bytes} {binary_bytes_per_sec} {msg}",
+            ),
+        }
     }
 
     /// A phase with no measure but time: `what`, elapsed.
     pub fn phase(what: &str) -> Progress {
-        if !ON.load(Ordering::Relaxed) {
-            return Progress(None);
-        }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
-            ProgressStyle::with_template("{spinner} {prefix} ({elapsed}) {msg}")
-                .expect("a valid template"),
-        );
-        bar.set_prefix(what.to_string());
-        bar.enable_steady_tick(Duration::from_millis(200));
-        shown(bar)
+        draw(what, None, "{spinner} {prefix} ({elapsed}) {msg}")
     }
 
     /// Items of a known count: `what`, a bar, `done/total unit`, elapsed.
     pub fn count(what: &str, total: u64, unit: &str) -> Progress {
-        if !ON.load(Ordering::Relaxed) {
-            return Progress(None);
-        }
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-            .with_style(
-                ProgressStyle::with_template(&format!(
-                    "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{elapsed}})"
-                ))
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-        bar.set_prefix(what.to_string());
-        bar.enable_steady_tick(Duration::from_millis(200));
-        shown(bar)
+        draw(
+            what,
+            Some(total),
+            &format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{elapsed}})"),
+        )
     }
 
     /// Whether anything is drawn.
@@ -139,6 +111,21 @@ impl Progress {
             b.finish_and_clear();
         }
     }
+}
+
+/// A bar (of `total`, else a spinner) drawn with `template`, or nothing
+/// when progress is off.
+fn draw(what: &str, total: Option<u64>, template: &str) -> Progress {
+    if !ON.load(Ordering::Relaxed) {
+        return Progress(None);
+    }
+    let style = ProgressStyle::with_template(template)
+        .expect("a valid template")
+        .progress_chars("=> ");
+    let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr()).with_style(style);
+    bar.set_prefix(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    shown(bar)
 }
 
 /// A reader that counts what passes into `progress`.

@@ -38,7 +38,7 @@ impl Feed {
         if cfg.restore_jobs <= 1 || docker {
             return Feed::Stream;
         }
-        if !dump::is_zstd(path) {
+        if !dump::is_packed(path) {
             return Feed::ParallelFromFile;
         }
         let need = manifest
@@ -330,7 +330,7 @@ pub async fn run_as_script(
     let mut _copy = None;
     let archive = match &input.seekable {
         Some(path) => path.clone(),
-        None if !dump::is_zstd(path) => path.to_path_buf(),
+        None if !dump::is_packed(path) => path.to_path_buf(),
         None => {
             let tmp = crate::store::state_temp(&cfg.backup_dir, "restore")
                 .context("temporary archive for pg_restore")?;

@@ -430,15 +430,13 @@ async fn verify_one(
     };
     let (summary, sha, input) = match read {
         Ok((Ok(summary), sha, input)) => (Some(summary), sha, input),
-        Ok((Err(e), sha, input)) if e.is::<dump::Sealed>() => {
-            checks.push(check("archive readable", Outcome::Skip, format!("{e}")));
-            (None, sha, input)
-        }
-        // Sealed to other keys than the identity given (mid key rotation):
-        // nothing is said of the backup. A quick check reports what it could
-        // check; a full one could not run here.
-        Ok((Err(e), sha, input)) if e.is::<crate::crypto::OtherKeys>() => {
-            if !quick {
+        // Encrypted, and no identity (or only others' keys, mid key rotation)
+        // to open it: nothing is said of the archive inside. A quick check
+        // reports what it could check; a full one could not run here.
+        Ok((Err(e), sha, input))
+            if e.is::<dump::Sealed>() || e.is::<crate::crypto::OtherKeys>() =>
+        {
+            if !quick && e.is::<crate::crypto::OtherKeys>() {
                 return Err(e);
             }
             checks.push(check("archive readable", Outcome::Skip, format!("{e}")));

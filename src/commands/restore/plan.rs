@@ -204,12 +204,12 @@ impl Plan {
         let archive = match self.feed {
             Feed::ParallelFromCopy => format!("<{file} uncompressed into BACKUP_DIR/.kbackup>"),
             Feed::ParallelFromFile => file.to_string(),
-            Feed::Stream if dump::is_zstd(&source.path) => format!("< zstd-decompressed {file}"),
+            Feed::Stream if dump::is_packed(&source.path) => format!("< zstd-decompressed {file}"),
             Feed::Stream => format!("< {file}"),
         };
         if let RestoreMode::Script { drop } = &rc.mode {
             let archive = match self.feed {
-                Feed::Stream if dump::is_zstd(&source.path) => {
+                Feed::Stream if dump::is_packed(&source.path) => {
                     format!("<{file} decompressed to a temporary file in BACKUP_DIR/.kbackup>")
                 }
                 Feed::Stream => file.to_string(),
