@@ -242,7 +242,7 @@ fn in_store(cfg: &Config) -> Vec<String> {
         .scan(&cfg.calendar, &cfg.prefix)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|b| b.manifest.map(|m| m.database))
+        .filter_map(|b| b.manifest.map(|m| m.database.to_string()))
         .collect();
     names.sort();
     names.dedup();

@@ -1,4 +1,4 @@
-//! The store's index (`BACKUP_DIR/.kbackup/index.json`): a cache, never the
+//! The store's index (`BACKUP_DIR/.kbackup/index.json`, JSON lines): a cache, never the
 //! truth, that lets `list`, `status` and `rotate` read a store of thousands of
 //! backups without listing every folder and reading every manifest.
 //!
@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,8 @@ static DRY_RUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 pub fn dry_run() {
     DRY_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
 }
-const VERSION: u32 = 5;
+/// 6: JSON lines (a header, then a dump per line); names shared, checksums as bytes.
+const VERSION: u32 = 6;
 /// A folder changed less than this before it was read is read again next
 /// time: a change within one tick of the kernel's file clock after the read
 /// would leave the folder's stamp as it was.
@@ -79,12 +81,12 @@ pub struct Dump {
     #[serde(rename = "m")]
     pub mtime_ns: i64,
     #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
-    pub manifest: Option<(Stamp, Brief)>,
+    pub manifest: Option<(Stamp, Arc<Brief>)>,
     /// Why a manifest that exists could not be read.
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub manifest_error: Option<String>,
     #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
-    pub verification: Option<(Stamp, SeenPair)>,
+    pub verification: Option<Box<(Stamp, SeenPair)>>,
     /// The file name's bytes, when they are not UTF-8 (`name` is then lossy).
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub raw_name: Option<Vec<u8>>,
@@ -105,7 +107,7 @@ impl Dump {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 struct Listing {
     folder: Stamp,
     /// Read long enough after the folder's last change to be trusted while
@@ -114,31 +116,109 @@ struct Listing {
     trusted: bool,
     dumps: Vec<Dump>,
     /// When this run read the folder (not stored).
-    #[serde(skip)]
     read_at: Option<std::time::Instant>,
     /// Kept up to date by this process since it read the folder (while it
     /// holds the store's lock, see [`Index::reread`]): used without looking
     /// at the folder again (not stored).
-    #[serde(skip)]
     current: bool,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Index {
+/// The index file's first line; each listing's dumps follow, one per line,
+/// in the order of `tiers`. Read a line at a time: loading a store of
+/// thousands of backups never holds the file's text.
+#[derive(Serialize, Deserialize)]
+struct Header {
     version: u32,
+    tiers: Vec<TierHeader>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TierHeader {
+    key: String,
+    folder: Stamp,
+    trusted: bool,
+    /// How many dump lines follow for this folder.
+    dumps: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
     tiers: HashMap<String, Listing>,
-    #[serde(skip)]
     changed: bool,
 }
 
 impl Index {
     pub fn load(root: &Path) -> Index {
-        // Read whole, then parsed (three times faster than from a reader);
-        // the text is dropped before the scan builds its backups.
-        read_regular(&root.join(crate::store::STATE_DIR).join(FILE))
-            .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
-            .filter(|i| i.version == VERSION)
+        open_regular(&root.join(crate::store::STATE_DIR).join(FILE))
+            .and_then(|file| Self::read(std::io::BufReader::with_capacity(1 << 16, file)))
             .unwrap_or_default()
+    }
+
+    /// The index from its file, None when it is not one this version wrote
+    /// whole.
+    fn read(mut input: impl std::io::BufRead) -> Option<Index> {
+        let mut line = Vec::new();
+        let mut next = |line: &mut Vec<u8>| -> Option<()> {
+            line.clear();
+            (input.read_until(b'\n', line).ok()? > 0).then_some(())
+        };
+        next(&mut line)?;
+        let header: Header = serde_json::from_slice(&line).ok()?;
+        if header.version != VERSION {
+            return None;
+        }
+        let mut names = crate::manifest::Interner::default();
+        let mut tiers = HashMap::new();
+        for t in header.tiers {
+            let mut dumps = Vec::with_capacity(with_room(t.dumps.min(MAX_INDEX as usize / 64)));
+            for _ in 0..t.dumps {
+                next(&mut line)?;
+                let mut d: Dump = serde_json::from_slice(&line).ok()?;
+                d.manifest = d
+                    .manifest
+                    .map(|(s, b)| (s, Arc::new(Arc::unwrap_or_clone(b).interned(&mut names))));
+                dumps.push(d);
+            }
+            let listing = Listing {
+                folder: t.folder,
+                trusted: t.trusted,
+                dumps,
+                read_at: None,
+                current: false,
+            };
+            tiers.insert(t.key, listing);
+        }
+        // A file with more than its header counts is not one this wrote.
+        next(&mut line).is_none().then_some(Index {
+            tiers,
+            changed: false,
+        })
+    }
+
+    /// Writes the index as [`read`](Self::read) reads it.
+    fn write(&self, out: &mut impl std::io::Write) -> Result<()> {
+        let header = Header {
+            version: VERSION,
+            tiers: self
+                .tiers
+                .iter()
+                .map(|(key, l)| TierHeader {
+                    key: key.clone(),
+                    folder: l.folder,
+                    trusted: l.trusted,
+                    dumps: l.dumps.len(),
+                })
+                .collect(),
+        };
+        serde_json::to_writer(&mut *out, &header)?;
+        out.write_all(b"\n")?;
+        for t in &header.tiers {
+            for d in &self.tiers[&t.key].dumps {
+                serde_json::to_writer(&mut *out, d)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes the listing of the tier folder `dir` (named `key` in the index),
@@ -207,11 +287,11 @@ impl Index {
                 Some(read_dump(dir, utf8, name, &meta, &|_| true, old))
             });
         if let Some(d) = fresh {
-            // Grown by a little, not doubled: a run adds a few dumps to a
-            // listing of thousands.
+            // Listings are made with room for a run's additions (see
+            // `with_room`): a push never moves the thousands already there.
             let dumps = &mut listing.dumps;
             if dumps.len() == dumps.capacity() {
-                dumps.reserve_exact(16.max(dumps.len() / 64));
+                dumps.reserve_exact(with_room(dumps.len()) - dumps.len());
             }
             dumps.push(d);
         }
@@ -261,7 +341,6 @@ impl Index {
         if DRY_RUN.load(std::sync::atomic::Ordering::Relaxed) || !dir.is_dir() {
             return;
         }
-        self.version = VERSION;
         let written = (|| -> Result<()> {
             let tmp = tempfile::Builder::new()
                 .prefix(".kbackup-index-")
@@ -287,7 +366,7 @@ impl Index {
                 l.trusted = changed < read_fs - racy;
             }
             let mut w = std::io::BufWriter::new(tmp);
-            serde_json::to_writer(&mut w, &*self)?;
+            self.write(&mut w)?;
             let tmp = w.into_inner().map_err(|e| e.into_error())?;
             tmp.persist(dir.join(FILE))?;
             Ok(())
@@ -329,7 +408,7 @@ fn read_folder(dir: &Path, before: Vec<Dump>) -> Result<Vec<Dump>> {
             })
             .collect()
     };
-    let mut out = Vec::with_capacity(files.len());
+    let mut out = Vec::with_capacity(with_room(files.len()));
     for (entry, name, i) in files {
         let meta = match entry.metadata() {
             Ok(m) => m,
@@ -375,7 +454,7 @@ fn read_dump(
         Some(file) => {
             let path = dir.join(&file);
             match read_sidecar(&path, old.as_ref().and_then(|d| d.manifest.clone()), |b| {
-                serde_json::from_slice::<Manifest>(b).map(|m| Brief::from(&m))
+                serde_json::from_slice::<Manifest>(b).map(|m| Arc::new(Brief::from(&m)))
             }) {
                 Ok(m) => (m, None),
                 Err(e) => (None, Some(format!("{}: {e:#}", path.display()))),
@@ -385,11 +464,13 @@ fn read_dump(
     let verification = sidecar(VERIFY_EXT).and_then(|file| {
         read_sidecar(
             &dir.join(file),
-            old.as_ref().and_then(|d| d.verification),
+            old.as_ref()
+                .and_then(|d| d.verification.as_deref().copied()),
             |b| serde_json::from_slice::<Verifications>(b).map(|v| SeenPair::of(&v)),
         )
         .ok()
         .flatten()
+        .map(Box::new)
     });
     let raw_name = {
         use std::os::unix::ffi::OsStrExt;
@@ -422,6 +503,13 @@ fn read_dump(
     }
 }
 
+/// Room for a listing of `n` dumps and the few a run adds (a backup and its
+/// tier copies, per database): growing a listing of thousands by doubling
+/// would hold it twice while it moves.
+fn with_room(n: usize) -> usize {
+    n + 64 + n / 32
+}
+
 fn mtime_ns(m: &fs::Metadata) -> i64 {
     m.mtime() * 1_000_000_000 + m.mtime_nsec()
 }
@@ -429,9 +517,9 @@ fn mtime_ns(m: &fs::Metadata) -> i64 {
 /// The longest index read: a real one is a few hundred bytes per backup.
 const MAX_INDEX: u64 = 256 << 20;
 
-/// A regular file's bytes, never through a symlink, a FIFO or a device, and
-/// never more than [`MAX_INDEX`]: anything else is no index.
-fn read_regular(path: &Path) -> Option<Vec<u8>> {
+/// A regular file, never through a symlink, a FIFO or a device, and never
+/// longer than [`MAX_INDEX`]: anything else is no index.
+fn open_regular(path: &Path) -> Option<std::io::Take<fs::File>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
@@ -440,12 +528,7 @@ fn read_regular(path: &Path) -> Option<Vec<u8>> {
         .open(path)
         .ok()?;
     let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() > MAX_INDEX {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_INDEX).read_to_end(&mut bytes).ok()?;
-    Some(bytes)
+    (meta.is_file() && meta.len() <= MAX_INDEX).then(|| file.take(MAX_INDEX))
 }
 
 /// A sidecar's content: `cached`'s when the file's stamp is the same, else
@@ -466,4 +549,112 @@ fn read_sidecar<T>(
     }
     let bytes = fs::read(path)?;
     Ok(Some((stamp, parse(&bytes)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dump(name: &str, db: &str) -> Dump {
+        let brief = Brief {
+            database: db.into(),
+            prefix: db.into(),
+            started_at: chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678+01:00")
+                .unwrap(),
+            sha256: crate::manifest::Sha256([7; 32]),
+            size_bytes: 10,
+            server_major: Some(16),
+            total_rows: Some(3),
+            role_passwords: true,
+            database_size_bytes: 99,
+        };
+        let stamp = Stamp {
+            ino: 1,
+            size: 2,
+            mtime_ns: 3,
+            ctime_ns: 4,
+        };
+        Dump {
+            name: name.into(),
+            size: 10,
+            mtime_ns: 5,
+            manifest: Some((stamp, Arc::new(brief))),
+            manifest_error: None,
+            verification: None,
+            raw_name: None,
+            header_major: None,
+        }
+    }
+
+    fn index() -> Index {
+        let listing = |dumps| Listing {
+            folder: Stamp {
+                ino: 9,
+                size: 8,
+                mtime_ns: 7,
+                ctime_ns: 6,
+            },
+            trusted: true,
+            dumps,
+            read_at: None,
+            current: false,
+        };
+        let mut tiers = HashMap::new();
+        tiers.insert(
+            "hourly".into(),
+            listing(vec![dump("a_1.dump.zst", "a"), dump("a_2.dump.zst", "a")]),
+        );
+        tiers.insert("daily".into(), listing(vec![dump("b_1.dump.zst", "b")]));
+        tiers.insert("weekly".into(), listing(vec![]));
+        Index {
+            tiers,
+            changed: false,
+        }
+    }
+
+    fn text(i: &Index) -> Vec<u8> {
+        let mut out = Vec::new();
+        i.write(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_file_is_read_back_as_written_a_line_at_a_time() {
+        let written = text(&index());
+        // A header, then one line per dump.
+        assert_eq!(written.iter().filter(|&&b| b == b'\n').count(), 1 + 3);
+        let read = Index::read(&written[..]).expect("an index");
+        assert_eq!(text(&read), written);
+        assert_eq!(read.listed("hourly").len(), 2);
+        let briefs: Vec<_> = read
+            .listed("hourly")
+            .iter()
+            .map(|d| d.manifest.clone().unwrap().1)
+            .collect();
+        // One copy of a database's names, shared by its backups.
+        assert!(Arc::ptr_eq(&briefs[0].database, &briefs[1].database));
+        assert!(
+            read.tiers["hourly"].dumps.capacity() > 2,
+            "room for a run's additions"
+        );
+    }
+
+    #[test]
+    fn anything_but_a_whole_file_of_this_version_is_no_index() {
+        let written = text(&index());
+        let lines: Vec<&[u8]> = written.split_inclusive(|&b| b == b'\n').collect();
+        // Cut short, one line too many, a line garbled, another version, empty.
+        assert!(Index::read(&lines[..3].concat()[..]).is_none());
+        assert!(Index::read(&[&written[..], lines[1]].concat()[..]).is_none());
+        assert!(
+            Index::read(&[lines[0], b"{not json\n", lines[2], lines[3]].concat()[..]).is_none()
+        );
+        let old = String::from_utf8(written.clone()).unwrap().replacen(
+            &format!("\"version\":{VERSION}"),
+            "\"version\":5",
+            1,
+        );
+        assert!(Index::read(old.as_bytes()).is_none());
+        assert!(Index::read(&b""[..]).is_none());
+    }
 }

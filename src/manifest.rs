@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::archive::Summary;
 use crate::naming::Format;
@@ -225,14 +226,15 @@ impl Manifest {
 /// (Short field names: it is stored once per backup in the index.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Brief {
+    /// Shared among the backups of one database (see [`Interner`]).
     #[serde(rename = "d")]
-    pub database: String,
+    pub database: Arc<str>,
     #[serde(rename = "p")]
-    pub prefix: String,
+    pub prefix: Arc<str>,
     #[serde(rename = "t", with = "compact_time")]
     pub started_at: DateTime<FixedOffset>,
     #[serde(rename = "h")]
-    pub sha256: String,
+    pub sha256: Sha256,
     #[serde(rename = "n")]
     pub size_bytes: u64,
     #[serde(rename = "v")]
@@ -248,16 +250,86 @@ pub struct Brief {
 impl From<&Manifest> for Brief {
     fn from(m: &Manifest) -> Brief {
         Brief {
-            database: m.database.clone(),
-            prefix: m.prefix.clone(),
+            database: m.database.as_str().into(),
+            prefix: m.prefix.as_str().into(),
             started_at: m.started_at,
-            sha256: m.file.sha256.clone(),
+            sha256: Sha256::parse(&m.file.sha256),
             size_bytes: m.file.size_bytes,
             server_major: m.server_major(),
             total_rows: m.total_rows(),
             role_passwords: m.globals.role_passwords,
             database_size_bytes: m.database_size_bytes,
         }
+    }
+}
+
+impl Brief {
+    /// The same brief with its names shared with every other brief `names` saw.
+    pub fn interned(mut self, names: &mut Interner) -> Brief {
+        self.database = names.get(&self.database);
+        self.prefix = names.get(&self.prefix);
+        self
+    }
+}
+
+/// One shared copy of each name: a store's thousands of briefs name a few
+/// databases.
+#[derive(Default)]
+pub struct Interner(std::collections::HashSet<Arc<str>>);
+
+impl Interner {
+    pub fn get(&mut self, name: &Arc<str>) -> Arc<str> {
+        match self.0.get(name) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.0.insert(name.clone());
+                name.clone()
+            }
+        }
+    }
+}
+
+/// A SHA-256 as its 32 bytes (hex in JSON): a brief per backup is kept in
+/// memory, where the text would take three times the room.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Sha256(pub [u8; 32]);
+
+impl Sha256 {
+    /// The digest a manifest's hex names; all zeros when it is not one
+    /// (which no file's checksum equals).
+    pub fn parse(hex_text: &str) -> Sha256 {
+        let mut out = [0u8; 32];
+        if hex::decode_to_slice(hex_text, &mut out).is_err() {
+            out = [0; 32];
+        }
+        Sha256(out)
+    }
+}
+
+impl std::fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Sha256, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text.as_bytes(), &mut out).map_err(serde::de::Error::custom)?;
+        Ok(Sha256(out))
     }
 }
 

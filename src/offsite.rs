@@ -51,7 +51,7 @@ pub fn remote_backups(
 ) -> Vec<RemoteBackup> {
     let known: BTreeMap<&str, &str> = local
         .iter()
-        .filter_map(|b| Some((b.rel_path.as_str(), b.manifest.as_ref()?.prefix.as_str())))
+        .filter_map(|b| Some((b.rel_path.as_str(), b.manifest.as_ref()?.prefix.as_ref())))
         .collect();
     let mut out: Vec<RemoteBackup> = listing
         .iter()

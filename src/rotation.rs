@@ -45,7 +45,9 @@ pub fn plan<'a>(
 /// Whether the manifest on disk says what the listing said of it (owner and time).
 fn still_as_listed(b: &Backup) -> bool {
     match (b.full_manifest(), &b.manifest) {
-        (Ok(Some(m)), Some(brief)) => m.prefix == brief.prefix && m.started_at == brief.started_at,
+        (Ok(Some(m)), Some(brief)) => {
+            *m.prefix == *brief.prefix && m.started_at == brief.started_at
+        }
         (Ok(None), None) => true,
         _ => false,
     }

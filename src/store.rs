@@ -62,7 +62,7 @@ pub struct Backup {
     pub size: u64,
     pub time: DateTime<FixedOffset>,
     /// The manifest's brief (`full_manifest` reads all of it).
-    pub manifest: Option<Brief>,
+    pub manifest: Option<Arc<Brief>>,
     /// Why a manifest that exists could not be read.
     pub manifest_error: Option<String>,
     /// The last full and quick verifications.
@@ -128,7 +128,7 @@ impl Backup {
             prefix,
             self.tier,
             parsed_prefix,
-            self.manifest.as_ref().map(|m| m.prefix.as_str()),
+            self.manifest.as_ref().map(|m| &*m.prefix),
         )
     }
 
@@ -140,7 +140,7 @@ impl Backup {
     pub fn database(&self) -> &str {
         self.manifest
             .as_ref()
-            .map(|m| m.database.as_str())
+            .map(|m| &*m.database)
             .unwrap_or(&self.parsed.prefix)
     }
 
@@ -515,7 +515,7 @@ impl Store {
             time,
             manifest,
             manifest_error: d.manifest_error,
-            verification: d.verification.map(|(_, v)| v).unwrap_or_default(),
+            verification: d.verification.map(|v| v.1).unwrap_or_default(),
         })
     }
 
