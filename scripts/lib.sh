@@ -148,3 +148,65 @@ release_and_cluster() {
   say "starting a throwaway PostgreSQL in $WORK"
   start_cluster "$WORK"
 }
+
+# start_docker DIR: a private Docker engine in DIR (no registry, no network),
+# stopped when the calling script's stop_docker runs. Exports DOCKER_HOST.
+start_docker() {
+  local dir=$1
+  ensure docker
+  mkdir -p "$dir"
+  dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=overlay2 \
+    --data-root="$dir/data" --exec-root="$dir/exec" -H "unix://$dir/docker.sock" \
+    --pidfile "$dir/pid" >"$dir/log" 2>&1 &
+  export DOCKER_HOST="unix://$dir/docker.sock"
+  local i
+  for i in $(seq 300); do docker info >/dev/null 2>&1 && return 0; sleep 0.1; done
+  die "dockerd did not start (see $dir/log)"
+}
+
+stop_docker() {
+  local dir=$1
+  [ -f "$dir/pid" ] || return 0
+  docker ps -aq 2>/dev/null | xargs -r docker rm -f >/dev/null 2>&1 || true
+  kill "$(cat "$dir/pid")" 2>/dev/null || true
+  for _ in $(seq 100); do [ -e "$dir/pid" ] || break; sleep 0.1; done
+  umount "$dir/exec/netns/default" 2>/dev/null || true
+  rm -rf "$dir" 2>/dev/null || true
+}
+
+# pg_container NAME DIR: a PostgreSQL container running this machine's own
+# server (its /usr and /etc mounted read-only: no registry is needed), its data
+# folder in DIR/data on the host (the same disk as start_cluster's) and its
+# socket in DIR/sock (so that direct mode reaches the very same server),
+# configured as start_cluster's server is. The image is `docker import`ed from
+# a tarball of symlinks and an entry script (ENVIRONMENT.md).
+pg_container() {
+  local name=$1 dir=$2 bin root
+  bin=$(pg_bindir) || die "PostgreSQL server not installed"
+  root=$(mktemp -d)
+  mkdir -p "$root"/{usr,etc,tmp,proc,sys,dev,var/run/postgresql}
+  for l in bin lib lib64 sbin; do ln -s "usr/$l" "$root/$l"; done
+  cat >"$root/entry.sh" <<ENTRY
+#!/bin/sh
+set -e
+chown postgres /pgdata /var/run/postgresql
+chmod 1777 /tmp
+[ -f /pgdata/PG_VERSION ] || runuser -u postgres -- $bin/initdb --no-sync -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D /pgdata >/dev/null
+exec runuser -u postgres -- $bin/postgres -D /pgdata -c listen_addresses= -c unix_socket_directories=/var/run/postgresql
+ENTRY
+  chmod 755 "$root/entry.sh"
+  tar -C "$root" -c . | docker import -c "ENV PATH=$bin:/usr/sbin:/usr/bin:/sbin:/bin" -c 'CMD ["/entry.sh"]' - "kbackup-bench-pg:1" >/dev/null
+  rm -rf "$root"
+  mkdir -p "$dir/data" "$dir/sock"
+  chmod 755 "$dir"
+  docker run -d --name "$name" --network none -v /usr:/usr:ro -v /etc:/etc:ro -v "$dir/data:/pgdata" \
+    -v "$dir/sock:/var/run/postgresql" \
+    kbackup-bench-pg:1 >/dev/null || die "docker run $name failed"
+  local i
+  for i in $(seq 300); do
+    docker exec "$name" psql -U postgres -Atc 'SELECT 1' >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  docker logs "$name" >&2
+  die "PostgreSQL in container $name did not start"
+}

@@ -31,6 +31,12 @@ enum Undo {
     },
     /// A temporary file or folder to remove (if its owner has not already).
     File(PathBuf),
+    /// A temporary file inside the server's container (docker mode).
+    ContainerFile {
+        pg: Postgres,
+        path: String,
+        journal: Option<PathBuf>,
+    },
     /// Something that cannot be undone, said plainly if the run stops.
     Notice {
         message: String,
@@ -73,6 +79,9 @@ impl Registered {
                 Undo::Sql {
                     journal: Some(p), ..
                 }
+                | Undo::ContainerFile {
+                    journal: Some(p), ..
+                }
                 | Undo::Notice {
                     journal: Some(p), ..
                 } => {
@@ -113,12 +122,46 @@ pub fn register(pg: &Postgres, statements: Vec<String>) -> Registered {
                 statements: statements.clone(),
                 note: None,
                 incomplete: None,
+                container_file: None,
             },
             id,
         ),
         pg: pg.clone(),
         statements,
     })
+}
+
+/// Registers the removal of `path` inside the container of `pg` (docker
+/// mode): call it before the file is written. Journaled, so that a run killed
+/// outright leaves nothing in the container that the next run does not find.
+pub fn remove_in_container(pg: &Postgres, path: &str) -> Registered {
+    push_with(|id| Undo::ContainerFile {
+        journal: journal_entry(
+            Entry {
+                container_file: pg.db.container.clone().map(|container| ContainerFile {
+                    container,
+                    path: path.to_string(),
+                }),
+                ..Entry::of_this_run()
+            },
+            id,
+        ),
+        pg: pg.clone(),
+        path: path.to_string(),
+    })
+}
+
+/// Removes `path` inside `container` (a missing file is no error).
+pub async fn remove_container_file(container: &str, path: &str) -> anyhow::Result<()> {
+    crate::process::Cmd::new("docker")
+        .args(["exec", container, "rm", "-f", "--", path])
+        .label("docker exec rm")
+        .output(Some(Duration::from_secs(60)))
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            anyhow::anyhow!(e).context(format!("cannot remove {path} in container {container}"))
+        })
 }
 
 /// Registers a temporary file (or folder) to remove when the run ends, however
@@ -141,13 +184,9 @@ fn notice_about(message: String, incomplete: Option<String>) -> Registered {
     push_with(|id| Undo::Notice {
         journal: journal_entry(
             Entry {
-                pid: std::process::id(),
-                session: None,
-                run: None,
-                server: None,
-                statements: vec![],
                 note: Some(message.clone()),
                 incomplete,
+                ..Entry::of_this_run()
             },
             id,
         ),
@@ -205,6 +244,27 @@ pub async fn run_pending() -> Vec<String> {
                     tracing::warn!("Removed the temporary file {}", p.display());
                 }
             }
+            Undo::ContainerFile { pg, path, journal } => {
+                let Some(container) = pg.db.container.as_deref() else {
+                    continue;
+                };
+                match remove_container_file(container, &path).await {
+                    Ok(()) => {
+                        tracing::warn!(
+                            "Removed the temporary file {path} in container {container}"
+                        );
+                        if let Some(p) = journal {
+                            let _ = std::fs::remove_file(p);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("{e:#}; `kbackup cleanup` will try again");
+                        notices.push(format!(
+                            "Could not remove {path} in container {container}: run `kbackup cleanup` once the container runs."
+                        ));
+                    }
+                }
+            }
             Undo::Notice { message, journal } => {
                 notices.push(message);
                 if let Some(p) = journal {
@@ -246,6 +306,32 @@ pub struct Entry {
     /// A database this run left incomplete (an in-place restore killed midway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incomplete: Option<String>,
+    /// A temporary file this run wrote inside the server's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_file: Option<ContainerFile>,
+}
+
+/// A file inside a container (docker mode), by the container's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerFile {
+    pub container: String,
+    pub path: String,
+}
+
+impl Entry {
+    /// An entry of this process that undoes nothing yet.
+    fn of_this_run() -> Entry {
+        Entry {
+            pid: std::process::id(),
+            session: None,
+            run: None,
+            server: None,
+            statements: vec![],
+            note: None,
+            incomplete: None,
+            container_file: None,
+        }
+    }
 }
 
 /// Where the statements run: the connection settings without any password.

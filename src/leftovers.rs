@@ -36,6 +36,13 @@ impl Leftover {
         match self {
             Leftover::Undo { entry, .. } => match (&entry.server, &entry.note) {
                 (_, Some(note)) => format!("kbackup pid {} was killed: {note}", entry.pid),
+                (None, None) if entry.container_file.is_some() => {
+                    let f = entry.container_file.as_ref().expect("checked");
+                    format!(
+                        "temporary file {} in container {} (kbackup pid {})",
+                        f.path, f.container, entry.pid
+                    )
+                }
                 (Some(s), None) => format!(
                     "unfinished undo of kbackup pid {} on {}: {}",
                     entry.pid,
@@ -178,6 +185,9 @@ pub async fn clear(cfg: &Config, l: &Leftover) -> Result<()> {
                 let pg = Postgres::new(server.apply(&cfg.db));
                 let sql = cleanup::undo_sql(entry.session.as_deref(), &entry.statements);
                 pg.admin(&sql, None).await.map_err(|e| anyhow!(e))?;
+            }
+            if let Some(f) = &entry.container_file {
+                cleanup::remove_container_file(&f.container, &f.path).await?;
             }
             std::fs::remove_file(file)?;
         }

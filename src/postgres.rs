@@ -210,6 +210,22 @@ impl Postgres {
         }
     }
 
+    /// Docker mode: `argv` run inside the server's container (`docker exec`,
+    /// `-i` when kbackup writes its stdin), without the connection settings.
+    /// None in direct mode.
+    pub fn in_container(&self, argv: &[&str], stdin: bool) -> Option<Cmd> {
+        let container = self.db.container.as_ref()?;
+        let mut c = Cmd::new("docker").arg("exec");
+        if stdin {
+            c = c.arg("-i");
+        }
+        Some(
+            c.arg(container)
+                .args(argv)
+                .label(argv.first().copied().unwrap_or("docker exec")),
+        )
+    }
+
     /// `tool args...` as the operator would type it to reach this server: with
     /// `docker exec` in docker mode, the connection options in direct mode (a
     /// password is never shown; the tool asks for it or reads ~/.pgpass).

@@ -26,6 +26,10 @@ pub enum Feed {
     ParallelFromCopy,
     /// `pg_restore --jobs N` from the backup file itself (an uncompressed `.dump`).
     ParallelFromFile,
+    /// Docker mode: `pg_restore --jobs N` inside the server's container, from
+    /// an uncompressed copy the check pass writes into its /tmp (over
+    /// `docker exec -i`), removed when the restore is over.
+    ParallelInContainer,
     /// Decompressed on the fly into one pg_restore.
     Stream,
 }
@@ -35,15 +39,17 @@ impl Feed {
     /// mode, through a copy when the file is compressed and the store has room
     /// for the archive (`manifest`'s size, else ten times the file's).
     pub fn plan(cfg: &Config, docker: bool, path: &Path, manifest: Option<&Manifest>) -> Feed {
-        if cfg.restore_jobs <= 1 || docker {
+        if cfg.restore_jobs <= 1 {
             return Feed::Stream;
+        }
+        // The container's room is asked when the copy is made (check_pass).
+        if docker {
+            return Feed::ParallelInContainer;
         }
         if !dump::is_packed(path) {
             return Feed::ParallelFromFile;
         }
-        let need = manifest
-            .map(|m| m.archive.archive_bytes)
-            .unwrap_or_else(|| std::fs::metadata(path).map(|m| m.len() * 10).unwrap_or(0));
+        let need = archive_need(path, manifest);
         let room =
             crate::store::free_space(&cfg.backup_dir).is_ok_and(|free| free > need + need / 10);
         if room {
@@ -54,12 +60,24 @@ impl Feed {
     }
 }
 
+/// Bytes the uncompressed archive of `path` takes: the manifest's count, else
+/// ten times the file.
+fn archive_need(path: &Path, manifest: Option<&Manifest>) -> u64 {
+    manifest
+        .map(|m| m.archive.archive_bytes)
+        .unwrap_or_else(|| std::fs::metadata(path).map(|m| m.len() * 10).unwrap_or(0))
+}
+
 /// The archive as pg_restore will read it.
 pub struct Input {
-    /// The seekable archive of a parallel feed.
+    /// The seekable archive of a parallel feed (inside the container for
+    /// `Feed::ParallelInContainer`).
     seekable: Option<PathBuf>,
     /// Keeps the temporary copy until pg_restore is done with it.
     _copy: Option<tempfile::NamedTempFile>,
+    /// The copy inside the container, removed by [`release`](Self::release)
+    /// (or, if the run stops first, by its registered undo).
+    in_container: std::sync::Mutex<Option<(String, String, crate::cleanup::Registered)>>,
 }
 
 impl Input {
@@ -67,15 +85,134 @@ impl Input {
     /// streams instead.
     pub fn feed(&self, planned: Feed) -> Feed {
         match (planned, &self.seekable) {
-            (Feed::ParallelFromCopy, None) => Feed::Stream,
+            (Feed::ParallelFromCopy | Feed::ParallelInContainer, None) => Feed::Stream,
             (p, _) => p,
         }
     }
 
     pub fn stream() -> Input {
+        Input::seekable(None)
+    }
+
+    fn seekable(at: Option<PathBuf>) -> Input {
         Input {
-            seekable: None,
+            seekable: at,
             _copy: None,
+            in_container: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Removes the copy inside the container once pg_restore is done with it.
+    pub async fn release(&self) {
+        let held = self
+            .in_container
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((container, path, guard)) = held {
+            match crate::cleanup::remove_container_file(&container, &path).await {
+                Ok(()) => guard.done(),
+                // Left registered: the run's end (or `kbackup cleanup`) tries again.
+                Err(e) => tracing::warn!("{e:#}"),
+            }
+        }
+    }
+}
+
+/// Bytes free in the container's /tmp (`df -Pk`).
+async fn container_room(cfg: &Config, pg: &Postgres) -> Result<u64> {
+    let out = pg
+        .in_container(&["df", "-Pk", CONTAINER_TMP], false)
+        .context("not in docker mode")?
+        .output(cfg.timeout.or(Some(std::time::Duration::from_secs(60))))
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let text = String::from_utf8_lossy(&out);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| anyhow!("unexpected `df -Pk {CONTAINER_TMP}` output: {text:?}"))
+}
+
+/// Where the copy for a parallel restore goes inside the container.
+const CONTAINER_TMP: &str = "/tmp";
+
+/// Docker mode: the check pass of `path` writing the uncompressed archive
+/// into the container as it reads (the copy is the check's own stream, never
+/// a second read). Returns the check's outcome and where the copy is, when it
+/// is whole; a copy that could not be made (no room, `cat` failing) is removed
+/// and the restore streams.
+async fn check_into_container(
+    cfg: &Config,
+    pg: &Postgres,
+    path: &Path,
+    manifest_need: u64,
+) -> Result<(Result<Summary>, String, Input)> {
+    let container = pg.db.container.clone().context("not in docker mode")?;
+    let room = match container_room(cfg, pg).await {
+        Ok(free) if free > manifest_need + manifest_need / 10 => Ok(()),
+        Ok(free) => Err(format!(
+            "{CONTAINER_TMP} in container {container} has {} free and the archive needs {}",
+            crate::store::human_size(free),
+            crate::store::human_size(manifest_need)
+        )),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    let run = crate::cleanup::run_id(&cfg.backup_dir)
+        .ok_or_else(|| "cannot record this run in the store".to_string());
+    let (room, run) = match (room, run) {
+        (Ok(()), Ok(run)) => (Ok(()), run),
+        (Err(e), _) | (_, Err(e)) => (Err(e), String::new()),
+    };
+    if let Err(why) = room {
+        tracing::warn!(
+            "No uncompressed copy of the archive in container {container} ({why}): the restore streams into one pg_restore instead of running in parallel"
+        );
+        let src = path.to_path_buf();
+        let (summary, sha) =
+            tokio::task::spawn_blocking(move || dump::read_back(&src, None)).await??;
+        return Ok((summary, sha, Input::stream()));
+    };
+    let target = format!("{CONTAINER_TMP}/kbackup-restore-{run}.dump");
+    let guard = crate::cleanup::remove_in_container(pg, &target);
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (src, filled) = (path.to_path_buf(), slot.clone());
+    let written = pg
+        .in_container(
+            &["sh", "-c", &format!("umask 077 && exec cat > '{target}'")],
+            true,
+        )
+        .context("not in docker mode")?
+        .feed(cfg.timeout, move |stdin| {
+            let mut copy = Some(dump::ArchiveCopy::new(stdin));
+            let read = dump::read_back(&src, copy.as_mut());
+            let complete = copy.is_some_and(|c| c.complete());
+            *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some((read, complete));
+            Ok(())
+        })
+        .await;
+    let (read, complete) = slot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .context("the check pass did not run")?;
+    let (summary, sha) = read?;
+    let input = Input::seekable(Some(PathBuf::from(&target)));
+    *input.in_container.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((container.clone(), target.clone(), guard));
+    match written {
+        Ok(_) if complete => Ok((summary, sha, input)),
+        failed => {
+            if let Err(e) = failed {
+                tracing::debug!("copy into container {container}: {e}");
+            }
+            tracing::warn!(
+                "The uncompressed copy for a parallel restore could not be written to {CONTAINER_TMP} in container {container}; streaming instead"
+            );
+            input.release().await;
+            Ok((summary, sha, Input::stream()))
         }
     }
 }
@@ -86,10 +223,15 @@ impl Input {
 /// copy cannot be made the restore streams instead (and says so).
 pub async fn check_pass(
     cfg: &Config,
+    pg: &Postgres,
     path: &Path,
+    manifest: Option<&Manifest>,
     feed: Feed,
     keep_copy: bool,
 ) -> Result<(Result<Summary>, String, Input)> {
+    if feed == Feed::ParallelInContainer && keep_copy {
+        return check_into_container(cfg, pg, path, archive_need(path, manifest)).await;
+    }
     let mut tmp = None;
     if feed == Feed::ParallelFromCopy && keep_copy {
         match crate::store::state_temp(&cfg.backup_dir, "restore") {
@@ -115,11 +257,9 @@ pub async fn check_pass(
         (Feed::ParallelFromCopy, Some(t)) => Input {
             seekable: Some(t.path().to_path_buf()),
             _copy: Some(t),
+            in_container: std::sync::Mutex::new(None),
         },
-        (Feed::ParallelFromFile, _) => Input {
-            seekable: Some(path.to_path_buf()),
-            _copy: None,
-        },
+        (Feed::ParallelFromFile, _) => Input::seekable(Some(path.to_path_buf())),
         (Feed::ParallelFromCopy, None) if keep_copy => {
             tracing::warn!(
                 "The uncompressed copy for a parallel restore could not be written to {}; streaming instead",
@@ -239,31 +379,37 @@ pub async fn run_pg_restore(
         StreamError::Process(p) => anyhow!(p).context("pg_restore failed"),
         StreamError::Local(l) => l.context("reading the backup failed"),
     };
-    if let RestoreMode::Script { drop } = &rc.mode {
-        return run_as_script(cfg, pg, path, input, db, extra, drop.clone()).await;
-    }
-    match &input.seekable {
-        Some(archive) => {
-            watch(
-                pg.tool("pg_restore")
-                    .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
-                    .args(extra)
-                    .args(["--dbname", &crate::sql::dbname(db)])
-                    .arg(archive),
-            )
-            .output(cfg.timeout)
-            .await
-            .map_err(|e| failed(StreamError::Process(e)))?;
+    let restored = async {
+        if let RestoreMode::Script { drop } = &rc.mode {
+            return run_as_script(cfg, pg, path, input, db, extra, drop.clone()).await;
         }
-        None => {
-            let src = path.to_path_buf();
-            watch(pg.pg_restore(db).args(extra))
-                .feed(cfg.timeout, move |stdin| dump::write_archive(&src, stdin))
+        match &input.seekable {
+            Some(archive) => {
+                watch(
+                    pg.tool("pg_restore")
+                        .args(["--exit-on-error", "--jobs", &cfg.restore_jobs.to_string()])
+                        .args(extra)
+                        .args(["--dbname", &crate::sql::dbname(db)])
+                        .arg(archive),
+                )
+                .output(cfg.timeout)
                 .await
-                .map_err(failed)?;
+                .map_err(|e| failed(StreamError::Process(e)))?;
+            }
+            None => {
+                let src = path.to_path_buf();
+                watch(pg.pg_restore(db).args(extra))
+                    .feed(cfg.timeout, move |stdin| dump::write_archive(&src, stdin))
+                    .await
+                    .map_err(failed)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
+    .await;
+    // A copy inside the container has served its one pg_restore.
+    input.release().await;
+    restored
 }
 
 /// When progress is drawn: the stderr hook of a `--verbose` pg_restore. Each

@@ -293,3 +293,100 @@ fn a_timed_out_dump_leaves_no_pg_dump_running_in_the_container() {
     let _ = locker.kill();
     let _ = locker.wait();
 }
+
+/// Issue 14: a docker-mode restore runs `pg_restore --jobs` inside the
+/// container from an uncompressed copy the check pass writes into its /tmp,
+/// and that copy is gone after a success, after a failure, after a `kill -9`
+/// (the next `kbackup cleanup`), and is never made when /tmp has no room.
+#[test]
+fn docker_mode_restores_in_parallel_from_a_copy_the_container_never_keeps() {
+    let d = engine();
+    let c = "kbt-parallel";
+    d.postgres_container(c);
+    d.psql(c, "postgres", "CREATE DATABASE kairon");
+    d.psql(c, "kairon", SAMPLE_SQL);
+    d.psql(
+        c,
+        "kairon",
+        "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 400000) g",
+    );
+    let state = || {
+        d.psql(c, "kairon", "SELECT (SELECT count(*) FROM bulk) || ':' || md5(string_agg(x::text, ',' ORDER BY x::text)) FROM traces x")
+    };
+    let at_backup = state();
+    let mut kb = Kb::bare();
+    kb.set("CONTAINER_DB", c)
+        .set("DB_NAME", "kairon")
+        .set("DB_USER", "postgres")
+        .set("BACKUP_RESTORE_JOBS", "2");
+    kb.ok(&["backup"]);
+    d.psql(c, "kairon", "DELETE FROM traces WHERE id % 2 = 0");
+
+    // Success: in parallel, from the copy in the container, which is gone after.
+    let r = kb.ok(&["restore", "--latest", "--yes", "--drop-old"]);
+    assert!(
+        r.stderr().contains("--jobs 2")
+            && r.stderr().contains("uncompressed into /tmp of container"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(state(), at_backup);
+    assert_eq!(d.kbackup_files_in_tmp(c), Vec::<String>::new());
+
+    // Failure after the copy was made (roles the server lacks): removed too.
+    d.psql(c, "postgres", "CREATE ROLE kbt_owner");
+    d.psql(c, "postgres", "CREATE DATABASE owned OWNER kbt_owner");
+    d.psql(
+        c,
+        "owned",
+        "SET ROLE kbt_owner; CREATE TABLE t AS SELECT 1 AS x",
+    );
+    let mut owned = Kb::bare();
+    owned
+        .set("CONTAINER_DB", c)
+        .set("DB_NAME", "owned")
+        .set("DB_USER", "postgres")
+        .set("BACKUP_RESTORE_JOBS", "2");
+    owned.ok(&["backup"]);
+    d.psql(c, "postgres", "DROP DATABASE owned");
+    d.psql(c, "postgres", "DROP ROLE kbt_owner");
+    let r = owned.run(&["restore", "--latest", "--yes"]);
+    assert_eq!(r.code(), 1, "{}", r.all());
+    assert!(r.stderr().contains("kbt_owner"), "{}", r.stderr());
+    assert_eq!(d.kbackup_files_in_tmp(c), Vec::<String>::new());
+
+    // kill -9 while the copy exists: the next `kbackup cleanup` removes it.
+    let mut child = kb.spawn(&["restore", "--latest", "--yes", "--drop-old"]);
+    wait_for(60, "the copy in the container", || {
+        (!d.kbackup_files_in_tmp(c).is_empty()).then_some(())
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(d.kbackup_files_in_tmp(c).len(), 1);
+    let r = kb.ok(&["cleanup"]);
+    assert!(
+        r.stdout().contains("in container kbt-parallel"),
+        "{}",
+        r.stdout()
+    );
+    assert_eq!(d.kbackup_files_in_tmp(c), Vec::<String>::new());
+
+    // No room in the container's /tmp: the restore streams, and says so.
+    let small = "kbt-parallel-small";
+    d.postgres_container_with(small, &["--tmpfs", "/tmp:size=64k,mode=1777"]);
+    d.psql(small, "postgres", "CREATE DATABASE kairon");
+    kb.set("CONTAINER_DB", small);
+    let r = kb.ok(&["restore", "--latest", "--yes", "--drop-old"]);
+    assert!(
+        r.stderr()
+            .contains("No uncompressed copy of the archive in container kbt-parallel-small")
+            && r.stderr().contains("streams into one pg_restore"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(
+        d.psql(small, "kairon", "SELECT count(*) FROM bulk"),
+        "400000"
+    );
+    assert_eq!(d.kbackup_files_in_tmp(small), Vec::<String>::new());
+}

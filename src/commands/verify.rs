@@ -426,7 +426,7 @@ async fn verify_one(
         }
     } else {
         let feed = Feed::plan(cfg, server.is_docker(), &s.path, s.manifest.as_ref());
-        check_pass(cfg, &s.path, feed, true).await
+        check_pass(cfg, server, &s.path, s.manifest.as_ref(), feed, true).await
     };
     let (summary, sha, input) = match read {
         Ok((Ok(summary), sha, input)) => (Some(summary), sha, input),

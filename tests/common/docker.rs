@@ -180,8 +180,22 @@ impl Docker {
 
     /// A running PostgreSQL container named `name`, ready for connections.
     pub fn postgres_container(&self, name: &str) {
-        self.run_container(name, &[], &[]);
+        self.postgres_container_with(name, &[]);
+    }
+
+    /// The same, with `options` for `docker run` (`--tmpfs /tmp:size=64k`).
+    pub fn postgres_container_with(&self, name: &str, options: &[&str]) {
+        self.run_container(name, options, &[]);
         self.wait_ready(name);
+    }
+
+    /// The files kbackup left in the container's /tmp.
+    pub fn kbackup_files_in_tmp(&self, name: &str) -> Vec<String> {
+        self.ok(&["exec", name, "ls", "-a", "/tmp"])
+            .lines()
+            .filter(|f| f.starts_with("kbackup"))
+            .map(str::to_string)
+            .collect()
     }
 
     fn wait_ready(&self, name: &str) {

@@ -16,6 +16,7 @@ use crate::error::usage;
 use crate::lifecycle::MAX_IDENT;
 use crate::manifest::Manifest;
 use crate::naming::{self, Tier, GLOBALS_AGE_EXT, GLOBALS_EXT, MANIFEST_EXT};
+use crate::postgres::Postgres;
 use crate::readback::{check_pass, expected_rows, manifest_disagreements, Feed, Input};
 use crate::remote::Remote;
 use crate::select::{self, Selection, Selector};
@@ -301,11 +302,20 @@ pub fn check_name(target: &str) -> Result<()> {
 /// anything. `feed` is the plan's; a dry run (`keep_copy` false) writes nothing.
 pub async fn check_file(
     cfg: &Config,
+    pg: &Postgres,
     source: &Source,
     feed: Feed,
     keep_copy: bool,
 ) -> Result<Checked> {
-    let (summary, sha, input) = check_pass(cfg, &source.path, feed, keep_copy).await?;
+    let (summary, sha, input) = check_pass(
+        cfg,
+        pg,
+        &source.path,
+        source.manifest.as_ref(),
+        feed,
+        keep_copy,
+    )
+    .await?;
     if let Some(m) = source.manifest.as_ref().filter(|m| m.file.sha256 != sha) {
         bail!(
             "{} is corrupted: its SHA-256 is {sha} but its manifest records {}. Refusing to restore it; \

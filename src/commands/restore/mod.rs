@@ -179,7 +179,7 @@ async fn run_one(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     }
     tracing::info!("Checking {}...", source.shown);
     let feed = Feed::plan(cfg, pg.is_docker(), &source.path, source.manifest.as_ref());
-    let checked = choose::check_file(cfg, &source, feed, !args.dry_run).await?;
+    let checked = choose::check_file(cfg, &pg, &source, feed, !args.dry_run).await?;
     tracing::info!(
         "Backup is a complete archive ({}): {} tables, {}",
         checked.checksum,

@@ -203,6 +203,10 @@ impl Plan {
         let file = source.file_text();
         let archive = match self.feed {
             Feed::ParallelFromCopy => format!("<{file} uncompressed into BACKUP_DIR/.kbackup>"),
+            Feed::ParallelInContainer => format!(
+                "<{file} uncompressed into /tmp of container {} (removed after)>",
+                pg.db.container.as_deref().unwrap_or_default()
+            ),
             Feed::ParallelFromFile => file.to_string(),
             Feed::Stream if dump::is_packed(&source.path) => format!("< zstd-decompressed {file}"),
             Feed::Stream => format!("< {file}"),
@@ -223,7 +227,7 @@ impl Plan {
             );
         }
         match self.feed {
-            Feed::ParallelFromCopy | Feed::ParallelFromFile => format!(
+            Feed::ParallelFromCopy | Feed::ParallelFromFile | Feed::ParallelInContainer => format!(
                 "{} {archive}",
                 pg.tool("pg_restore").args([
                     "--exit-on-error",
