@@ -197,11 +197,13 @@ impl Index {
 
     /// Writes the index as [`read`](Self::read) reads it.
     fn write(&self, out: &mut impl std::io::Write) -> Result<()> {
+        // In the order of their names: the same index is the same file.
+        let mut tiers: Vec<_> = self.tiers.iter().collect();
+        tiers.sort_by(|a, b| a.0.cmp(b.0));
         let header = Header {
             version: VERSION,
-            tiers: self
-                .tiers
-                .iter()
+            tiers: tiers
+                .into_iter()
                 .map(|(key, l)| TierHeader {
                     key: key.clone(),
                     folder: l.folder,
