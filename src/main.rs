@@ -47,6 +47,19 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::{Cli, Command};
 use crate::error::{exit_kind, ExitKind};
 
+/// This process's peak resident memory (VmHWM), in kB.
+fn peak_rss_kb() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Printed from the command line's own definition: no settings needed.
@@ -165,6 +178,10 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
         }
         notify::send_queued(&cfg).await;
+        // kbackup's own peak memory, children apart (the benchmark reads it).
+        if let Some(kb) = peak_rss_kb() {
+            tracing::debug!("peak RSS of kbackup itself: {kb} kB");
+        }
         result
     });
     // After a signal, a blocking read (the confirmation prompt) may never

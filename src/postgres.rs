@@ -653,6 +653,24 @@ impl Postgres {
 
     /// The version of a client tool, e.g. pg_dump 15.18 -> 15.
     pub async fn tool_major(&self, name: &str) -> Result<(u32, String)> {
+        // Asked once per run: the same program answers the same.
+        type Seen = Vec<((Option<String>, Option<PathBuf>, String), (u32, String))>;
+        static SEEN: std::sync::Mutex<Seen> = std::sync::Mutex::new(Vec::new());
+        let key = (
+            self.db.container.clone(),
+            self.db.bin_dir.clone(),
+            name.to_string(),
+        );
+        let seen = |k: &_| {
+            SEEN.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(s, _)| s == k)
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(known) = seen(&key) {
+            return Ok(known);
+        }
         let cmd = self.program(name, false, &[]).arg("--version");
         let out = cmd
             .output(Some(QUERY_TIMEOUT))
@@ -661,6 +679,9 @@ impl Postgres {
         let text = String::from_utf8_lossy(&out).trim().to_string();
         let major = parse_tool_major(&text)
             .ok_or_else(|| anyhow!("cannot read the version of {name} from {text:?}"))?;
+        SEEN.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((key, (major, text.clone())));
         Ok((major, text))
     }
 

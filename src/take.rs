@@ -78,12 +78,12 @@ pub async fn take(
     // the `docker exec` client alone would leave pg_dump running in the container.
     let end_session = crate::postgres::end_sessions_sql(crate::postgres::session_name());
     let undo = crate::cleanup::register(pg, vec![]);
-    let written = pg
-        .pg_dump()
-        .stream(cfg.timeout, move |stdout| {
-            dump::write_compressed(stdout, out, level, seal.as_ref(), progress)
-        })
-        .await;
+    let pg_dump = pg.pg_dump();
+    let dumped = pg_dump.stream(cfg.timeout, move |stdout| {
+        dump::write_compressed(stdout, out, level, seal.as_ref(), progress)
+    });
+    // The cluster's globals (a small pg_dumpall) while the dump streams.
+    let (written, globals) = tokio::join!(dumped, globals.of(pg, cfg, &info));
     if written.is_err() {
         let _ = pg.admin(&[&end_session], None).await;
     }
@@ -98,7 +98,7 @@ pub async fn take(
         written.summary.tables.len()
     );
 
-    let (globals, role_passwords) = globals.of(pg, cfg, &info).await?;
+    let (globals, role_passwords) = globals?;
     // The globals hold role password hashes: sealed like the dump, never
     // written in the clear.
     let globals = match &cfg.seal {

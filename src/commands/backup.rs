@@ -130,35 +130,12 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
             p.display()
         );
     }
-    crate::leftovers::report(cfg).await;
-
-    // Each database in turn; one failing does not stop the others.
-    let mut globals = crate::take::Globals::default();
-    let mut runs = Vec::with_capacity(dbs.len() + found.failed.len());
-    for c in dbs {
-        let clock = std::time::Instant::now();
-        let started = c.calendar.zone.local_time(Utc::now());
-        let pg = Postgres::new(c.db.clone());
-        let result = match target(c, args) {
-            Ok(mut t) => job(c, &store, &pg, &mut t, &mut globals, several).await,
-            Err(e) => Err(e),
-        }
-        .map_err(|e| crate::error::explain(e, &store.root));
-        if let (true, Err(e)) = (several, &result) {
-            tracing::error!("Backup of {} FAILED: {e:#}", c.db.name);
-        }
-        let finished = c.calendar.zone.local_time(Utc::now());
-        // Recorded at once: a run stopped later still leaves this one's outcome.
-        record(c, &store, started, finished, &result, None, false).await;
-        runs.push(Run {
-            cfg: c,
-            started,
-            finished,
-            took: clock.elapsed(),
-            result,
-            synced: vec![],
-        });
-    }
+    // What earlier runs left is looked for while the first dump starts (a
+    // few queries, said as a warning whenever they finish).
+    let (_, mut runs) = tokio::join!(
+        crate::leftovers::report(cfg),
+        each_database(dbs, args, &store, several, found.failed.len())
+    );
     for (c, why) in &found.failed {
         tracing::error!("Backup of {} FAILED: {why}", c.db.name);
         let now = c.calendar.zone.local_time(Utc::now());
@@ -245,6 +222,44 @@ pub async fn run(cfg: &Config, args: &BackupArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Each database in turn (one failing does not stop the others), the
+/// cluster's globals dumped once; each outcome recorded as soon as it is known.
+async fn each_database<'a>(
+    dbs: &'a [Config],
+    args: &BackupArgs,
+    store: &Store,
+    several: bool,
+    more: usize,
+) -> Vec<Run<'a>> {
+    let mut globals = crate::take::Globals::default();
+    let mut runs = Vec::with_capacity(dbs.len() + more);
+    for c in dbs {
+        let clock = std::time::Instant::now();
+        let started = c.calendar.zone.local_time(Utc::now());
+        let pg = Postgres::new(c.db.clone());
+        let result = match target(c, args) {
+            Ok(mut t) => job(c, store, &pg, &mut t, &mut globals, several).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| crate::error::explain(e, &store.root));
+        if let (true, Err(e)) = (several, &result) {
+            tracing::error!("Backup of {} FAILED: {e:#}", c.db.name);
+        }
+        let finished = c.calendar.zone.local_time(Utc::now());
+        // Recorded at once: a run stopped later still leaves this one's outcome.
+        record(c, store, started, finished, &result, None, false).await;
+        runs.push(Run {
+            cfg: c,
+            started,
+            finished,
+            took: clock.elapsed(),
+            result,
+            synced: vec![],
+        });
+    }
+    runs
 }
 
 /// One database's part of a run.
