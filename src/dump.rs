@@ -260,17 +260,6 @@ pub fn read_back(
 ) -> Result<(Result<Summary>, String)> {
     let size = std::fs::metadata(path).ok().map(|m| m.len());
     let progress = crate::progress::Progress::bytes("checking the backup", size);
-    struct Hashing<R> {
-        inner: R,
-        hasher: Sha256,
-    }
-    impl<R: Read> Read for Hashing<R> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.inner.read(buf)?;
-            self.hasher.update(&buf[..n]);
-            Ok(n)
-        }
-    }
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hashing = Hashing {
         inner: BufReader::with_capacity(
@@ -295,23 +284,168 @@ pub fn read_back(
             archive::scan(BufReader::with_capacity(1 << 18, plain)).map_err(anyhow::Error::from)
         }
     };
-    let summary = match (crate::crypto::is_age(path), crate::crypto::identities()) {
-        (true, None) => crate::crypto::check_header(BufReader::new(&mut hashing))
-            .and_then(|()| Err(anyhow::Error::new(Sealed))),
-        (true, Some(ids)) => ids.decrypt(&mut hashing).and_then(|plain| {
-            zstd::Decoder::new(plain)
-                .map_err(|e| anyhow::Error::from(e).context("not a zstd stream"))
-                .and_then(|mut d| scan(&mut d, copy))
-        }),
-        (false, _) if is_packed(path) => match zstd::Decoder::new(&mut hashing) {
-            Ok(mut d) => scan(&mut d, copy),
-            Err(e) => Err(anyhow::Error::from(e).context("not a zstd stream")),
-        },
-        (false, _) => scan(&mut hashing, None),
-    };
-    // Hash whatever the check did not read (after damage, a frame's tail).
-    io::copy(&mut hashing, &mut io::sink())?;
-    Ok((summary, hex::encode(hashing.hasher.finalize())))
+    let (age, ids) = (crate::crypto::is_age(path), crate::crypto::identities());
+    if age && ids.is_none() {
+        let summary = crate::crypto::check_header(BufReader::new(&mut hashing))
+            .and_then(|()| Err(anyhow::Error::new(Sealed)));
+        io::copy(&mut hashing, &mut io::sink())?;
+        return Ok((summary, hex::encode(hashing.hasher.finalize())));
+    }
+    if !age && !is_packed(path) {
+        let summary = scan(&mut hashing, None);
+        io::copy(&mut hashing, &mut io::sink())?;
+        return Ok((summary, hex::encode(hashing.hasher.finalize())));
+    }
+    // Two stages on two threads: reading, hashing, decrypting and
+    // decompressing on one; the archive check (and the copy) on this one.
+    // An error of the first stage is the check's outcome (its type kept:
+    // "sealed to other keys" is told apart); the check stopping first only
+    // ends the unpacking.
+    let (mut plain, unpacking) = pipe::pipelined(move |out| {
+        let unpacked = (|| -> Result<()> {
+            let decoded: Box<dyn Read + '_> = match ids {
+                Some(ids) if age => ids.decrypt(&mut hashing)?,
+                _ => Box::new(&mut hashing),
+            };
+            let mut d = zstd::Decoder::new(decoded)
+                .map_err(|e| anyhow::Error::from(e).context("not a zstd stream"))?;
+            io::copy(&mut d, out)?;
+            Ok(())
+        })();
+        let stopped = |e: &anyhow::Error| {
+            e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+        };
+        let failed = unpacked.err().filter(|e| !stopped(e));
+        out.close();
+        // Hash whatever the check did not read (after damage, a frame's tail).
+        let sha =
+            io::copy(&mut hashing, &mut io::sink()).map(|_| hex::encode(hashing.hasher.finalize()));
+        (failed, sha)
+    });
+    let summary = scan(&mut plain, copy);
+    drop(plain);
+    let (failed, sha) = unpacking
+        .join()
+        .map_err(|_| anyhow::anyhow!("the check pass's reading thread panicked"))?;
+    Ok((failed.map_or(summary, Err), sha?))
+}
+
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A bounded pipe between two threads, in chunks: what one stage writes,
+/// the next reads (the end once the writer closes or is gone). Memory: at
+/// most `DEPTH` chunks of `CHUNK` bytes in flight.
+mod pipe {
+    use std::io::{self, Read, Write};
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+    const CHUNK: usize = 256 << 10;
+    const DEPTH: usize = 8;
+
+    pub struct Writer {
+        tx: Option<SyncSender<Vec<u8>>>,
+        buf: Vec<u8>,
+    }
+
+    impl Writer {
+        fn send(&mut self) -> io::Result<()> {
+            if self.buf.is_empty() {
+                return Ok(());
+            }
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            match &self.tx {
+                Some(tx) if tx.send(chunk).is_ok() => Ok(()),
+                // The reader stopped (the check failed): nothing more to unpack.
+                _ => Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the check stopped reading",
+                )),
+            }
+        }
+
+        /// The stage is done: the reader sees the end after what was written.
+        pub fn close(&mut self) {
+            let _ = self.send();
+            self.tx = None;
+        }
+    }
+
+    impl Write for Writer {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            if self.tx.is_none() {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "closed"));
+            }
+            let n = data.len().min(CHUNK - self.buf.len());
+            self.buf.extend_from_slice(&data[..n]);
+            if self.buf.len() == CHUNK {
+                self.send()?;
+            }
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    pub struct Reader {
+        rx: Receiver<Vec<u8>>,
+        chunk: Vec<u8>,
+        at: usize,
+    }
+
+    impl Read for Reader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            while self.at == self.chunk.len() {
+                match self.rx.recv() {
+                    Ok(chunk) => {
+                        self.chunk = chunk;
+                        self.at = 0;
+                    }
+                    Err(_) => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.chunk.len() - self.at);
+            buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    /// Runs `stage` on a thread of its own, writing into the pipe; returns
+    /// the pipe's reading end and the thread.
+    pub fn pipelined<T: Send + 'static>(
+        stage: impl FnOnce(&mut Writer) -> T + Send + 'static,
+    ) -> (Reader, std::thread::JoinHandle<T>) {
+        let (tx, rx) = sync_channel(DEPTH);
+        let handle = std::thread::spawn(move || {
+            let mut w = Writer {
+                tx: Some(tx),
+                buf: Vec::with_capacity(CHUNK),
+            };
+            stage(&mut w)
+        });
+        (
+            Reader {
+                rx,
+                chunk: Vec::new(),
+                at: 0,
+            },
+            handle,
+        )
+    }
 }
 
 /// Whether a stored dump is not a bare archive (compressed, maybe encrypted):
