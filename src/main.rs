@@ -8,6 +8,7 @@ mod clients;
 mod clock;
 mod commands;
 mod config;
+mod container_fs;
 mod crypto;
 mod databases;
 mod dump;

@@ -131,6 +131,21 @@ impl Cmd {
         c
     }
 
+    /// Spawns the child with its stderr read as it comes (see `drain_stderr`).
+    fn start(
+        &self,
+        stdin: bool,
+    ) -> Result<(tokio::process::Child, tokio::task::JoinHandle<String>), ProcessError> {
+        let mut child = self.spawn(stdin)?;
+        let stderr = drain_stderr(
+            child.stderr.take(),
+            self.label.clone(),
+            self.show_stderr,
+            self.on_stderr.clone(),
+        );
+        Ok((child, stderr))
+    }
+
     fn spawn(&self, stdin: bool) -> Result<tokio::process::Child, ProcessError> {
         tracing::debug!("running: {self}");
         self.command(stdin).spawn().map_err(|e| {
@@ -149,13 +164,7 @@ impl Cmd {
 
     /// Runs to completion and returns stdout; a non-zero exit is an error.
     pub async fn output(&self, timeout: Option<Duration>) -> Result<Vec<u8>, ProcessError> {
-        let mut child = self.spawn(false)?;
-        let stderr = drain_stderr(
-            child.stderr.take(),
-            self.label.clone(),
-            self.show_stderr,
-            self.on_stderr.clone(),
-        );
+        let (mut child, stderr) = self.start(false)?;
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let read = async {
             let mut buf = Vec::new();
@@ -194,17 +203,11 @@ impl Cmd {
         T: Send + 'static,
         F: FnOnce(std::fs::File) -> anyhow::Result<T> + Send + 'static,
     {
-        let mut child = self.spawn(false)?;
-        let stderr = drain_stderr(
-            child.stderr.take(),
-            self.label.clone(),
-            self.show_stderr,
-            self.on_stderr.clone(),
-        );
+        let (mut child, stderr) = self.start(false)?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let file = self.blocking_file(stdout.into_owned_fd())?;
         let task = tokio::task::spawn_blocking(move || consume(file));
-        let (status, local, killed) = self.supervise(&mut child, task, timeout).await?;
+        let (status, local, killed) = self.supervise(&mut child, task, timeout, || {}).await?;
         self.settle(status, stderr.await.unwrap_or_default(), local, killed)
     }
 
@@ -219,13 +222,7 @@ impl Cmd {
     where
         F: FnOnce(std::fs::File) -> anyhow::Result<()> + Send + 'static,
     {
-        let mut child = self.spawn(true)?;
-        let stderr = drain_stderr(
-            child.stderr.take(),
-            self.label.clone(),
-            self.show_stderr,
-            self.on_stderr.clone(),
-        );
+        let (mut child, stderr) = self.start(true)?;
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let out = tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -235,7 +232,7 @@ impl Cmd {
         let stdin = child.stdin.take().expect("stdin is piped");
         let file = self.blocking_file(stdin.into_owned_fd())?;
         let task = tokio::task::spawn_blocking(move || produce(file));
-        let (status, local, killed) = self.supervise(&mut child, task, timeout).await?;
+        let (status, local, killed) = self.supervise(&mut child, task, timeout, || {}).await?;
         self.settle(status, stderr.await.unwrap_or_default(), local, killed)?;
         Ok(out.await.unwrap_or_default())
     }
@@ -252,11 +249,37 @@ impl Cmd {
     /// Waits for the child and the blocking task together: kills the child when
     /// the task fails or the timeout passes. Returns the exit status, the task's
     /// result, and whether we killed the child.
+    /// Runs the child (its output drained) while `work` runs on a blocking
+    /// thread, for a child that hands its data over another way than its
+    /// stdout (a FIFO). `exited` is called once the child is gone, whatever
+    /// way: `work` may be waiting for the child (a FIFO it never opened) and
+    /// must be let go. Errors as in [`stream`](Self::stream).
+    pub async fn beside<T, F>(
+        &self,
+        timeout: Option<Duration>,
+        work: F,
+        exited: impl FnOnce(),
+    ) -> Result<T, StreamError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> anyhow::Result<T> + Send + 'static,
+    {
+        let (mut child, stderr) = self.start(false)?;
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
+        });
+        let task = tokio::task::spawn_blocking(work);
+        let (status, local, killed) = self.supervise(&mut child, task, timeout, exited).await?;
+        self.settle(status, stderr.await.unwrap_or_default(), local, killed)
+    }
+
     async fn supervise<T: Send + 'static>(
         &self,
         child: &mut tokio::process::Child,
         mut task: tokio::task::JoinHandle<anyhow::Result<T>>,
         timeout: Option<Duration>,
+        exited: impl FnOnce(),
     ) -> Result<(ExitStatus, anyhow::Result<T>, bool), ProcessError> {
         let deadline = async {
             match timeout {
@@ -285,10 +308,12 @@ impl Cmd {
                 _ = &mut deadline => {
                     let _ = child.start_kill();
                     let _ = child.wait().await;
+                    exited();
                     return Err(ProcessError::TimedOut { label: self.label.clone(), after: timeout.unwrap_or_default() });
                 }
             }
         };
+        exited();
         let done = match done {
             Some(r) => r,
             None => joined(task.await),

@@ -151,7 +151,14 @@ async fn check_into_container(
     manifest_need: u64,
 ) -> Result<(Result<Summary>, String, Input)> {
     let container = pg.db.container.clone().context("not in docker mode")?;
-    let room = match container_room(cfg, pg).await {
+    // On the engine's host, the copy is written straight into the
+    // container's /tmp (see container_fs); elsewhere through docker exec.
+    let fs = crate::container_fs::ContainerFs::open(pg).await;
+    let free = match &fs {
+        Some(fs) => fs.free_space().map_err(anyhow::Error::from),
+        None => container_room(cfg, pg).await,
+    };
+    let room = match free {
         Ok(free) if free > manifest_need + manifest_need / 10 => Ok(()),
         Ok(free) => Err(format!(
             "{CONTAINER_TMP} in container {container} has {} free and the archive needs {}",
@@ -175,38 +182,55 @@ async fn check_into_container(
             tokio::task::spawn_blocking(move || dump::read_back(&src, None)).await??;
         return Ok((summary, sha, Input::stream()));
     };
-    let target = format!("{CONTAINER_TMP}/kbackup-restore-{run}.dump");
+    let name = format!("kbackup-restore-{run}.dump");
+    let target = format!("{CONTAINER_TMP}/{name}");
     let guard = crate::cleanup::remove_in_container(pg, &target);
     let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
     let (src, filled) = (path.to_path_buf(), slot.clone());
-    let written = pg
-        .in_container(
-            &["sh", "-c", &format!("umask 077 && exec cat > '{target}'")],
-            true,
-        )
-        .context("not in docker mode")?
-        .feed(cfg.timeout, move |stdin| {
-            let mut copy = Some(dump::ArchiveCopy::new(stdin));
-            let read = dump::read_back(&src, copy.as_mut());
-            let complete = copy.is_some_and(|c| c.complete());
-            *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some((read, complete));
-            Ok(())
-        })
-        .await;
-    let (read, complete) = slot
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .context("the check pass did not run")?;
+    let check = move |out: std::fs::File| {
+        let mut copy = Some(dump::ArchiveCopy::new(out));
+        let read = dump::read_back(&src, copy.as_mut());
+        let complete = copy.is_some_and(|c| c.complete());
+        *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some((read, complete));
+    };
+    let written = match fs.as_ref().map(|fs| fs.create(&name)) {
+        Some(Ok(file)) => tokio::task::spawn_blocking(move || check(file))
+            .await
+            .map_err(|e| anyhow!(e)),
+        Some(Err(e)) => Err(anyhow!(e).context(format!("cannot create {target}"))),
+        None => pg
+            .in_container(
+                &["sh", "-c", &format!("umask 077 && exec cat > '{target}'")],
+                true,
+            )
+            .context("not in docker mode")?
+            .feed(cfg.timeout, move |stdin| {
+                check(stdin);
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow!(e)),
+    };
+    let read_alone = || {
+        let src = path.to_path_buf();
+        tokio::task::spawn_blocking(move || dump::read_back(&src, None))
+    };
+    let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let (read, complete) = match taken {
+        Some(done) => done,
+        // The copy could not even start: the check runs on its own.
+        None => (read_alone().await?, false),
+    };
     let (summary, sha) = read?;
     let input = Input::seekable(Some(PathBuf::from(&target)));
     *input.in_container.lock().unwrap_or_else(|e| e.into_inner()) =
         Some((container.clone(), target.clone(), guard));
     match written {
-        Ok(_) if complete => Ok((summary, sha, input)),
+        Ok(()) if complete => Ok((summary, sha, input)),
         failed => {
             if let Err(e) = failed {
-                tracing::debug!("copy into container {container}: {e}");
+                tracing::debug!("copy into container {container}: {e:#}");
             }
             tracing::warn!(
                 "The uncompressed copy for a parallel restore could not be written to {CONTAINER_TMP} in container {container}; streaming instead"

@@ -57,7 +57,21 @@ pub async fn take(
     target: &mut Target,
     globals: &mut Globals,
 ) -> Result<(std::path::PathBuf, String, u64)> {
-    let (info, pg) = preflight(pg).await?;
+    // On the Docker engine's host, the dump comes out of the container
+    // through a FIFO in its /tmp (see container_fs), not docker exec's stream.
+    let fast = async {
+        match pg.is_docker() {
+            true => crate::container_fs::ContainerFs::open(pg).await,
+            false => None,
+        }
+    };
+    let (pre, fast) = tokio::join!(preflight(pg), fast);
+    let (info, pg) = pre?;
+    // --no-sync (needed for a FIFO) is pg_dump 10's.
+    let fast = match pg.tool_major("pg_dump").await {
+        Ok((major, _)) if major >= 10 => fast,
+        _ => None,
+    };
     let pg = &pg;
     check_disk(cfg, store, &info)?;
 
@@ -78,10 +92,13 @@ pub async fn take(
     // the `docker exec` client alone would leave pg_dump running in the container.
     let end_session = crate::postgres::end_sessions_sql(crate::postgres::session_name());
     let undo = crate::cleanup::register(pg, vec![]);
-    let pg_dump = pg.pg_dump();
-    let dumped = pg_dump.stream(cfg.timeout, move |stdout| {
-        dump::write_compressed(stdout, out, level, seal.as_ref(), progress)
-    });
+    let write = move |input| dump::write_compressed(input, out, level, seal.as_ref(), progress);
+    let dumped = async {
+        match fast {
+            Some(fs) => dump_through_fifo(cfg, pg, std::sync::Arc::new(fs), write).await,
+            None => pg.pg_dump().stream(cfg.timeout, write).await,
+        }
+    };
     // The cluster's globals (a small pg_dumpall) while the dump streams.
     let (written, globals) = tokio::join!(dumped, globals.of(pg, cfg, &info));
     if written.is_err() {
@@ -161,6 +178,47 @@ pub async fn take(
         .unwrap_or_else(|e| e.into_inner())
         .push(path.display().to_string());
     Ok((path, stem, written.size))
+}
+
+/// Docker mode on the engine's host: pg_dump in the container writes to a
+/// FIFO in its /tmp, read here through the container's filesystem. The FIFO
+/// is removed afterwards, or by the run's undo (and `kbackup cleanup` after a
+/// `kill -9`).
+async fn dump_through_fifo(
+    cfg: &Config,
+    pg: &Postgres,
+    fs: std::sync::Arc<crate::container_fs::ContainerFs>,
+    write: impl FnOnce(std::fs::File) -> Result<dump::Written> + Send + 'static,
+) -> Result<dump::Written, StreamError> {
+    let local = |e: anyhow::Error| StreamError::Local(e);
+    let run = crate::cleanup::run_id(&cfg.backup_dir)
+        .context("cannot record this run in the store")
+        .map_err(local)?;
+    let name = format!("kbackup-dump-{run}.fifo");
+    let target = format!("/tmp/{name}");
+    let guard = crate::cleanup::remove_in_container(pg, &target);
+    fs.mkfifo(&name)
+        .with_context(|| format!("cannot make the FIFO {target} in the container"))
+        .map_err(local)?;
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (reader, fifo, seen) = (fs.clone(), name.clone(), opened.clone());
+    let work = move || {
+        let input = reader.open_read(&fifo);
+        seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        let input =
+            input.with_context(|| format!("cannot open the FIFO /tmp/{fifo} in the container"))?;
+        write(input)
+    };
+    // kbackup fsyncs what it stores; pg_dump cannot fsync a FIFO.
+    let dumped = pg
+        .pg_dump()
+        .args(["--no-sync", "--file", &target])
+        .beside(cfg.timeout, work, || fs.release_reader(&name, opened))
+        .await;
+    if fs.remove(&name).is_ok() {
+        guard.done();
+    }
+    dumped
 }
 
 static PUBLISHED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());

@@ -358,7 +358,10 @@ fn docker_mode_restores_in_parallel_from_a_copy_the_container_never_keeps() {
     // kill -9 while the copy exists: the next `kbackup cleanup` removes it.
     let mut child = kb.spawn(&["restore", "--latest", "--yes", "--drop-old"]);
     wait_for(60, "the copy in the container", || {
-        (!d.kbackup_files_in_tmp(c).is_empty()).then_some(())
+        d.kbackup_files_in_tmp(c)
+            .iter()
+            .any(|f| f.starts_with("kbackup-restore-"))
+            .then_some(())
     });
     child.kill().unwrap();
     let _ = child.wait();
@@ -389,4 +392,65 @@ fn docker_mode_restores_in_parallel_from_a_copy_the_container_never_keeps() {
         "400000"
     );
     assert_eq!(d.kbackup_files_in_tmp(small), Vec::<String>::new());
+}
+
+/// Issue 14: on the Docker engine's host, the dump leaves the container
+/// through a FIFO in its /tmp read via the container's filesystem (not
+/// docker exec's stream, which costs as much CPU as pg_dump); where kbackup
+/// cannot see the container's processes (its own pid namespace, as in a
+/// sidecar container) it falls back to the stream. Both backups are whole,
+/// and nothing is left in the container's /tmp.
+#[test]
+fn docker_mode_dumps_through_the_containers_filesystem_else_the_stream() {
+    let d = engine();
+    let c = "kbt-fifo";
+    d.postgres_container(c);
+    d.psql(c, "postgres", "CREATE DATABASE kairon");
+    d.psql(c, "kairon", SAMPLE_SQL);
+    let source = d.psql(
+        c,
+        "kairon",
+        "SELECT count(*) || ':' || md5(string_agg(x::text, ',' ORDER BY x::text)) FROM traces x",
+    );
+    let mut kb = Kb::bare();
+    kb.set("CONTAINER_DB", c)
+        .set("DB_NAME", "kairon")
+        .set("DB_USER", "postgres")
+        .set("DEBUG", "true");
+    let fast = kb.ok(&["backup"]);
+    assert!(
+        fast.stderr()
+            .contains("--no-sync --file /tmp/kbackup-dump-"),
+        "{}",
+        fast.stderr()
+    );
+    let slow = run_ok(&mut kb.wrapped(
+        &["unshare", "--pid", "--fork", "--mount", "--mount-proc"],
+        &["backup", "--name", "from-the-stream"],
+    ));
+    let slow = String::from_utf8_lossy(&slow.stderr).to_string();
+    assert!(
+        slow.contains("files in the container go through docker exec")
+            && !slow.contains("--file /tmp/kbackup-dump-"),
+        "{slow}"
+    );
+    assert_eq!(d.kbackup_files_in_tmp(c), Vec::<String>::new());
+    // Each restores to the source's content.
+    let cl = cluster();
+    let both: Vec<String> = kb
+        .dumps("hourly")
+        .into_iter()
+        .take(1)
+        .chain(kb.dumps("named"))
+        .collect();
+    assert_eq!(both.len(), 2, "{both:?}");
+    for (i, dump) in both.into_iter().enumerate() {
+        let target = cl.new_db(&format!("fifo_{i}"));
+        manual_restore(&kb.store.join(&dump), &target);
+        assert_eq!(
+            cl.psql(&target, "SELECT count(*) || ':' || md5(string_agg(x::text, ',' ORDER BY x::text)) FROM traces x"),
+            source,
+            "{dump}"
+        );
+    }
 }
