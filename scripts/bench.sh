@@ -24,7 +24,10 @@ SCALE=${1:-20}
 RUNS=${2:-3}
 STORE_N=${STORE_N:-10000}
 REMOTE_N=${REMOTE_N:-5000}
+# The team's reference dataset when it is beside the repository, else the
+# repository's copy of it (scripts/bench-dataset.sql: a clean clone elsewhere).
 DATASET=${BENCH_DATASET:-$ROOT/../shared/bench/dataset.sql}
+[ -f "$DATASET" ] || [ -n "${BENCH_DATASET:-}" ] || DATASET="$ROOT/scripts/bench-dataset.sql"
 [ -f "$DATASET" ] || die "reference dataset not found at $DATASET (set BENCH_DATASET)"
 
 ensure postgres zstd age rclone docker
