@@ -232,8 +232,21 @@ pub fn published() -> Vec<String> {
 /// picks a pg_dump that can dump this server (see `Postgres::client_for`):
 /// returns the server and the `Postgres` whose tools will run.
 pub async fn preflight(pg: &Postgres) -> Result<(ServerInfo, Postgres)> {
-    pg.check_container().await?;
-    let info = pg.with_some_client("pg_dump").await?.server_info().await?;
+    let info = if pg.is_docker() {
+        // Each `docker exec` is a round trip through the engine: the three
+        // questions go together, their answers checked in this order.
+        let (running, tool, info) = tokio::join!(
+            pg.check_container(),
+            pg.tool_major("pg_dump"),
+            pg.server_info()
+        );
+        running?;
+        tool?;
+        info?
+    } else {
+        pg.check_container().await?;
+        pg.with_some_client("pg_dump").await?.server_info().await?
+    };
     let need = Need::Dump {
         server_major: info.major(),
     };
