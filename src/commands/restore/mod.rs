@@ -174,12 +174,19 @@ async fn run_one(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     }
     let pg = Postgres::new(db);
 
-    if !args.dry_run {
-        crate::leftovers::report(cfg).await;
-    }
     tracing::info!("Checking {}...", source.shown);
     let feed = Feed::plan(cfg, pg.is_docker(), &source.path, source.manifest.as_ref());
-    let checked = choose::check_file(cfg, &pg, &source, feed, !args.dry_run).await?;
+    // What killed runs left is looked for while the file is checked.
+    let leftovers = async {
+        if !args.dry_run {
+            crate::leftovers::report(cfg).await;
+        }
+    };
+    let (_, checked) = tokio::join!(
+        leftovers,
+        choose::check_file(cfg, &pg, &source, feed, !args.dry_run)
+    );
+    let checked = checked?;
     tracing::info!(
         "Backup is a complete archive ({}): {} tables, {}",
         checked.checksum,
